@@ -1,0 +1,5 @@
+import sys
+
+from mpm.cli import main
+
+sys.exit(main())
