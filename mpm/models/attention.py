@@ -1,0 +1,171 @@
+"""Attention backends behind one function, chosen at run time.
+
+=============  ==============================================================
+backend        what runs
+=============  ==============================================================
+``math``       explicit ``softmax(q k^T * scale) v`` ("FA2 off"; what
+               Segmenter's own code does). Any device and dtype.
+``sdpa``       PyTorch ``scaled_dot_product_attention``, PyTorch picks the kernel.
+``fa2``        PyTorch SDPA restricted to its FlashAttention-2 kernel ("FA2 on").
+               CUDA and fp16/bf16 only; padded batches run as packed
+               variable-length (jagged) sequences.
+``flash-attn`` the ``flash-attn`` package (``flash_attn_func`` /
+               ``flash_attn_varlen_func``), where it is importable.
+=============  ==============================================================
+
+A backend that cannot run with the given inputs raises
+:class:`~mpm.errors.BackendError`; nothing silently falls back to another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mpm.errors import BackendError
+
+Backend = Literal["math", "sdpa", "fa2", "flash-attn"]
+BACKENDS: tuple[str, ...] = ("math", "sdpa", "fa2", "flash-attn")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def flash_attn_available() -> bool:
+    """Whether the optional ``flash-attn`` package is importable."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def check_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> None:
+    """Raise :class:`BackendError` unless ``backend`` can run on ``device`` with ``dtype``."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend in ("fa2", "flash-attn"):
+        if device.type != "cuda":
+            raise BackendError(
+                f"attention backend {backend!r} (FlashAttention-2) needs a CUDA device, got {device}; "
+                "use 'math' or 'sdpa' on this device"
+            )
+        if dtype not in _HALF:
+            raise BackendError(
+                f"attention backend {backend!r} (FlashAttention-2) needs float16 or bfloat16 inputs, got {dtype}; "
+                "run the model in half precision or use 'math' / 'sdpa'"
+            )
+        if backend == "flash-attn" and not flash_attn_available():
+            raise BackendError("attention backend 'flash-attn' needs the flash-attn package (pip install 'mpm[flash]')")
+
+
+def key_padding_mask(lengths: Tensor, num_keys: int) -> Tensor:
+    """(B, 1, 1, N) bool, True where key j of image b is real (j < lengths[b])."""
+    return (torch.arange(num_keys, device=lengths.device) < lengths[:, None])[:, None, None, :]
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    backend: str = "sdpa",
+    lengths: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """Multi-head attention of already projected q, k, v.
+
+    Args:
+        q, k, v: (B, H, N, D).
+        backend: one of :data:`BACKENDS`.
+        lengths: (B,) real tokens per image when the batch is padded (keys past
+            ``lengths[b]`` are ignored; outputs there are unspecified), or None.
+        bias: (B, 1, 1, N) additive logit bias (proportional attention), or None.
+        scale: logit scale, default ``D ** -0.5``.
+    Returns:
+        (B, H, N, D).
+    """
+    check_backend(backend, q.device, q.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend == "math":
+        return _math(q, k, v, lengths, bias, scale)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(q, lengths, bias), scale=scale)
+    if bias is not None:
+        raise BackendError(
+            f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional attention "
+            "(ToMe's prop_attn) needs backend 'math' or 'sdpa'"
+        )
+    if backend == "fa2":
+        return _fa2(q, k, v, lengths, scale)
+    return _flash_attn(q, k, v, lengths, scale)
+
+
+def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias
+    if lengths is not None:
+        attn = attn.masked_fill(~key_padding_mask(lengths, k.shape[-2]), float("-inf"))
+    return attn.softmax(dim=-1) @ v
+
+
+def _sdpa_mask(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor | None:
+    if lengths is None:
+        return None if bias is None else bias.to(q.dtype)
+    mask = key_padding_mask(lengths, q.shape[-2])
+    if bias is None:
+        return mask
+    return bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+
+
+def _fa2(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            if lengths is None:
+                return F.scaled_dot_product_attention(q, k, v, scale=scale)
+            jq, jk, jv = (_to_jagged(t, lengths) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(jq, jk, jv, scale=scale)
+            return _from_jagged(out, lengths, q.shape[-2])
+    except RuntimeError as err:
+        raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these inputs "
+                           f"(shape {tuple(q.shape)}, {q.dtype}, {q.device}): {err}") from err
+
+
+def _to_jagged(t: Tensor, lengths: Tensor) -> Tensor:
+    """(B, H, N, D) padded -> nested jagged (B, H, j, D) of the real tokens."""
+    b, h, n, d = t.shape
+    valid = torch.arange(n, device=t.device) < lengths[:, None]
+    values = t.transpose(1, 2)[valid]  # (T, H, D)
+    offsets = torch.zeros(b + 1, dtype=torch.long, device=t.device)
+    offsets[1:] = lengths.cumsum(0)
+    return torch.nested.nested_tensor_from_jagged(values, offsets).transpose(1, 2)
+
+
+def _from_jagged(t: Tensor, lengths: Tensor, n: int) -> Tensor:
+    """Nested jagged (B, H, j, D) -> padded (B, H, N, D) (padding zero)."""
+    values = t.transpose(1, 2).values()  # (T, H, D)
+    b = lengths.shape[0]
+    valid = torch.arange(n, device=values.device) < lengths[:, None]
+    out = values.new_zeros(b, n, values.shape[1], values.shape[2])
+    out[valid] = values
+    return out.transpose(1, 2)
+
+
+def _flash_attn(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:
+    import flash_attn  # optional extra
+
+    if lengths is None:
+        out = flash_attn.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
+        return out.transpose(1, 2)
+    b, h, n, d = q.shape
+    valid = torch.arange(n, device=q.device) < lengths[:, None]
+    packed = [t.transpose(1, 2)[valid] for t in (q, k, v)]  # (T, H, D)
+    cu = torch.zeros(b + 1, dtype=torch.int32, device=q.device)
+    cu[1:] = lengths.cumsum(0)
+    max_len = int(lengths.max())
+    out = flash_attn.flash_attn_varlen_func(*packed, cu, cu, max_len, max_len, softmax_scale=scale)
+    padded = out.new_zeros(b, n, h, d)
+    padded[valid] = out
+    return padded.transpose(1, 2)

@@ -1,0 +1,83 @@
+"""Segmenter decoders: the mask transformer and the linear decoder.
+
+Parameter names follow Segmenter's own code (``proj_dec``, ``cls_emb``,
+``blocks.*``, ``proj_patch``, ``proj_classes``, ``decoder_norm``, ``mask_norm``;
+``head`` for the linear decoder), so its checkpoints load without renaming.
+The mask transformer's blocks are timm ``Block``s, run through the same
+attention backends as the encoder.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from mpm.models.encoder import block_forward, mlp_forward
+
+
+class MaskTransformer(nn.Module):
+    """Segmenter's mask transformer: class embeddings attend jointly with patches.
+
+    Args:
+        num_classes: K.
+        encoder_dim: width of the encoder tokens.
+        dim, depth, num_heads, mlp_dim: the decoder's transformer.
+    """
+
+    def __init__(self, num_classes: int, encoder_dim: int, dim: int, depth: int = 2, num_heads: int = 3,
+                 mlp_dim: int | None = None, norm_eps: float = 1e-5, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        mlp_dim = mlp_dim or 4 * dim
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio=mlp_dim / dim, qkv_bias=True, drop_path=dpr[i],
+                  norm_layer=partial(nn.LayerNorm, eps=norm_eps))
+            for i in range(depth)
+        )
+        self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
+        self.proj_dec = nn.Linear(encoder_dim, dim)
+        self.proj_patch = nn.Parameter(dim**-0.5 * torch.randn(dim, dim))
+        self.proj_classes = nn.Parameter(dim**-0.5 * torch.randn(dim, dim))
+        self.decoder_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mask_norm = nn.LayerNorm(num_classes, eps=norm_eps)
+        trunc_normal_(self.cls_emb, std=0.02)
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int], backend: str = "sdpa") -> Tensor:
+        """tokens (B, N, C_enc) on the full grid -> class masks (B, K, H/p, W/p)."""
+        b = tokens.shape[0]
+        x = self.proj_dec(tokens)
+        x = torch.cat([x, self.cls_emb.expand(b, -1, -1).to(x.dtype)], dim=1)
+        for blk in self.blocks:
+            x, _ = block_forward(blk, x, backend=backend)
+            x = mlp_forward(blk, x)
+        x = self.decoder_norm(x)
+        patches = x[:, : -self.num_classes] @ self.proj_patch.to(x.dtype)
+        classes = x[:, -self.num_classes :] @ self.proj_classes.to(x.dtype)
+        patches = patches / patches.norm(dim=-1, keepdim=True)
+        classes = classes / classes.norm(dim=-1, keepdim=True)
+        masks = self.mask_norm(patches @ classes.transpose(1, 2))  # (B, N, K)
+        return masks.transpose(1, 2).reshape(b, self.num_classes, grid[0], grid[1])
+
+
+class LinearDecoder(nn.Module):
+    """Segmenter's linear decoder: one linear layer per patch token."""
+
+    def __init__(self, num_classes: int, encoder_dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.head = nn.Linear(encoder_dim, num_classes)
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int], backend: str = "sdpa") -> Tensor:
+        b = tokens.shape[0]
+        return self.head(tokens).transpose(1, 2).reshape(b, self.num_classes, grid[0], grid[1])
+
+
+def upsample(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of (B, K, h, w) logits to ``size`` (align_corners=False)."""
+    return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,192 @@
+"""Run a timm VisionTransformer with merge sites and a chosen attention backend.
+
+The runner re-implements the loop of ``VisionTransformer.forward_features`` over
+the model's own modules (``timm.models.vision_transformer.Block``: ``norm1``,
+``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``, ``mlp``, ``ls2``), so the weights
+stay timm's and any timm ViT of that block type runs with merging. Before the
+final norm's output is returned, one gather with the composed merge map
+restores the full token grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
+
+import torch
+from torch import Tensor, nn
+
+from mpm.errors import ConfigError
+from mpm.merging.base import MergeContext, MergeMethod, NoMerge
+from mpm.merging.maps import compose, identity_map, merge_sizes, unmerge
+from mpm.models.attention import attention
+
+#: ``timer(section_name)`` returns a context manager timing that section
+SectionTimer = Callable[[str], ContextManager]
+
+
+def _no_timer(name: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class TokenState:
+    """Bookkeeping of the image tokens while they flow through the encoder.
+
+    Attributes:
+        index: (B, N) composed map, original image token -> current slot.
+        lengths: (B,) real image tokens per image (padded layout) or None.
+        size: (B, M) float, original patches in each current token (0 on padding).
+        grid: (H, W) patch grid of the input.
+        tokens_left: (B,) image tokens after each merge step, in order.
+    """
+
+    index: Tensor
+    lengths: Tensor | None
+    size: Tensor
+    grid: tuple[int, int]
+    tokens_left: list[Tensor] = field(default_factory=list)
+
+    @classmethod
+    def initial(cls, batch: int, grid: tuple[int, int], device, dtype) -> "TokenState":
+        n = grid[0] * grid[1]
+        return cls(identity_map(batch, n, device), None, torch.ones(batch, n, device=device, dtype=dtype), grid)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder result on the full grid.
+
+    Attributes:
+        tokens: (B, N, C) image tokens after the final norm, unmerged to the grid.
+        prefix: (B, P, C) prefix (class) tokens after the final norm.
+        grid: (H, W) patch grid.
+        index: (B, N) composed merge map (identity for the dense model).
+        tokens_left: list of (B,) image-token counts after each merge step.
+    """
+
+    tokens: Tensor
+    prefix: Tensor
+    grid: tuple[int, int]
+    index: Tensor
+    tokens_left: list[Tensor]
+
+
+def check_vit(vit: nn.Module) -> None:
+    """Fail clearly on a model the runner cannot drive."""
+    from timm.models.vision_transformer import Block
+
+    missing = [name for name in ("patch_embed", "blocks", "norm", "_pos_embed") if not hasattr(vit, name)]
+    if missing:
+        raise ConfigError(f"{type(vit).__name__} is not a timm VisionTransformer (missing {missing})")
+    for i, blk in enumerate(vit.blocks):
+        if type(blk) is not Block:
+            raise ConfigError(
+                f"block {i} of {type(vit).__name__} is a {type(blk).__name__}; merging supports "
+                "timm.models.vision_transformer.Block only"
+            )
+
+
+def embed(vit: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """Patch embedding + prefix tokens + position embedding.
+
+    Args:
+        images: (B, 3, H, W), H and W multiples of the patch size.
+    Returns:
+        tokens (B, P + N, C) and the patch grid (H / p, W / p).
+    """
+    x = vit.patch_embed(images)
+    if x.dim() == 4:  # dynamic_img_size: NHWC
+        grid = (x.shape[1], x.shape[2])
+    else:
+        grid = tuple(vit.patch_embed.grid_size)
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    return x, grid
+
+
+def merge_step(x: Tensor, state: TokenState, method: MergeMethod, block: int, num_prefix: int,
+               metric: Tensor | None = None) -> Tensor:
+    """Merge the image tokens of ``x`` (B, P + M, C) in place of ``state``; returns the new ``x``."""
+    prefix, img = x[:, :num_prefix], x[:, num_prefix:]
+    ctx = MergeContext(block=block, lengths=state.lengths, size=state.size, metric=metric, grid=state.grid,
+                       index=state.index)
+    res = method.merge(img, ctx)
+    state.index = compose(state.index, res.index)
+    state.size = merge_sizes(state.size, res.index, res.x.shape[1])
+    state.lengths = res.lengths
+    m = res.x.shape[1]
+    state.tokens_left.append(res.lengths if res.lengths is not None else torch.full_like(state.index[:, 0], m))
+    return torch.cat([prefix, res.x], dim=1)
+
+
+def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | None = None,
+                  bias: Tensor | None = None, return_keys: bool = False) -> tuple[Tensor, Tensor | None]:
+    """One timm ``Block`` up to and including the attention residual.
+
+    Args:
+        x: (B, N, C) tokens (padded layout if ``lengths``; lengths count all tokens).
+    Returns:
+        x after ``x + ls1(attn(norm1(x)))`` and, with ``return_keys``, the keys
+        averaged over heads (B, N, D).
+    """
+    attn = blk.attn
+    b, n, _ = x.shape
+    h = blk.norm1(x)
+    qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    o = attention(q, k, v, backend=backend, lengths=lengths, bias=bias, scale=attn.scale)
+    o = o.transpose(1, 2).reshape(b, n, attn.attn_dim)
+    o = attn.norm(o)
+    if getattr(attn, "gate", None) is not None:
+        o = o * attn.gate(h).sigmoid()
+    o = attn.proj_drop(attn.proj(o))
+    x = x + blk.drop_path1(blk.ls1(o))
+    return x, (k.mean(1) if return_keys else None)
+
+
+def mlp_forward(blk: nn.Module, x: Tensor) -> Tensor:
+    """The MLP residual of a timm ``Block``."""
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
+def run_encoder(vit: nn.Module, images: Tensor, method: MergeMethod | None = None, backend: str = "sdpa",
+                timer: SectionTimer | None = None) -> EncoderOutput:
+    """Encode ``images`` (B, 3, H, W) with ``method`` merging at its scheduled sites.
+
+    With ``NoMerge`` (or ``None``) the computation is that of the dense model.
+    Sections timed through ``timer``: ``encoder``, ``merge``, ``unmerge``.
+    """
+    method = method or NoMerge()
+    timer = timer or _no_timer
+    num_prefix = vit.num_prefix_tokens
+    with timer("encoder"):
+        x, grid = embed(vit, images)
+        state = TokenState.initial(x.shape[0], grid, x.device, x.dtype)
+        for i, blk in enumerate(vit.blocks):
+            if method.active(i, "before_block"):
+                with timer("merge"):
+                    x = merge_step(x, state, method, i, num_prefix)
+            lengths = None if state.lengths is None else state.lengths + num_prefix
+            bias = _size_bias(state, num_prefix) if method.proportional_attention and state.tokens_left else None
+            mid = method.active(i, "after_attention")
+            x, keys = block_forward(blk, x, backend=backend, lengths=lengths, bias=bias, return_keys=mid)
+            if mid:
+                with timer("merge"):
+                    x = merge_step(x, state, method, i, num_prefix, metric=keys[:, num_prefix:])
+            x = mlp_forward(blk, x)
+        x = vit.norm(x)
+    with timer("unmerge"):
+        img = x[:, num_prefix:]
+        tokens = img if not state.tokens_left else unmerge(img, state.index)
+    return EncoderOutput(tokens, x[:, :num_prefix], grid, state.index, state.tokens_left)
+
+
+def _size_bias(state: TokenState, num_prefix: int) -> Tensor:
+    """(B, 1, 1, P + M) log-size logit bias (ToMe's proportional attention; -inf on padding)."""
+    b = state.size.shape[0]
+    prefix = state.size.new_ones(b, num_prefix)
+    return torch.cat([prefix, state.size], dim=1).log()[:, None, None, :]
