@@ -1,0 +1,71 @@
+"""Attention backends agree; backends that cannot run say so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpm.errors import BackendError
+from mpm.models.attention import attention, check_backend
+
+
+def _qkv(b=2, h=3, n=37, d=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g).to(dtype) for _ in range(3)]
+
+
+def test_math_and_sdpa_agree_fp32() -> None:
+    q, k, v = _qkv()
+    torch.testing.assert_close(attention(q, k, v, "math"), attention(q, k, v, "sdpa"), rtol=1e-5, atol=1e-5)
+
+
+def test_math_and_sdpa_agree_bf16() -> None:
+    q, k, v = _qkv(dtype=torch.bfloat16)
+    a = attention(q, k, v, "math").float()
+    b = attention(q, k, v, "sdpa").float()
+    assert (a - b).norm() / b.norm() < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_padding_mask_equals_unpadded(backend: str) -> None:
+    q, k, v = _qkv(b=3, n=20)
+    lengths = torch.tensor([20, 13, 5])
+    out = attention(q, k, v, backend, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone = attention(q[b : b + 1, :, :n], k[b : b + 1, :, :n], v[b : b + 1, :, :n], backend)
+        torch.testing.assert_close(out[b : b + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_bias_is_added_to_logits(backend: str) -> None:
+    q, k, v = _qkv(b=1, n=6)
+    size = torch.tensor([[1.0, 2.0, 1.0, 4.0, 1.0, 1.0]])
+    bias = size.log()[:, None, None, :]
+    out = attention(q, k, v, backend, bias=bias)
+    ref = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias, -1) @ v
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_flash_needs_cuda_and_half() -> None:
+    with pytest.raises(BackendError, match="CUDA"):
+        check_backend("fa2", "cpu", torch.float16)
+    with pytest.raises(BackendError, match="float16 or bfloat16"):
+        check_backend("fa2", "cuda", torch.float32)
+    with pytest.raises(BackendError, match="unknown attention backend 'xformers'"):
+        check_backend("xformers", "cpu", torch.float32)
+    q, k, v = _qkv()
+    with pytest.raises(BackendError, match="CUDA"):
+        attention(q, k, v, "fa2")
+    with pytest.raises(BackendError):
+        attention(q.half(), k.half(), v.half(), "flash-attn")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["fa2", "sdpa", "math"])
+def test_cuda_backends_agree_with_padding(backend: str) -> None:  # pragma: no cover - GPU hosts
+    q, k, v = (t.cuda().half() for t in _qkv(b=3, n=40, d=64))
+    lengths = torch.tensor([40, 21, 9], device="cuda")
+    out = attention(q, k, v, backend, lengths=lengths).float()
+    ref = attention(q.float(), k.float(), v.float(), "math", lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert (out[b, :, :n] - ref[b, :, :n]).norm() / ref[b, :, :n].norm() < 3e-3
