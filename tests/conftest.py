@@ -13,8 +13,9 @@ def import_mmseg():
     """Import mmsegmentation, or skip the test when the optional extra is absent.
 
     mmcv-lite lacks the compiled ``mmcv._ext`` module that ``mmcv.ops`` loads at
-    import time; mmseg's Segmenter needs none of those ops, so an empty stand-in
-    module is registered first.
+    import time, and ``mmcv.utils.ext_loader`` checks that the ops it binds exist.
+    mmseg's Segmenter uses none of them, so a stand-in module is registered
+    whose attributes are placeholders that raise if ever called.
     """
     try:
         importlib.import_module("mmcv")
@@ -24,11 +25,27 @@ def import_mmseg():
         try:
             importlib.import_module("mmcv._ext")
         except ImportError:
-            sys.modules["mmcv._ext"] = types.ModuleType("mmcv._ext")
+            sys.modules["mmcv._ext"] = _ext_stub()
     try:
         return importlib.import_module("mmseg")
     except ImportError as err:
         pytest.skip(f"mmsegmentation not importable: {err}")
+
+
+def _ext_stub() -> types.ModuleType:
+    stub = types.ModuleType("mmcv._ext")
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def op(*args, **kwargs):
+            raise NotImplementedError(f"mmcv._ext.{name} is not available in mmcv-lite")
+
+        return op
+
+    stub.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    return stub
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,157 @@
+"""Time one benchmark point: (model, method, schedule, batch size, backend, dtype, device).
+
+The result is one JSON-ready dict (schema ``mpm.bench/1``): the spec, the
+environment, latency statistics over many timed iterations, a breakdown of one
+forward pass (patch embedding + encoder, merge steps, unmerge, decoder), the
+tokens left after each merge step, GFLOPs from those counts, and the image source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpm.benchmarking.environment import describe_environment, soc_temperature_c, throttling_flags
+from mpm.benchmarking.images import load_batch_images
+from mpm.benchmarking.timing import SectionTimer, summarize, time_calls
+from mpm.errors import ConfigError
+from mpm.merging import build_method
+from mpm.models import SegmenterConfig, build_segmenter, check_backend
+
+SCHEMA = "mpm.bench/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark point.
+
+    ``model`` is a ViT size (``T``, ``S``, ``B``, ``L``: random weights, said so
+    in the result) or a checkpoint path (loaded with :func:`mpm.models.checkpoints.load_segmenter`).
+    """
+
+    images: str
+    model: str = "T"
+    num_classes: int = 150
+    crop: tuple[int, int] | None = None
+    method: str = "none"
+    schedule: tuple[int, ...] = ()
+    method_kwargs: dict = field(default_factory=dict)
+    batch_policy: str = "exact"
+    batch_size: int = 1
+    backend: str = "sdpa"
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 10
+    iters: int = 50
+    breakdown_iters: int = 10
+    pool_batches: int = 4
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["schedule"] = list(self.schedule)
+        d["crop"] = list(self.crop) if self.crop else None
+        return d
+
+
+def build_model(spec: BenchSpec):
+    """The model of a spec and a description of its weights."""
+    path = Path(spec.model)
+    if spec.model.upper() in ("T", "S", "B", "L"):
+        torch.manual_seed(spec.seed)
+        overrides = {"image_size": tuple(spec.crop)} if spec.crop else {}
+        model = build_segmenter(SegmenterConfig.preset(spec.model, spec.num_classes, **overrides))
+        return model, {"weights": "random-init", "seed": spec.seed, "size": spec.model.upper()}
+    if path.exists():
+        from mpm.models.checkpoints import load_segmenter
+
+        model = load_segmenter(path)
+        return model, {"weights": "checkpoint", "checkpoint": str(path), "size": model.config.size_name}
+    raise ConfigError(f"model {spec.model!r} is neither a ViT size (T, S, B, L) nor an existing checkpoint file")
+
+
+def run_point(spec: BenchSpec) -> dict[str, Any]:
+    """Measure one point and return the result dict."""
+    if spec.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {spec.dtype!r}; expected one of {', '.join(DTYPES)}")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    dtype = DTYPES[spec.dtype]
+    check_backend(spec.backend, device, dtype)
+    temp_before = soc_temperature_c()
+    model, weights = build_model(spec)
+    model = model.to(device=device, dtype=dtype).eval()
+    crop = tuple(spec.crop) if spec.crop else tuple(model.config.image_size)
+    method = build_method(spec.method, spec.schedule, batch_policy=spec.batch_policy, **spec.method_kwargs)
+    method.validate(model.config.depth)
+
+    pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)
+    with torch.inference_mode():
+        inputs = model.normalize(pool.to(device=device, dtype=dtype)).split(spec.batch_size)
+
+        def forward(i: int, timer=None):
+            return model(inputs[i % len(inputs)], method=method, backend=spec.backend, timer=timer)
+
+        t0 = time.perf_counter()
+        times = time_calls(forward, device, spec.warmup, spec.iters)
+        wall = time.perf_counter() - t0
+
+        sections = SectionTimer(device)
+        for i in range(spec.breakdown_iters):
+            forward(i, sections)
+            sections.calls += 1
+        breakdown = sections.breakdown()
+
+        counts = []
+        for batch in inputs:
+            _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
+            counts.append(torch.stack(enc.tokens_left, 1).float().cpu() if enc.tokens_left else None)
+    tokens = _token_summary(counts, crop, model.config.patch_size)
+    stats = summarize(times, spec.batch_size)
+    result = {
+        "schema": SCHEMA,
+        "spec": spec.to_dict(),
+        "method": method.describe(),
+        "model": {**weights, "config": model.config.to_dict()},
+        "environment": describe_environment(device, spec.backend, spec.dtype),
+        "timing": stats.to_dict(),
+        "breakdown_ms": breakdown,
+        "tokens": tokens,
+        "gflops": _gflops(model, crop, method, tokens),
+        "image_source": source,
+        "wall_s": wall,
+    }
+    temp_after = soc_temperature_c()
+    result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=temp_after,
+                                 throttled=throttling_flags())
+    return result
+
+
+def _token_summary(counts: list, crop: tuple[int, int], patch: int) -> dict:
+    full = (crop[0] // patch) * (crop[1] // patch)
+    if not counts or counts[0] is None:
+        return {"full": full, "after_step_mean": [], "after_step_std": []}
+    allc = torch.cat(counts, 0)  # (images, steps)
+    return {
+        "full": full,
+        "after_step_mean": allc.mean(0).tolist(),
+        "after_step_std": allc.std(0, unbiased=False).tolist(),
+        "after_step_min": allc.min(0).values.tolist(),
+        "after_step_max": allc.max(0).values.tolist(),
+    }
+
+
+def _gflops(model, crop, method, tokens: dict) -> float | None:
+    try:
+        from mpm.models.flops import segmenter_flops
+    except ImportError:
+        return None
+    return segmenter_flops(model.config, crop, method, tokens["after_step_mean"]).total_gflops

@@ -1,0 +1,136 @@
+"""Timers: whole-forward timing statistics and per-section breakdowns.
+
+On CUDA, time is read from CUDA events (no host clock around asynchronous
+work); on the CPU from ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+
+
+@dataclass
+class TimingStats:
+    """Latency statistics of one benchmark point (milliseconds per batch)."""
+
+    iterations: int
+    median_ms: float
+    mean_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    batch_size: int
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 * self.batch_size / self.median_ms
+
+    @property
+    def per_image_ms(self) -> float:
+        return self.median_ms / self.batch_size
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_s"] = self.images_per_s
+        d["per_image_ms"] = self.per_image_ms
+        return d
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (``q`` in [0, 100])."""
+    s = sorted(values)
+    if not s:
+        raise ValueError("no values")
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(times_ms: list[float], batch_size: int) -> TimingStats:
+    return TimingStats(
+        iterations=len(times_ms),
+        median_ms=statistics.median(times_ms),
+        mean_ms=statistics.fmean(times_ms),
+        p10_ms=percentile(times_ms, 10),
+        p90_ms=percentile(times_ms, 90),
+        min_ms=min(times_ms),
+        max_ms=max(times_ms),
+        batch_size=batch_size,
+    )
+
+
+def time_calls(fn: Callable[[int], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Run ``fn(i)`` ``warmup`` times untimed, then ``iters`` times timed; ms per call."""
+    for i in range(warmup):
+        fn(i)
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            fn(warmup + i)
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) for s, e in events]
+    else:
+        for i in range(iters):
+            t0 = time.perf_counter()
+            fn(warmup + i)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+class SectionTimer:
+    """Accumulates named sections of a forward pass (usable as the runner's ``timer``).
+
+    ``timer("merge")`` is a context manager. Sections may nest (``merge`` runs
+    inside ``encoder``); :meth:`breakdown` reports the exclusive figures.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._cuda = device.type == "cuda"
+        self._pending: list[tuple[str, object, object]] = []
+        self.totals: dict[str, float] = defaultdict(float)
+        self.calls = 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._pending.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.totals[name] += (time.perf_counter() - t0) * 1000.0
+
+    def flush(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            for name, start, end in self._pending:
+                self.totals[name] += start.elapsed_time(end)  # type: ignore[attr-defined]
+            self._pending.clear()
+
+    def breakdown(self) -> dict[str, float]:
+        """Mean ms per forward: patch embedding + encoder blocks, merge, unmerge, decoder."""
+        self.flush()
+        n = max(self.calls, 1)
+        merge = self.totals.get("merge", 0.0)
+        return {
+            "embed_and_encoder_ms": (self.totals.get("encoder", 0.0) - merge) / n,
+            "merge_ms": merge / n,
+            "unmerge_ms": self.totals.get("unmerge", 0.0) / n,
+            "decoder_ms": self.totals.get("decoder", 0.0) / n,
+        }
