@@ -22,6 +22,7 @@ from mpm.benchmarking.timing import SectionTimer, summarize, time_calls
 from mpm.errors import ConfigError
 from mpm.merging import build_method
 from mpm.models import SegmenterConfig, build_segmenter, check_backend
+from mpm.models.flops import FlopReport, flops_of_run
 
 SCHEMA = "mpm.bench/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -110,10 +111,11 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
             sections.calls += 1
         breakdown = sections.breakdown()
 
-        counts = []
+        counts, flops = [], []
         for batch in inputs:
             _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
             counts.append(torch.stack(enc.tokens_left, 1).float().cpu() if enc.tokens_left else None)
+            flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     tokens = _token_summary(counts, crop, model.config.patch_size)
     stats = summarize(times, spec.batch_size)
     result = {
@@ -125,7 +127,7 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
         "timing": stats.to_dict(),
         "breakdown_ms": breakdown,
         "tokens": tokens,
-        "gflops": _gflops(model, crop, method, tokens),
+        "gflops": FlopReport.combine(flops, "mean").total,
         "image_source": source,
         "wall_s": wall,
     }
@@ -147,11 +149,3 @@ def _token_summary(counts: list, crop: tuple[int, int], patch: int) -> dict:
         "after_step_min": allc.min(0).values.tolist(),
         "after_step_max": allc.max(0).values.tolist(),
     }
-
-
-def _gflops(model, crop, method, tokens: dict) -> float | None:
-    try:
-        from mpm.models.flops import segmenter_flops
-    except ImportError:
-        return None
-    return segmenter_flops(model.config, crop, method, tokens["after_step_mean"]).total_gflops
