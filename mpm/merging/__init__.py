@@ -8,12 +8,15 @@ from mpm.merging.base import MergeContext, MergeMethod, NoMerge, available_metho
 from mpm.merging.maps import TokenMerge, compose, identity_map, unmerge
 from mpm.merging.mpm import MPM, mpm_merge
 
-# methods register themselves on import
-from mpm.merging import tome as _tome  # noqa: E402,F401  isort:skip
-from mpm.merging import algm as _algm  # noqa: E402,F401  isort:skip
+from mpm.merging.tome import ToMe, bipartite_soft_matching, tome_merge  # registers "tome"
+from mpm.merging.algm import ALGM  # registers "algm"
 
 __all__ = [
+    "ALGM",
     "MPM",
+    "ToMe",
+    "bipartite_soft_matching",
+    "tome_merge",
     "MergeContext",
     "MergeMethod",
     "NoMerge",

@@ -23,7 +23,8 @@ class TokenMerge(NamedTuple):
     """The result of one merge step.
 
     Attributes:
-        x: (B, M, C) merged tokens, survivors in their original (raster) order.
+        x: (B, M, C) merged tokens in the method's order (MPM keeps raster order;
+            ToMe and ALGM reorder); ``index`` is exact either way.
         index: (B, N) long, input token -> output slot. Entries of padded input
             slots are unspecified (but valid indices).
         lengths: (B,) long, real output tokens per image, or ``None`` when all
