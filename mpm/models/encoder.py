@@ -88,11 +88,15 @@ def check_vit(vit: nn.Module) -> None:
             )
 
 
-def embed(vit: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+def embed(vit: nn.Module, images: Tensor, pos_interpolation: str | None = None) -> tuple[Tensor, tuple[int, int]]:
     """Patch embedding + prefix tokens + position embedding.
 
     Args:
         images: (B, 3, H, W), H and W multiples of the patch size.
+        pos_interpolation: how to resample the position embedding for a grid
+            other than the training grid: None = timm's own (antialiased
+            bicubic); ``"bicubic"`` / ``"bilinear"`` without antialiasing, as
+            mmsegmentation / Segmenter's own code do.
     Returns:
         tokens (B, P + N, C) and the patch grid (H / p, W / p).
     """
@@ -101,7 +105,19 @@ def embed(vit: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         grid = (x.shape[1], x.shape[2])
     else:
         grid = tuple(vit.patch_embed.grid_size)
-    x = vit._pos_embed(x)
+    trained = tuple(vit.patch_embed.grid_size)
+    if pos_interpolation is None or grid == trained or vit.pos_embed is None or vit.no_embed_class:
+        x = vit._pos_embed(x)
+    else:
+        from timm.layers import resample_abs_pos_embed
+
+        pos = resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(trained),
+                                     num_prefix_tokens=vit.num_prefix_tokens,
+                                     interpolation=pos_interpolation, antialias=False)
+        b = x.shape[0]
+        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        x = torch.cat(prefix + [x.reshape(b, -1, x.shape[-1])], dim=1) + pos
+        x = vit.pos_drop(x)
     x = vit.patch_drop(x)
     x = vit.norm_pre(x)
     return x, grid
@@ -154,17 +170,18 @@ def mlp_forward(blk: nn.Module, x: Tensor) -> Tensor:
 
 
 def run_encoder(vit: nn.Module, images: Tensor, method: MergeMethod | None = None, backend: str = "sdpa",
-                timer: SectionTimer | None = None) -> EncoderOutput:
+                timer: SectionTimer | None = None, pos_interpolation: str | None = None) -> EncoderOutput:
     """Encode ``images`` (B, 3, H, W) with ``method`` merging at its scheduled sites.
 
     With ``NoMerge`` (or ``None``) the computation is that of the dense model.
     Sections timed through ``timer``: ``encoder``, ``merge``, ``unmerge``.
+    ``pos_interpolation``: see :func:`embed`.
     """
     method = method or NoMerge()
     timer = timer or _no_timer
     num_prefix = vit.num_prefix_tokens
     with timer("encoder"):
-        x, grid = embed(vit, images)
+        x, grid = embed(vit, images, pos_interpolation)
         state = TokenState.initial(x.shape[0], grid, x.device, x.dtype)
         for i, blk in enumerate(vit.blocks):
             if method.active(i, "before_block"):

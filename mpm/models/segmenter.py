@@ -55,6 +55,9 @@ class SegmenterConfig:
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
     drop_path_rate: float = 0.0
+    #: resampling of the position embedding for inputs other than ``image_size``
+    #: (no antialiasing): "bicubic" as mmsegmentation, "bilinear" as Segmenter's own code
+    pos_embed_interpolation: str = "bicubic"
 
     @classmethod
     def preset(cls, size: str, num_classes: int, **overrides: Any) -> "SegmenterConfig":
@@ -143,7 +146,7 @@ class Segmenter(nn.Module):
         """Run the encoder on normalised images whose sides are multiples of the patch size."""
         method = method or NoMerge()
         method.validate(self.config.depth)
-        return run_encoder(self.encoder, images, method, backend, timer)
+        return run_encoder(self.encoder, images, method, backend, timer, self.config.pos_embed_interpolation)
 
     def forward(self, images: Tensor, method: MergeMethod | None = None, backend: str = "sdpa",
                 timer: SectionTimer | None = None, return_encoder: bool = False):
