@@ -57,7 +57,7 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, results = [], []
     for size in args.models.split(","):
         for mname in args.methods.split(","):
             method, sched, kwargs = METHODS[mname]
@@ -78,13 +78,14 @@ def main() -> int:
                     try:
                         res = run_point(spec)
                         res["point"] = key
-                        (out / f"{key}.json").write_text(json.dumps(res, indent=1))
+                        results.append(res)
                         rows.append((key, res["timing"]["images_per_s"], res["timing"]["per_image_ms"],
                                      res["gflops"], res["tokens"]["after_step_mean"], res["breakdown_ms"]["merge_ms"]))
                     except Exception as err:  # keep going: one failing point must not lose the others
                         traceback.print_exc()
                         rows.append((key, float("nan"), float("nan"), None, f"ERROR {type(err).__name__}: {err}", None))
                     print(f"{key}: {time.time() - t0:.1f}s", flush=True)
+    (out / "points.json").write_text(json.dumps(results, indent=1))
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{'point':42s} {'img/s':>9s} {'ms/img':>8s} {'GFLOPs':>8s} {'merge ms':>8s} tokens")
     for key, ips, ms, gf, tok, mm in rows:

@@ -100,6 +100,77 @@ def attention(
     return _flash_attn(q, k, v, lengths, scale)
 
 
+class Packing:
+    """The real rows of a padded batch laid end to end: variable-length sequences.
+
+    Built once per merge step (one host sync); packing and unpacking are then one
+    ``index_select`` / ``index_copy`` each, and attention runs on the packed
+    sequences without padding (FlashAttention-2's variable-length mode).
+
+    Args:
+        lengths: (B,) real rows per image (prefix tokens included).
+        num_slots: L, the padded length.
+    """
+
+    def __init__(self, lengths: Tensor, num_slots: int) -> None:
+        self.batch, self.num_slots = int(lengths.shape[0]), num_slots
+        valid = torch.arange(num_slots, device=lengths.device) < lengths[:, None]
+        self.rows = valid.flatten().nonzero().squeeze(1)  # (T,) flat indices into B * L
+        self.offsets = torch.zeros(self.batch + 1, dtype=torch.long, device=lengths.device)
+        self.offsets[1:] = lengths.cumsum(0)
+        host = lengths.tolist()
+        self.max_len, self.min_len, self.total = max(host), min(host), sum(host)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, L, C) padded -> (T, C) packed."""
+        return x.reshape(self.batch * self.num_slots, -1).index_select(0, self.rows)
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """(T, C) packed -> (B, L, C) padded (padding zero)."""
+        out = values.new_zeros(self.batch * self.num_slots, values.shape[-1])
+        return out.index_copy_(0, self.rows, values).view(self.batch, self.num_slots, -1)
+
+    def jagged(self, t: Tensor) -> Tensor:
+        """(T, H, D) contiguous -> nested jagged (B, H, j, D), a view."""
+        return torch.nested.nested_tensor_from_jagged(
+            t, self.offsets, min_seqlen=self.min_len, max_seqlen=self.max_len).transpose(1, 2)
+
+
+def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend: str = "fa2",
+                     scale: float | None = None) -> Tensor:
+    """Attention within each of the packed sequences of ``packing``.
+
+    Args:
+        q, k, v: (T, H, D) contiguous, the sequences of ``packing`` end to end.
+    Returns:
+        (T, H, D).
+    """
+    check_backend(backend, q.device, q.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend == "flash-attn":
+        import flash_attn  # optional extra
+
+        cu = packing.offsets.to(torch.int32)
+        return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
+                                                 softmax_scale=scale)
+    if backend == "math":  # reference path: padded with key masks
+        lengths = packing.offsets.diff()
+        padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
+        out = _math(*padded, lengths, None, scale)
+        return packing.pack(out.transpose(1, 2).flatten(2)).view_as(q)
+    jq, jk, jv = (packing.jagged(t) for t in (q, k, v))
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(jq, jk, jv, scale=scale).transpose(1, 2).values()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(jq, jk, jv, scale=scale).transpose(1, 2).values()
+    except RuntimeError as err:
+        raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these packed inputs "
+                           f"({packing.total} tokens, {q.dtype}, {q.device}): {err}") from err
+
+
 def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
     attn = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:

@@ -20,7 +20,10 @@ from torch import Tensor, nn
 from mpm.errors import ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
 from mpm.merging.maps import compose, identity_map, merge_sizes, unmerge
-from mpm.models.attention import attention
+from mpm.models.attention import Packing, attention, attention_packed
+
+#: backends that run padded batches as packed variable-length sequences
+PACKED_BACKENDS = ("fa2", "flash-attn")
 
 #: ``timer(section_name)`` returns a context manager timing that section
 SectionTimer = Callable[[str], ContextManager]
@@ -139,29 +142,40 @@ def merge_step(x: Tensor, state: TokenState, method: MergeMethod, block: int, nu
 
 
 def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | None = None,
-                  bias: Tensor | None = None, return_keys: bool = False) -> tuple[Tensor, Tensor | None]:
+                  bias: Tensor | None = None, return_keys: bool = False,
+                  packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
     """One timm ``Block`` up to and including the attention residual.
 
     Args:
-        x: (B, N, C) tokens (padded layout if ``lengths``; lengths count all tokens).
+        x: (B, N, C) tokens (padded layout if ``lengths``; lengths count all
+            tokens), or (T, C) packed sequences when ``packing`` is given.
     Returns:
         x after ``x + ls1(attn(norm1(x)))`` and, with ``return_keys``, the keys
-        averaged over heads (B, N, D).
+        averaged over heads, (B, N, D) (padded when packed).
     """
     attn = blk.attn
-    b, n, _ = x.shape
     h = blk.norm1(x)
-    qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    o = attention(q, k, v, backend=backend, lengths=lengths, bias=bias, scale=attn.scale)
-    o = o.transpose(1, 2).reshape(b, n, attn.attn_dim)
+    if packing is None:
+        b, n, _ = x.shape
+        qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        o = attention(q, k, v, backend=backend, lengths=lengths, bias=bias, scale=attn.scale)
+        o = o.transpose(1, 2).reshape(b, n, attn.attn_dim)
+        keys = k.mean(1) if return_keys else None
+    else:
+        t = x.shape[0]
+        qkv = attn.qkv(h).reshape(t, 3, attn.num_heads, attn.head_dim).permute(1, 0, 2, 3).contiguous()
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        o = attention_packed(q, k, v, packing, backend=backend, scale=attn.scale).reshape(t, attn.attn_dim)
+        keys = packing.unpack(k.mean(1)) if return_keys else None
     o = attn.norm(o)
     if getattr(attn, "gate", None) is not None:
         o = o * attn.gate(h).sigmoid()
     o = attn.proj_drop(attn.proj(o))
     x = x + blk.drop_path1(blk.ls1(o))
-    return x, (k.mean(1) if return_keys else None)
+    return x, keys
 
 
 def mlp_forward(blk: nn.Module, x: Tensor) -> Tensor:
@@ -180,26 +194,44 @@ def run_encoder(vit: nn.Module, images: Tensor, method: MergeMethod | None = Non
     method = method or NoMerge()
     timer = timer or _no_timer
     num_prefix = vit.num_prefix_tokens
+    packed = backend in PACKED_BACKENDS
     with timer("encoder"):
         x, grid = embed(vit, images, pos_interpolation)
         state = TokenState.initial(x.shape[0], grid, x.device, x.dtype)
+        packing: Packing | None = None  # set while x is packed (T, C)
         for i, blk in enumerate(vit.blocks):
             if method.active(i, "before_block"):
                 with timer("merge"):
+                    x = packing.unpack(x) if packing is not None else x
                     x = merge_step(x, state, method, i, num_prefix)
+                    packing = _packing(state, num_prefix, x) if packed else None
+                    x = packing.pack(x) if packing is not None else x
             lengths = None if state.lengths is None else state.lengths + num_prefix
             bias = _size_bias(state, num_prefix) if method.proportional_attention and state.tokens_left else None
             mid = method.active(i, "after_attention")
-            x, keys = block_forward(blk, x, backend=backend, lengths=lengths, bias=bias, return_keys=mid)
+            x, keys = block_forward(blk, x, backend=backend, lengths=lengths, bias=bias, return_keys=mid,
+                                    packing=packing)
             if mid:
                 with timer("merge"):
+                    x = packing.unpack(x) if packing is not None else x
                     x = merge_step(x, state, method, i, num_prefix, metric=keys[:, num_prefix:])
+                    packing = _packing(state, num_prefix, x) if packed else None
+                    x = packing.pack(x) if packing is not None else x
             x = mlp_forward(blk, x)
         x = vit.norm(x)
+        if packing is not None:
+            x = packing.unpack(x)
     with timer("unmerge"):
         img = x[:, num_prefix:]
         tokens = img if not state.tokens_left else unmerge(img, state.index)
     return EncoderOutput(tokens, x[:, :num_prefix], grid, state.index, state.tokens_left)
+
+
+def _packing(state: TokenState, num_prefix: int, x: Tensor) -> Packing | None:
+    """Packing of a padded batch, or None when every image keeps the same count."""
+    if state.lengths is None:
+        return None
+    return Packing(state.lengths + num_prefix, x.shape[1])
 
 
 def _size_bias(state: TokenState, num_prefix: int) -> Tensor:

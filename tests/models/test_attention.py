@@ -69,3 +69,22 @@ def test_cuda_backends_agree_with_padding(backend: str) -> None:  # pragma: no c
     ref = attention(q.float(), k.float(), v.float(), "math", lengths=lengths)
     for b, n in enumerate(lengths.tolist()):
         assert (out[b, :, :n] - ref[b, :, :n]).norm() / ref[b, :, :n].norm() < 3e-3
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_packed_sequences_equal_each_sequence_alone(backend: str) -> None:
+    from mpm.models.attention import Packing, attention_packed
+
+    lengths = torch.tensor([7, 3, 12])
+    packing = Packing(lengths, 12)
+    q, k, v = (torch.randn(int(lengths.sum()), 2, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    out = attention_packed(q, k, v, packing, backend)
+    start = 0
+    for n in lengths.tolist():
+        sl = slice(start, start + n)
+        alone = attention(*(t[sl].transpose(0, 1)[None] for t in (q, k, v)), "math")[0].transpose(0, 1)
+        torch.testing.assert_close(out[sl], alone, rtol=1e-5, atol=1e-6)
+        start += n
+    padded = packing.unpack(q.flatten(1))
+    assert padded.shape == (3, 12, 16) and torch.equal(packing.pack(padded), q.flatten(1))
+    assert (padded[1, 3:] == 0).all()

@@ -90,3 +90,19 @@ def test_schedule_out_of_range(model) -> None:
         model(_images(1), method=build_method("mpm", (2, 12)))
     with pytest.raises(ConfigError, match="unknown merge method 'foo'"):
         build_method("foo", (1,))
+
+
+@pytest.mark.parametrize("name,schedule,kwargs", [("mpm", (2, 5), {}), ("algm", (), {}), ("tome", (1, 3), {"r": 5})])
+def test_packed_layout_equals_padded_layout(model, monkeypatch, name, schedule, kwargs) -> None:
+    """The packed variable-length path (what FA2 runs on CUDA) against the padded one, on the CPU."""
+    import mpm.models.encoder as encoder
+
+    x = _images(3, seed=4)
+    method = build_method(name, schedule, **kwargs)
+    with torch.no_grad():
+        padded, enc = model(x, method=method, backend="sdpa", return_encoder=True)
+        monkeypatch.setattr(encoder, "PACKED_BACKENDS", ("sdpa", "math"))
+        for backend in ("sdpa", "math"):
+            packed, penc = model(x, method=method, backend=backend, return_encoder=True)
+            torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
+            assert torch.equal(penc.index, enc.index)
