@@ -16,6 +16,7 @@ from mpm.errors import MPMError
 COMMAND_MODULES = (
     "mpm.cli.fetch",
     "mpm.cli.prepare",
+    "mpm.cli.synth",
     "mpm.cli.demo",
     "mpm.cli.eval",
     "mpm.cli.bench",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mpm.io import atomic_path
 from mpm.errors import DatasetError
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -276,31 +276,10 @@ def write_per_class_csv(
         class_names = [str(i) for i in range(k)]
     if len(class_names) != k:
         raise ValueError(f"{len(class_names)} class names for {k} classes")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["class_index", "class_name", "IoU", "Acc", "gt_pixels", "pred_pixels"])
-            for i in range(k):
-                w.writerow(
-                    [
-                        i,
-                        class_names[i],
-                        _fmt(metrics.iou[i]),
-                        _fmt(metrics.acc[i]),
-                        int(metrics.gt_pixels[i]),
-                        int(metrics.pred_pixels[i]),
-                    ]
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["class_index", "class_name", "IoU", "Acc", "gt_pixels", "pred_pixels"])
+        for i in range(k):
+            w.writerow([i, class_names[i], _fmt(metrics.iou[i]), _fmt(metrics.acc[i]),
+                        int(metrics.gt_pixels[i]), int(metrics.pred_pixels[i])])
     return path

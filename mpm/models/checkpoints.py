@@ -41,7 +41,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +50,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from mpm.io import atomic_path
 from mpm.errors import CheckpointError, ConfigError
 from mpm.models.segmenter import Segmenter, SegmenterConfig
 
@@ -97,17 +97,8 @@ def save_segmenter(model: Segmenter, path: str | os.PathLike) -> Path:
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
