@@ -31,7 +31,8 @@ class MergeContext:
     Attributes:
         block: index of the encoder block of this site.
         lengths: (B,) real tokens per image (padded layout) or None.
-        size: (B, M) float, original patches per token (padded slots 0).
+        size: (B, M) float, original patches per token (padded slots 0);
+            None for methods whose ``uses_size`` is False.
         metric: (B, M, D) features to compare tokens by, or None (use ``x``).
             At ``after_attention`` sites: the block's attention keys, mean over heads.
         grid: (H, W) patch grid of the full image.
@@ -41,7 +42,7 @@ class MergeContext:
 
     block: int
     lengths: Tensor | None
-    size: Tensor
+    size: Tensor | None
     metric: Tensor | None
     grid: tuple[int, int]
     index: Tensor | None = None
@@ -54,6 +55,8 @@ class MergeMethod:
     site: ClassVar[Site] = "before_block"
     #: whether attention should add log(size) to its logits (ToMe's proportional attention)
     proportional_attention: bool = False
+    #: whether the method reads ``ctx.size`` (the runner skips the size bookkeeping otherwise)
+    uses_size: ClassVar[bool] = True
 
     def __init__(self, schedule: Sequence[int] = (), batch_policy: str = "exact") -> None:
         if batch_policy not in BATCH_POLICIES:

@@ -42,8 +42,7 @@ def best_partners(x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Ten
     xn = F.normalize(x, dim=-1)
     sim = xn @ xn.transpose(1, 2)
     n = x.shape[1]
-    eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    sim = sim.masked_fill(eye, float("-inf"))
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # j != i
     if lengths is not None:
         invalid_key = ~valid_mask(lengths, n, x.shape[0])
         sim = sim.masked_fill(invalid_key.unsqueeze(1), float("-inf"))
@@ -101,7 +100,7 @@ def merge_pairs(x: Tensor, best: Tensor, mutual: Tensor, lengths: Tensor | None 
     survivor = (rep == idx) & valid
     slot = survivor.cumsum(1) - 1  # output slot of each survivor
     out_lengths = survivor.sum(1)
-    m = int(out_lengths.max()) if b > 0 else 0
+    m, m_min = torch.stack([out_lengths.max(), out_lengths.min()]).tolist() if b > 0 else (0, 0)  # one sync
     # source token and partner of every output slot (gathers, no atomics)
     src = torch.zeros(b, m + 1, dtype=torch.long, device=x.device)
     src.scatter_(1, torch.where(survivor, slot, m), idx)
@@ -110,8 +109,7 @@ def merge_pairs(x: Tensor, best: Tensor, mutual: Tensor, lengths: Tensor | None 
     gather = lambda t: x.gather(1, t.unsqueeze(-1).expand(-1, -1, c))  # noqa: E731
     merged = (gather(src) + gather(partner)) * 0.5
     index = slot.gather(1, rep).clamp_(0, max(m - 1, 0))
-    uniform = bool((out_lengths == m).all())
-    return TokenMerge(merged, index, None if uniform else out_lengths)
+    return TokenMerge(merged, index, None if m == m_min else out_lengths)
 
 
 def mpm_merge(
@@ -157,6 +155,7 @@ class MPM(MergeMethod):
 
     name = "mpm"
     site = "before_block"
+    uses_size = False  # plain means: sizes play no part
 
     def merge(self, x: Tensor, ctx: MergeContext) -> TokenMerge:
         feats = x if ctx.metric is None else ctx.metric

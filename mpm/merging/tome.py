@@ -75,7 +75,7 @@ class Matching(NamedTuple):
 # --------------------------------------------------------------------------- #
 
 
-def matching_from_route(route: Tensor, out_lengths: Tensor) -> Matching:
+def matching_from_route(route: Tensor, out_lengths: Tensor, uniform_length: int | None = None) -> Matching:
     """Build merge/unmerge from where each input token goes.
 
     Args:
@@ -83,13 +83,18 @@ def matching_from_route(route: Tensor, out_lengths: Tensor) -> Matching:
             ``[0, out_lengths[b])``; padded input tokens carry ``M`` (a dump
             slot past the output, ``M = out_lengths.max()``).
         out_lengths: (B,) long, real output tokens per image.
+        uniform_length: when the caller knows every image keeps this many
+            tokens (no padding), the host-side value: avoids device syncs.
     Returns:
         :class:`Matching` with output padded to ``M`` tokens.
     """
     b, n = route.shape
-    m = int(out_lengths.max()) if b > 0 else 0
+    if uniform_length is not None:
+        m, lengths = uniform_length, None
+    else:
+        m = int(out_lengths.max()) if b > 0 else 0
+        lengths = None if bool((out_lengths == m).all()) else out_lengths
     index = route.clamp(max=max(m - 1, 0))
-    lengths = None if bool((out_lengths == m).all()) else out_lengths
 
     def merge(x: Tensor, mode: str = "sum") -> Tensor:
         """(B, N, C) -> (B, M, C); tokens of one output slot reduced with ``mode``."""
@@ -202,7 +207,7 @@ def clamp_r(r: int | Tensor, batch: int, num_tokens: int, lengths: Tensor | None
 
 
 def bipartite_matching(node_max: Tensor, node_idx: Tensor, r: int | Tensor, num_tokens: int,
-                       lengths: Tensor | None = None) -> Matching:
+                       lengths: Tensor | None = None, uniform_length: int | None = None) -> Matching:
     """Merge, per image, the ``r`` A tokens with the most similar B partner.
 
     Args:
@@ -235,11 +240,11 @@ def bipartite_matching(node_max: Tensor, node_idx: Tensor, r: int | Tensor, num_
     b_slot = n_unm + torch.arange(nb, device=device)  # (B, Nb): B tokens after the unmerged A
     a_slot = torch.where(merged_a, b_slot.gather(1, node_idx), unm_a.cumsum(1) - 1)
     out_lengths = lens - rb
-    m = int(out_lengths.max())
+    m = uniform_length if uniform_length is not None else int(out_lengths.max())
     route = torch.empty(b, n, dtype=torch.long, device=device)
     route[:, ::2] = torch.where(valid_a, a_slot, m)
     route[:, 1::2] = torch.where(valid_b, b_slot, m)
-    return matching_from_route(route, out_lengths)
+    return matching_from_route(route, out_lengths, uniform_length)
 
 
 def bipartite_soft_matching(metric: Tensor, r: int | Tensor, lengths: Tensor | None = None,
@@ -259,7 +264,9 @@ def bipartite_soft_matching(metric: Tensor, r: int | Tensor, lengths: Tensor | N
     n = metric.shape[1]
     rb = clamp_r(r, metric.shape[0], n, lengths, policy, metric.device)
     node_max, node_idx = bipartite_scores(metric, lengths)
-    return bipartite_matching(node_max, node_idx, rb, n, lengths)
+    # dense input and one r for all: every image keeps n - r tokens, known without a device sync
+    uniform = n - min(max(r, 0), n // 2) if lengths is None and isinstance(r, int) else None
+    return bipartite_matching(node_max, node_idx, rb, n, lengths, uniform)
 
 
 def tome_merge(x: Tensor, size: Tensor | None, metric: Tensor | None, r: int | Tensor,

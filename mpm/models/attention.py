@@ -8,7 +8,7 @@ backend        what runs
 ``sdpa``       PyTorch ``scaled_dot_product_attention``, PyTorch picks the kernel.
 ``fa2``        PyTorch SDPA restricted to its FlashAttention-2 kernel ("FA2 on").
                CUDA and fp16/bf16 only; padded batches run as packed
-               variable-length (jagged) sequences.
+               variable-length sequences through the same kernel's varlen mode.
 ``flash-attn`` the ``flash-attn`` package (``flash_attn_func`` /
                ``flash_attn_varlen_func``), where it is importable.
 =============  ==============================================================
@@ -114,12 +114,15 @@ class Packing:
 
     def __init__(self, lengths: Tensor, num_slots: int) -> None:
         self.batch, self.num_slots = int(lengths.shape[0]), num_slots
-        valid = torch.arange(num_slots, device=lengths.device) < lengths[:, None]
-        self.rows = valid.flatten().nonzero().squeeze(1)  # (T,) flat indices into B * L
-        self.offsets = torch.zeros(self.batch + 1, dtype=torch.long, device=lengths.device)
-        self.offsets[1:] = lengths.cumsum(0)
-        host = lengths.tolist()
+        host = lengths.tolist()  # the one host sync
         self.max_len, self.min_len, self.total = max(host), min(host), sum(host)
+        device = lengths.device
+        self.offsets = torch.zeros(self.batch + 1, dtype=torch.long, device=device)
+        self.offsets[1:] = lengths.cumsum(0)
+        # (T,) flat row indices into B * L: position within the sequence + b * L
+        starts = torch.arange(self.batch, device=device) * num_slots - self.offsets[:-1]
+        self.rows = torch.arange(self.total, device=device) + torch.repeat_interleave(
+            starts, lengths, output_size=self.total)
 
     def pack(self, x: Tensor) -> Tensor:
         """(B, L, C) padded -> (T, C) packed."""
@@ -158,14 +161,23 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = _math(*padded, lengths, None, scale)
         return packing.pack(out.transpose(1, 2).flatten(2)).view_as(q)
-    jq, jk, jv = (packing.jagged(t) for t in (q, k, v))
     if backend == "sdpa":
+        jq, jk, jv = (packing.jagged(t) for t in (q, k, v))
         return F.scaled_dot_product_attention(jq, jk, jv, scale=scale).transpose(1, 2).values()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return _fa2_varlen(q, k, v, packing, scale)
 
+
+def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: Packing, scale: float) -> Tensor:
+    """PyTorch's FlashAttention-2 kernel (the one SDPA's flash backend calls) in its
+    variable-length mode: (T, H, D) packed sequences with cumulative lengths.
+
+    Called directly rather than through nested tensors, whose dispatch costs
+    milliseconds per call (measured: ``benchmarks/kernels.py``).
+    """
+    cu = packing.offsets.to(torch.int32)
     try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return F.scaled_dot_product_attention(jq, jk, jv, scale=scale).transpose(1, 2).values()
+        return torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, packing.max_len, packing.max_len, 0.0, False, False, scale=scale)[0]
     except RuntimeError as err:
         raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these packed inputs "
                            f"({packing.total} tokens, {q.dtype}, {q.device}): {err}") from err
@@ -190,38 +202,20 @@ def _sdpa_mask(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor
 
 
 def _fa2(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if lengths is None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            if lengths is None:
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
                 return F.scaled_dot_product_attention(q, k, v, scale=scale)
-            jq, jk, jv = (_to_jagged(t, lengths) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(jq, jk, jv, scale=scale)
-            return _from_jagged(out, lengths, q.shape[-2])
-    except RuntimeError as err:
-        raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these inputs "
-                           f"(shape {tuple(q.shape)}, {q.dtype}, {q.device}): {err}") from err
-
-
-def _to_jagged(t: Tensor, lengths: Tensor) -> Tensor:
-    """(B, H, N, D) padded -> nested jagged (B, H, j, D) of the real tokens."""
-    b, h, n, d = t.shape
-    valid = torch.arange(n, device=t.device) < lengths[:, None]
-    values = t.transpose(1, 2)[valid]  # (T, H, D)
-    offsets = torch.zeros(b + 1, dtype=torch.long, device=t.device)
-    offsets[1:] = lengths.cumsum(0)
-    return torch.nested.nested_tensor_from_jagged(values, offsets).transpose(1, 2)
-
-
-def _from_jagged(t: Tensor, lengths: Tensor, n: int) -> Tensor:
-    """Nested jagged (B, H, j, D) -> padded (B, H, N, D) (padding zero)."""
-    values = t.transpose(1, 2).values()  # (T, H, D)
-    b = lengths.shape[0]
-    valid = torch.arange(n, device=values.device) < lengths[:, None]
-    out = values.new_zeros(b, n, values.shape[1], values.shape[2])
-    out[valid] = values
-    return out.transpose(1, 2)
+        except RuntimeError as err:
+            raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these inputs "
+                               f"(shape {tuple(q.shape)}, {q.dtype}, {q.device}): {err}") from err
+    b, h, n, d = q.shape
+    packing = Packing(lengths, n)
+    packed = [packing.pack(t.transpose(1, 2).reshape(b, n, h * d)).view(-1, h, d) for t in (q, k, v)]
+    out = _fa2_varlen(*packed, packing, scale)
+    return packing.unpack(out.reshape(-1, h * d)).view(b, n, h, d).transpose(1, 2)
 
 
 def _flash_attn(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:

@@ -78,6 +78,38 @@ class LinearDecoder(nn.Module):
         return self.head(tokens).transpose(1, 2).reshape(b, self.num_classes, grid[0], grid[1])
 
 
+def interpolation_matrix(n_in: int, n_out: int, device=None, dtype=None) -> Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation, as ``F.interpolate`` computes
+    them for ``mode="bilinear", align_corners=False`` and an output ``size``."""
+    dst = torch.arange(n_out, dtype=torch.float64)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = src - i0
+    mat = torch.zeros(n_out, n_in, dtype=torch.float64)
+    mat.index_put_((torch.arange(n_out), i0), 1 - w1, accumulate=True)
+    mat.index_put_((torch.arange(n_out), i1), w1, accumulate=True)
+    return mat.to(device=device, dtype=dtype)
+
+
+_MATRICES: dict[tuple, Tensor] = {}
+
+
 def upsample(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of (B, K, h, w) logits to ``size`` (align_corners=False)."""
-    return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    """Bilinear upsampling of (B, K, h, w) logits to ``size`` (align_corners=False).
+
+    Bilinear interpolation is separable and linear, so it is computed as
+    ``A_h @ X @ A_w^T`` with two small interpolation matrices: the same values as
+    ``F.interpolate`` up to rounding, on the matrix units (several times faster on
+    GPUs for Segmenter's 150-class logits).
+    """
+    b, k, h, w = masks.shape
+    if masks.device.type != "cuda":
+        return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    mats = []
+    for n_in, n_out in ((h, size[0]), (w, size[1])):
+        key = (n_in, n_out, masks.device, masks.dtype)
+        if key not in _MATRICES:
+            _MATRICES[key] = interpolation_matrix(n_in, n_out, masks.device, masks.dtype)
+        mats.append(_MATRICES[key])
+    return torch.matmul(torch.matmul(mats[0], masks), mats[1].t())

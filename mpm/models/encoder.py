@@ -40,21 +40,23 @@ class TokenState:
     Attributes:
         index: (B, N) composed map, original image token -> current slot.
         lengths: (B,) real image tokens per image (padded layout) or None.
-        size: (B, M) float, original patches in each current token (0 on padding).
+        size: (B, M) float, original patches in each current token (0 on padding);
+            None when the method does not use sizes.
         grid: (H, W) patch grid of the input.
         tokens_left: (B,) image tokens after each merge step, in order.
     """
 
     index: Tensor
     lengths: Tensor | None
-    size: Tensor
+    size: Tensor | None
     grid: tuple[int, int]
     tokens_left: list[Tensor] = field(default_factory=list)
 
     @classmethod
-    def initial(cls, batch: int, grid: tuple[int, int], device, dtype) -> "TokenState":
+    def initial(cls, batch: int, grid: tuple[int, int], device, dtype, with_size: bool = True) -> "TokenState":
         n = grid[0] * grid[1]
-        return cls(identity_map(batch, n, device), None, torch.ones(batch, n, device=device, dtype=dtype), grid)
+        size = torch.ones(batch, n, device=device, dtype=dtype) if with_size else None
+        return cls(identity_map(batch, n, device), None, size, grid)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def merge_step(x: Tensor, state: TokenState, method: MergeMethod, block: int, nu
                        index=state.index)
     res = method.merge(img, ctx)
     state.index = compose(state.index, res.index)
-    state.size = merge_sizes(state.size, res.index, res.x.shape[1])
+    if state.size is not None:
+        state.size = merge_sizes(state.size, res.index, res.x.shape[1])
     state.lengths = res.lengths
     m = res.x.shape[1]
     state.tokens_left.append(res.lengths if res.lengths is not None else torch.full_like(state.index[:, 0], m))
@@ -197,7 +200,7 @@ def run_encoder(vit: nn.Module, images: Tensor, method: MergeMethod | None = Non
     packed = backend in PACKED_BACKENDS
     with timer("encoder"):
         x, grid = embed(vit, images, pos_interpolation)
-        state = TokenState.initial(x.shape[0], grid, x.device, x.dtype)
+        state = TokenState.initial(x.shape[0], grid, x.device, x.dtype, with_size=method.uses_size)
         packing: Packing | None = None  # set while x is packed (T, C)
         for i, blk in enumerate(vit.blocks):
             if method.active(i, "before_block"):

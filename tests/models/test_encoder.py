@@ -106,3 +106,13 @@ def test_packed_layout_equals_padded_layout(model, monkeypatch, name, schedule, 
             packed, penc = model(x, method=method, backend=backend, return_encoder=True)
             torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
             assert torch.equal(penc.index, enc.index)
+
+
+@pytest.mark.parametrize("h,w,out_h,out_w", [(32, 32, 512, 512), (7, 5, 100, 90), (40, 40, 640, 640), (3, 4, 3, 4)])
+def test_separable_upsample_matches_interpolate(h, w, out_h, out_w) -> None:
+    from mpm.models.decoders import interpolation_matrix
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    out = interpolation_matrix(h, out_h, dtype=x.dtype) @ x @ interpolation_matrix(w, out_w, dtype=x.dtype).t()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
