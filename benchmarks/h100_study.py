@@ -21,15 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpm.benchmarking.bench import BenchSpec, run_point  # noqa: E402
 
-#: name -> (method, schedule builder(depth), kwargs)
+#: name -> (method, schedule builder(depth), kwargs, batch policy)
 METHODS = {
-    "none": ("none", lambda d: (), {}),
-    "tome": ("tome", lambda d: tuple(range(d)), {"r": None}),  # r filled per model below
-    "algm": ("algm", lambda d: (1, 5) if d == 12 else (1, 10), {}),
-    "mpm-2-5": ("mpm", lambda d: (2, 5), {}),
-    "mpm-5": ("mpm", lambda d: (5,), {}),
-    "mpm-1-3-5": ("mpm", lambda d: (1, 3, 5), {}),
-    "mpm-2-5-8": ("mpm", lambda d: (2, 5, 8), {}),
+    "none": ("none", lambda d: (), {}, "exact"),
+    "tome": ("tome", lambda d: tuple(range(d)), {"r": None}, "exact"),  # r filled per model below
+    # ALGM's published layers (tue-mps/algm-segmenter: --selected-layers 1 5, ViT-L 1 7; 1-based)
+    "algm": ("algm", lambda d: (0, 4) if d == 12 else (0, 6), {}, "exact"),
+    "mpm-2-5": ("mpm", lambda d: (2, 5), {}, "exact"),
+    "mpm-2-5-bmin": ("mpm", lambda d: (2, 5), {}, "batch-min"),
+    "mpm-5": ("mpm", lambda d: (5,), {}, "exact"),
+    "mpm-1-3-5": ("mpm", lambda d: (1, 3, 5), {}, "exact"),
+    "mpm-2-5-8": ("mpm", lambda d: (2, 5, 8), {}, "exact"),
 }
 DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
 CROP = {"T": 512, "S": 512, "B": 512, "L": 640}
@@ -53,14 +55,13 @@ def main() -> int:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--batch-policy", default="exact")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, results = [], []
     for size in args.models.split(","):
         for mname in args.methods.split(","):
-            method, sched, kwargs = METHODS[mname]
+            method, sched, kwargs, policy = METHODS[mname]
             kwargs = dict(kwargs)
             if "r" in kwargs:
                 kwargs["r"] = tome_r(size)
@@ -69,7 +70,7 @@ def main() -> int:
                     spec = BenchSpec(
                         images=args.images, model=size, num_classes=150, crop=(CROP[size],) * 2,
                         method=method, schedule=sched(DEPTH[size]), method_kwargs=kwargs,
-                        batch_policy=args.batch_policy, batch_size=bs, backend=BACKENDS[bname],
+                        batch_policy=policy, batch_size=bs, backend=BACKENDS[bname],
                         dtype=args.dtype, device="cuda", warmup=args.warmup, iters=args.iters,
                         breakdown_iters=5, pool_batches=2 if bs >= 32 else 8,
                     )

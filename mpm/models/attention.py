@@ -184,12 +184,36 @@ def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: Packing, scale: float)
 
 
 def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
-    attn = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        attn = attn + bias
-    if lengths is not None:
-        attn = attn.masked_fill(~key_padding_mask(lengths, k.shape[-2]), float("-inf"))
+    if lengths is None and bias is None:
+        attn = (q * scale) @ k.transpose(-2, -1)
+    else:
+        attn = _biased_logits(q, k, _key_bias(q, lengths, bias), scale)
     return attn.softmax(dim=-1) @ v
+
+
+def _key_bias(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor:
+    """(B, N) additive bias per key: ``bias`` (e.g. log size) and a large negative on padding."""
+    b, _, n, _ = q.shape
+    neg = -0.25 * torch.finfo(q.dtype).max  # exp() of it is 0, and it stays finite in sums
+    kb = q.new_zeros(b, n) if bias is None else bias.reshape(b, n).to(q.dtype).clamp(min=neg)
+    if lengths is not None:
+        kb = kb.masked_fill(~key_padding_mask(lengths, n).reshape(b, n), neg)
+    return kb
+
+
+def _biased_logits(q: Tensor, k: Tensor, key_bias: Tensor, scale: float) -> Tensor:
+    """``scale * q k^T + key_bias`` in one matrix product.
+
+    A per-key bias is folded into the product by one extra feature:
+    ``[q * scale, 1] . [k, bias] = scale * q . k + bias`` (padded with zeros to a
+    multiple of 8 features for the matrix units), so masking costs no extra pass
+    over the (N x N) logits.
+    """
+    b, h, n, d = q.shape
+    pad = (-(d + 1)) % 8
+    qa = torch.cat([q * scale, q.new_ones(b, h, n, 1), q.new_zeros(b, h, n, pad)], dim=-1)
+    ka = torch.cat([k, key_bias[:, None, :, None].expand(b, h, n, 1), k.new_zeros(b, h, n, pad)], dim=-1)
+    return qa @ ka.transpose(-2, -1)
 
 
 def _sdpa_mask(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor | None:
