@@ -4,6 +4,10 @@
   inference and :func:`predict` (prediction at the original image size)
 - :mod:`mpm.evaluation.metrics`  confusion matrix, mIoU / aAcc / mAcc in percent,
   per-class CSV
+- :mod:`mpm.evaluation.evaluate`  :func:`evaluate` a model on a prepared split with a merge
+  method: metrics, tokens left per merge step, GFLOPs, the ``mpm.eval/1`` record
+- :mod:`mpm.evaluation.train_demo`  :func:`train_demo`, the offline demo Seg-T/16 trained on
+  the synthetic set
 """
 
 from mpm.evaluation.metrics import (
@@ -12,6 +16,13 @@ from mpm.evaluation.metrics import (
     confusion_matrix,
     metrics_from_confusion,
     write_per_class_csv,
+)
+from mpm.evaluation.evaluate import (
+    EvalProtocol,
+    EvalResult,
+    checkpoint_info,
+    eval_protocol,
+    evaluate,
 )
 from mpm.evaluation.sliding import (
     normalize,
@@ -22,8 +33,16 @@ from mpm.evaluation.sliding import (
     slide_inference,
     slide_windows,
 )
+from mpm.evaluation.train_demo import TrainDemoConfig, train_demo
 
 __all__ = [
+    "EvalProtocol",
+    "EvalResult",
+    "TrainDemoConfig",
+    "checkpoint_info",
+    "eval_protocol",
+    "evaluate",
+    "train_demo",
     "ConfusionMatrix",
     "SegMetrics",
     "confusion_matrix",

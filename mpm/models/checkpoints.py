@@ -50,7 +50,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from mpm.io import atomic_path
+from mpm.io import write_bytes_atomic
 from mpm.errors import CheckpointError, ConfigError
 from mpm.models.segmenter import Segmenter, SegmenterConfig
 
@@ -97,9 +97,9 @@ def save_segmenter(model: Segmenter, path: str | os.PathLike) -> Path:
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    buf = io.BytesIO()  # saved from memory: the archive's inner names do not depend on a temp file name
+    torch.save(payload, buf)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,0 +1,142 @@
+"""``mpm eval``: evaluate a checkpoint on a prepared split (mmseg Segmenter protocol)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+from typing import Any
+
+from mpm.errors import ConfigError
+
+#: the schedule used when ``--method mpm`` is given without ``--schedule`` (the paper's default)
+DEFAULT_SCHEDULES = {"mpm": (2, 5)}
+
+
+def parse_schedule(text: str | None) -> tuple[int, ...] | None:
+    """``"2,5"`` -> (2, 5); ``""``/``"none"`` -> (); None stays None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lower() in ("", "none", "-", "[]"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.strip("[]()").replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise ConfigError(f"--schedule {text!r}: expected comma-separated block indices, e.g. 2,5") from None
+
+
+def parse_method_args(items: list[str] | None) -> dict[str, Any]:
+    """``["r=8", "prop_attn=true", "window=2,2"]`` -> ``{"r": 8, "prop_attn": True, "window": (2, 2)}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--method-arg {item!r}: expected KEY=VALUE")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if not key.isidentifier():
+            raise ConfigError(f"--method-arg {item!r}: {key!r} is not a parameter name")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        elif low in ("none", "null"):
+            out[key] = None
+        else:
+            try:
+                out[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                out[key] = value
+    return out
+
+
+def _pair(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 2:
+        raise ConfigError(f"--test-scale {text!r}: expected two sizes, e.g. 2048,512")
+    return vals  # type: ignore[return-value]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: mIoU, tokens left, GFLOPs (sliding-window protocol)",
+        description="Evaluate a Segmenter checkpoint on a prepared split by mmsegmentation's single-scale "
+                    "sliding-window protocol, with a merge method and schedule. Writes one JSON "
+                    "(schema mpm.eval/1) atomically when the run is complete; an interrupted run writes "
+                    "nothing and leaves earlier output untouched.",
+    )
+    parser.add_argument("--data-root", required=True, help="dataset root (as given to `mpm prepare`/`mpm synth`)")
+    parser.add_argument("--dataset", required=True, help="ade20k | cityscapes | pascal_context | synthetic ...")
+    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (Segmenter, mmseg or mpm format)")
+    parser.add_argument("--method", default="none", help="merge method: none | mpm | tome | algm (default none)")
+    parser.add_argument("--schedule", default=None,
+                        help="blocks (0-based) before/in which the method runs, e.g. 2,5 "
+                             "(default: 2,5 for mpm, the method's own default otherwise)")
+    parser.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra method parameter, e.g. r=8 for tome (repeatable)")
+    parser.add_argument("--batch-policy", default="exact", choices=("exact", "batch-min"),
+                        help="how images of one batch with different token counts run (default exact)")
+    parser.add_argument("--backend", default="math", help="attention backend: math | sdpa | fa2 | flash-attn "
+                                                          "(default math)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per forward (default 1)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N images (the result is marked partial)")
+    parser.add_argument("--crop", type=int, default=None, help="override the sliding-window crop")
+    parser.add_argument("--stride", type=int, default=None, help="override the sliding-window stride")
+    parser.add_argument("--test-scale", default=None, metavar="LONG,SHORT", help="override the resize scale")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="threads reading images ahead (default 1; 0 = inline)")
+    parser.add_argument("--verify", action="store_true", help="re-hash every file of the split first")
+    parser.add_argument("--out", required=True,
+                        help="result JSON to write, or an existing folder (or a path ending in /): the file is "
+                             "then named DATASET-SPLIT__MODEL__METHOD-SCHEDULE.json")
+    parser.add_argument("--per-class-csv", default=None, metavar="PATH", help="also write per-class IoU/Acc")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from mpm.data.datasets import load_split
+    from mpm.evaluation.evaluate import evaluate
+    from mpm.models.checkpoints import load_segmenter
+
+    method = args.method.strip().lower()
+    schedule = parse_schedule(args.schedule)
+    if schedule is None:
+        schedule = DEFAULT_SCHEDULES.get(method, ())
+    method_kwargs = parse_method_args(args.method_args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out_dir = out.is_dir() or args.out.endswith(("/", "\\"))
+    try:
+        split = load_split(args.data_root, args.dataset, args.split, verify=args.verify)
+        model = load_segmenter(args.checkpoint, num_classes=split.spec.num_classes)
+        result = evaluate(
+            model, split, method=method, schedule=schedule, method_kwargs=method_kwargs,
+            batch_policy=args.batch_policy, backend=args.backend, dtype=args.dtype, device=args.device,
+            batch_size=args.batch_size, limit=args.limit, progress=args.progress, crop=args.crop,
+            stride=args.stride, test_scale=_pair(args.test_scale), checkpoint=args.checkpoint,
+            workers=args.workers,
+        )
+    except KeyboardInterrupt:
+        kept = f"; the earlier {out} is unchanged" if out.is_file() else ""
+        print(f"mpm eval: interrupted, nothing written{kept}", file=sys.stderr)
+        return 130
+    if out_dir:
+        from mpm.evaluation.evaluate import result_filename
+
+        out = out / result_filename(result.record)
+    result.save(out, per_class_csv=args.per_class_csv)
+    print(result.summary_line())
+    print(f"wrote {out}" + (f" and {args.per_class_csv}" if args.per_class_csv else ""))
+    return 0
