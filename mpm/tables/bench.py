@@ -1,0 +1,111 @@
+"""Benchmark results (schema ``mpm.bench/1``) as tables: throughput, speedups, breakdowns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+#: column order of :func:`bench_frame`
+BENCH_COLUMNS = [
+    "device", "weights", "model", "method", "schedule", "batch_policy", "batch_size", "backend", "dtype",
+    "images_per_s", "per_image_ms", "median_ms", "p10_ms", "p90_ms", "gflops", "tokens_after_steps",
+    "embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms", "image_source", "git_commit",
+]
+
+
+def read_results(paths: Iterable[str | Path]) -> list[dict]:
+    """Result dicts from JSON files holding one result or a list of them."""
+    out: list[dict] = []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        out.extend(data if isinstance(data, list) else [data])
+    return out
+
+
+def schedule_label(method: str, schedule: list[int] | tuple[int, ...], kwargs: dict | None = None) -> str:
+    """``MPM(2,5)``-style label of a method and its schedule."""
+    if method == "none":
+        return "none"
+    if method == "tome":
+        r = (kwargs or {}).get("r")
+        return f"ToMe(r={r}, {len(schedule)} layers)" if r is not None else "ToMe"
+    name = {"mpm": "MPM", "algm": "ALGM"}.get(method, method)
+    return f"{name}({','.join(str(s) for s in schedule)})"
+
+
+def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """One row per benchmark point."""
+    rows = []
+    for r in results:
+        spec, env, timing = r["spec"], r["environment"], r["timing"]
+        tokens = r.get("tokens", {}).get("after_step_mean", [])
+        rows.append({
+            "device": env.get("device_name"),
+            "weights": r["model"].get("weights"),
+            "model": f"Seg-{r['model'].get('size', spec['model'])}/16",
+            "method": schedule_label(spec["method"], spec["schedule"], spec.get("method_kwargs")),
+            "schedule": ",".join(map(str, spec["schedule"])),
+            "batch_policy": spec["batch_policy"],
+            "batch_size": spec["batch_size"],
+            "backend": spec["backend"],
+            "dtype": spec["dtype"],
+            "images_per_s": timing["images_per_s"],
+            "per_image_ms": timing["per_image_ms"],
+            "median_ms": timing["median_ms"],
+            "p10_ms": timing["p10_ms"],
+            "p90_ms": timing["p90_ms"],
+            "gflops": r.get("gflops"),
+            "tokens_after_steps": "→".join(f"{t:.0f}" for t in tokens) if tokens else "",
+            **{k: r.get("breakdown_ms", {}).get(k) for k in ("embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms")},
+            "image_source": r.get("image_source", {}).get("source"),
+            "git_commit": env.get("git_commit"),
+        })
+    return pd.DataFrame(rows, columns=BENCH_COLUMNS)
+
+
+def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``speedup``: images/s over the dense model's at the same device, model, batch, backend, dtype."""
+    keys = ["device", "model", "batch_size", "backend", "dtype"]
+    dense = df[df["method"] == "none"].set_index(keys)["images_per_s"].rename("dense_images_per_s")
+    out = df.join(dense, on=keys)
+    out["speedup"] = out["images_per_s"] / out["dense_images_per_s"]
+    return out.drop(columns="dense_images_per_s")
+
+
+def fa2_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Throughput with FA2 off (``math``) and on (``fa2``) side by side, with speedups over dense."""
+    d = with_speedups(df[df["batch_size"] == batch_size])
+    keys = ["model", "method", "batch_policy"]
+    off = d[d["backend"] == "math"].set_index(keys)
+    on = d[d["backend"] == "fa2"].set_index(keys)
+    table = pd.DataFrame({
+        "GFLOPs": off["gflops"].combine_first(on["gflops"]),
+        "tokens": off["tokens_after_steps"].combine_first(on["tokens_after_steps"]),
+        "img/s FA2 off": off["images_per_s"],
+        "speedup off": off["speedup"],
+        "img/s FA2 on": on["images_per_s"],
+        "speedup on": on["speedup"],
+        "merge ms (on)": on["merge_ms"],
+    })
+    order = {m: i for i, m in enumerate(dict.fromkeys(df["model"]))}
+    table = table.reset_index()
+    table["_m"] = table["model"].map(order)
+    table["_d"] = table["method"] != "none"
+    return table.sort_values(["_m", "_d"], kind="stable").drop(columns=["_m", "_d"]).reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    cols = list(table.columns)
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return "" if pd.isna(v) else format(v, floatfmt)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
