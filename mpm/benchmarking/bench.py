@@ -12,7 +12,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -25,6 +25,8 @@ from mpm.models import SegmenterConfig, build_segmenter, check_backend
 from mpm.models.flops import FlopReport, flops_of_run
 
 SCHEMA = "mpm.bench/1"
+#: JSON schema of a result dict (``mpm.bench/1``)
+SCHEMA_FILE = Path(__file__).with_name("bench.schema.json")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -60,6 +62,32 @@ class BenchSpec:
         d["schedule"] = list(self.schedule)
         d["crop"] = list(self.crop) if self.crop else None
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BenchSpec":
+        """The inverse of :meth:`to_dict` (JSON lists back to tuples).
+
+        Unknown keys and a missing ``images`` raise :class:`ConfigError` naming the key.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"benchmark spec: expected a mapping, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"benchmark spec: unknown key(s) {', '.join(map(repr, unknown))}; "
+                              f"allowed: {', '.join(sorted(names))}")
+        if data.get("images") is None:
+            raise ConfigError("benchmark spec: key 'images' is required")
+        d = dict(data)
+        try:
+            if d.get("crop") is not None:
+                d["crop"] = tuple(int(v) for v in d["crop"])
+            d["schedule"] = tuple(int(b) for b in (d.get("schedule") or ()))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"benchmark spec: bad crop/schedule: {err}") from None
+        if d.get("method_kwargs") is None:
+            d["method_kwargs"] = {}
+        return cls(**d)
 
 
 def build_model(spec: BenchSpec):
@@ -149,3 +177,31 @@ def _token_summary(counts: list, crop: tuple[int, int], patch: int) -> dict:
         "after_step_min": allc.min(0).values.tolist(),
         "after_step_max": allc.max(0).values.tolist(),
     }
+
+
+def result_schema() -> dict:
+    """The JSON schema of ``mpm.bench/1`` results (:data:`SCHEMA_FILE`)."""
+    import json
+
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def validate_result(result: Any) -> list[str]:
+    """Problems of a result dict against :func:`result_schema` (empty when valid).
+
+    Uses ``jsonschema`` when installed; otherwise checks the schema tag and the
+    required top-level keys only.
+    """
+    schema = result_schema()
+    try:
+        import jsonschema
+    except ImportError:
+        if not isinstance(result, dict):
+            return [f"result is a {type(result).__name__}, not an object"]
+        problems = [f"missing key {k!r}" for k in schema["required"] if k not in result]
+        if result.get("schema") != SCHEMA:
+            problems.append(f"schema is {result.get('schema')!r}, expected {SCHEMA!r}")
+        return problems
+    validator = jsonschema.Draft202012Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+            for e in sorted(validator.iter_errors(result), key=lambda e: list(map(str, e.absolute_path)))]

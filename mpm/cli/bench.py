@@ -1,0 +1,250 @@
+"""``mpm bench``: time one benchmark point on a target declared in config (this host, a SLURM GPU node, a Pi over SSH).
+
+Also runnable as ``python -m mpm.cli.bench ...`` (what the SSH runner calls on the
+remote host: it needs only torch, timm, numpy, pillow and pyyaml there, not the
+download dependencies of the other commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mpm.errors import ConfigError, MPMError
+
+#: schedule used when ``--method mpm`` comes without ``--schedule`` (the paper's MPM(2,5))
+DEFAULT_SCHEDULES = {"mpm": (2, 5)}
+#: spec fields settable from the command line: option dest -> BenchSpec field
+_SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule", "method_kwargs", "batch_policy",
+                 "batch_size", "backend", "dtype", "device", "threads", "warmup", "iters", "breakdown_iters",
+                 "pool_batches", "seed")
+
+
+def parse_schedule(text: str) -> tuple[int, ...]:
+    """``"2,5"`` -> (2, 5); ``""``/``"none"`` -> ()."""
+    text = text.strip()
+    if text.lower() in ("", "none", "-", "[]", "()"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.strip("[]()").replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise ConfigError(f"--schedule {text!r}: expected comma-separated block indices, e.g. 2,5") from None
+
+
+def parse_method_args(items: list[str]) -> dict[str, Any]:
+    """``["r=8", "prop_attn=true", "window=2,2"]`` -> ``{"r": 8, "prop_attn": True, "window": (2, 2)}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--method-arg {item!r}: expected KEY=VALUE")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if not key.isidentifier():
+            raise ConfigError(f"--method-arg {item!r}: {key!r} is not a parameter name")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        elif low in ("none", "null"):
+            out[key] = None
+        else:
+            try:
+                out[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                out[key] = value
+    return out
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"512,1024"`` / ``"512x1024"`` -> (512, 1024) (H, W)."""
+    try:
+        vals = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise ConfigError(f"--crop {text!r}: expected SIZE or H,W, e.g. 512 or 512,1024")
+    return vals  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    t = parser.add_argument_group("target")
+    t.add_argument("--target", default="local",
+                   help="target name declared in the targets config (default local: this host)")
+    t.add_argument("--targets-config", default=None, metavar="YAML",
+                   help="YAML file with a top-level `targets:` map (default config/targets.yaml if it exists; "
+                        "`local` is always available)")
+    t.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                   help="torch (default) or onnxruntime (dense model only: --method none)")
+    t.add_argument("--cooldown-max-temp", type=float, default=None, metavar="C",
+                   help="wait until the SoC is at or below C °C before the point (overrides the target's cooldown)")
+    t.add_argument("--cooldown-poll", type=float, default=None, metavar="S", help="cooldown poll interval (5 s)")
+    t.add_argument("--cooldown-timeout", type=float, default=None, metavar="S",
+                   help="give up when still hot after S seconds (600 s)")
+    t.add_argument("--list-targets", action="store_true", help="list the declared targets and exit")
+    t.add_argument("--check", action="store_true",
+                   help="check the target's environment (ssh: probe the remote python and its packages) and exit")
+
+    p = parser.add_argument_group("benchmark point")
+    p.add_argument("--spec", default=None, metavar="JSON",
+                   help="a BenchSpec as JSON (BenchSpec.to_dict()); the options below override its fields")
+    p.add_argument("--images", default=None, help="image folder (searched recursively) or one image file")
+    p.add_argument("--model", default=None, help="T | S | B | L (random weights) or a checkpoint file (default T)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of a random-init model (default 150)")
+    p.add_argument("--crop", type=parse_crop, default=None, metavar="H[,W]",
+                   help="input size (default: the model's, 512 or 640 for L)")
+    p.add_argument("--method", default=None, help="none | mpm | tome | algm (default none)")
+    p.add_argument("--schedule", type=parse_schedule, default=None,
+                   help="blocks (0-based) where the method runs, e.g. 2,5 (default 2,5 for mpm)")
+    p.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter, e.g. r=8 for tome (repeatable)")
+    p.add_argument("--batch-policy", default=None, choices=("exact", "batch-min"))
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per forward (default 1)")
+    p.add_argument("--backend", default=None, help="attention: math | sdpa | fa2 | flash-attn (default math)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the target's device)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: the target's threads)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed forwards first (default 10)")
+    p.add_argument("--iters", type=int, default=None, help="timed forwards (default 50)")
+    p.add_argument("--breakdown-iters", type=int, default=None, help="forwards timed per section (default 10)")
+    p.add_argument("--pool-batches", type=int, default=None, help="distinct batches cycled through (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="seed of random-init weights (default 0)")
+    p.add_argument("--out", default=None, metavar="RESULT.json",
+                   help="result JSON (schema mpm.bench/1), written atomically when the point is complete")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="time one benchmark point on a target (local, slurm GPU node, ssh board)",
+        description="Time one benchmark point (model, method, schedule, batch size, backend, dtype) on a target "
+                    "declared in a targets config: `local` (this host), `slurm` (run inside a SLURM job through the "
+                    "workflow's slurm profile) or `ssh` (the job is shipped to the host, run there, fetched back). "
+                    "Writes one JSON (schema mpm.bench/1) atomically when the run is complete; a failed run "
+                    "writes nothing and leaves an earlier output untouched.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def build_spec(args, target) -> "Any":
+    """The BenchSpec of the command line: --spec file, then options, then target defaults."""
+    from mpm.benchmarking.bench import BenchSpec
+
+    data: dict[str, Any] = {}
+    if args.spec:
+        try:
+            data = json.loads(Path(args.spec).read_text())
+        except OSError as err:
+            raise ConfigError(f"--spec {args.spec}: cannot read: {err.strerror or err}") from None
+        except ValueError as err:
+            raise ConfigError(f"--spec {args.spec}: not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--spec {args.spec}: expected a JSON object")
+    given = {name: getattr(args, name, None) for name in _SPEC_OPTIONS if getattr(args, name, None) is not None}
+    if args.method_args:
+        given["method_kwargs"] = parse_method_args(args.method_args)
+    schedule_from_file = "schedule" in data and args.method is None
+    data.update(given)
+    if args.spec is None:
+        data.setdefault("backend", "math")
+        data.setdefault("device", target.device)
+    if "method" in data:
+        data["method"] = str(data["method"]).strip().lower()
+    if args.schedule is None and not schedule_from_file:
+        # no --schedule: the method's default (MPM(2,5)), unless a --spec file fixes it for its own method
+        data["schedule"] = DEFAULT_SCHEDULES.get(data.get("method", "none"), ())
+    if data.get("images") is None:
+        raise ConfigError("--images is required (or an `images` entry in --spec)")
+    for key in ("batch_size", "iters", "pool_batches", "num_classes"):
+        if key in data and data[key] is not None and data[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {data[key]}")
+    return BenchSpec.from_dict(data)
+
+
+def _cooldown(args):
+    from mpm.benchmarking.cooldown import CooldownConfig
+
+    if args.cooldown_max_temp is None:
+        if args.cooldown_poll is not None or args.cooldown_timeout is not None:
+            raise ConfigError("--cooldown-poll/--cooldown-timeout need --cooldown-max-temp")
+        return None
+    return CooldownConfig(max_temp_c=args.cooldown_max_temp,
+                          poll_s=args.cooldown_poll if args.cooldown_poll is not None else 5.0,
+                          timeout_s=args.cooldown_timeout if args.cooldown_timeout is not None else 600.0)
+
+
+def run(args) -> int:
+    from mpm.benchmarking.targets import SSHTarget, get_target, load_targets, run_target
+
+    targets = load_targets(args.targets_config)
+    if args.list_targets:
+        for name, target in sorted(targets.items()):
+            extra = f" {target.address}" if isinstance(target, SSHTarget) else f" device={target.device}"
+            print(f"{name}: {target.type}{extra}" + (f" — {target.description}" if target.description else ""))
+        return 0
+    target = get_target(args.target, args.targets_config, targets)
+    if args.check:
+        return _check(target, args.runtime)
+    if not args.out:
+        raise ConfigError("--out is required")
+    spec = build_spec(args, target)
+    try:
+        result = run_target(target, spec, args.out, runtime=args.runtime, cooldown=_cooldown(args))
+    except KeyboardInterrupt:
+        kept = f"; the earlier {args.out} is unchanged" if Path(args.out).exists() else ""
+        print(f"mpm bench: interrupted, nothing written{kept}", file=sys.stderr)
+        return 130
+    timing, tokens = result["timing"], result["tokens"]
+    left = ",".join(f"{v:.0f}" for v in tokens.get("after_step_mean", [])) or "-"
+    print(f"{target.name}: {spec.model} {spec.method}{list(spec.schedule) if spec.schedule else ''} "
+          f"bs={spec.batch_size} {spec.backend}/{spec.dtype} on {result['environment'].get('device_name')}: "
+          f"{timing['per_image_ms']:.2f} ms/img, {timing['images_per_s']:.2f} img/s, "
+          f"tokens {tokens['full']} -> {left}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _check(target, runtime: str) -> int:
+    from mpm.benchmarking.targets import SSHTarget, SlurmTarget
+
+    if isinstance(target, SSHTarget):
+        from mpm.benchmarking.remote import check_target
+
+        info = check_target(target, runtime)
+        print(json.dumps({"target": target.name, "address": target.address, **info}, indent=1))
+        return 0
+    if isinstance(target, SlurmTarget):
+        target.check_allocation()
+    import torch
+
+    from mpm.benchmarking.environment import describe_environment
+
+    if runtime == "onnxruntime":
+        from mpm.benchmarking.onnx import _import_onnxruntime
+
+        _import_onnxruntime()
+    device = torch.device(target.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"target {target.name!r}: device {target.device} but CUDA is not available here")
+    print(json.dumps({"target": target.name, **describe_environment(device)}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mpm.cli.bench``: the bench command alone (few dependencies)."""
+    parser = argparse.ArgumentParser(prog="mpm bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except MPMError as err:
+        print(f"mpm bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
