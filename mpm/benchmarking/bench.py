@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from mpm.benchmarking.environment import describe_environment, soc_temperature_c, throttling_flags
+from mpm.environment import describe_environment, soc_temperature_c, throttling_flags
 from mpm.benchmarking.images import load_batch_images
 from mpm.benchmarking.timing import SectionTimer, summarize, time_calls
 from mpm.errors import ConfigError

@@ -2,7 +2,7 @@
 
 A Pi throttles its clock when hot, so back-to-back points would be measured at
 different frequencies. Before each point, :func:`wait_for_cooldown` polls the SoC
-temperature (:func:`mpm.benchmarking.environment.soc_temperature_c`: ``vcgencmd
+temperature (:func:`mpm.environment.soc_temperature_c`: ``vcgencmd
 measure_temp``, else ``/sys/class/thermal/thermal_zone0/temp``) until it is at or
 below the target's threshold, and gives up with :class:`CooldownError` after the
 timeout. The wait is recorded with the result (``environment.cooldown``); the
@@ -57,7 +57,7 @@ class CooldownConfig:
 
 
 def _default_reader() -> float | None:
-    from mpm.benchmarking.environment import soc_temperature_c
+    from mpm.environment import soc_temperature_c
 
     return soc_temperature_c()
 
@@ -70,7 +70,7 @@ def wait_for_cooldown(
     """Block until the SoC temperature is <= ``config.max_temp_c``; return a record of the wait.
 
     ``read_temperature`` returns °C or None (unreadable); it defaults to
-    :func:`~mpm.benchmarking.environment.soc_temperature_c`. Raises
+    :func:`~mpm.environment.soc_temperature_c`. Raises
     :class:`CooldownError` when the temperature cannot be read or stays above the
     threshold for longer than ``config.timeout_s``.
     """

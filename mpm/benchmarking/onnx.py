@@ -91,7 +91,7 @@ def run_point_onnx(spec) -> dict:
     import torch
 
     from mpm.benchmarking.bench import SCHEMA, build_model
-    from mpm.benchmarking.environment import describe_environment, soc_temperature_c, throttling_flags
+    from mpm.environment import describe_environment, soc_temperature_c, throttling_flags
     from mpm.benchmarking.images import load_batch_images
     from mpm.benchmarking.timing import summarize, time_calls
     from mpm.merging import build_method

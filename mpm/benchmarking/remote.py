@@ -149,7 +149,7 @@ def source_digest(root: Path | None = None) -> str:
 
 def _git_state(root: Path) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout holding the package; (None, None) without git."""
-    from mpm.benchmarking.environment import git_commit
+    from mpm.environment import git_commit
 
     commit = git_commit(root.parent)
     if not commit or shutil.which("git") is None:

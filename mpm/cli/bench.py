@@ -221,7 +221,7 @@ def _check(target, runtime: str) -> int:
         target.check_allocation()
     import torch
 
-    from mpm.benchmarking.environment import describe_environment
+    from mpm.environment import describe_environment
 
     if runtime == "onnxruntime":
         from mpm.benchmarking.onnx import _import_onnxruntime

@@ -12,7 +12,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-import pooch
 
 from mpm.errors import ConfigError
 
@@ -65,8 +64,12 @@ def new_hasher(alg: str = "sha256"):
 
 
 def file_digest(path: str | os.PathLike, alg: str = "sha256") -> str:
-    """Hex digest of a file (pooch's chunked hashing)."""
-    return pooch.file_hash(str(path), alg=alg)
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = new_hasher(alg)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

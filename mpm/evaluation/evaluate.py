@@ -465,7 +465,7 @@ def evaluate(
         model, method, protocol, run, metrics, tokens, gflops, wall_time_s, images_per_s,
         device, dtype, backend, environment, confusion_matrix``.
     """
-    from mpm.benchmarking.environment import describe_environment
+    from mpm.environment import describe_environment
     from mpm.models.attention import check_backend
 
     t_start = time.perf_counter()

@@ -303,7 +303,7 @@ def train_demo(
         from mpm.evaluation.evaluate import checkpoint_info
 
         info = checkpoint_info(out_checkpoint)
-        from mpm.benchmarking.environment import package_version
+        from mpm.environment import package_version
 
         sidecar = {
             "schema": SIDECAR_SCHEMA,

@@ -1,0 +1,366 @@
+"""Log one job's result JSON to MLflow: one run per job, idempotent, under a pipeline parent run.
+
+:func:`log_result` reads the JSON (:mod:`mpm.tracking.result`), opens the *existing*
+experiment (jobs never create one: :func:`mpm.tracking.store.init_store` did) and
+
+- finds the job's run by its tag ``mpm.job_key`` (a deterministic key of the job's
+  identifying params); none: creates it. So re-logging a job updates its run instead of
+  adding a duplicate;
+- logs params (every identity/spec field, resolved config values, package versions, git
+  commit), metrics (mIoU/aAcc/mAcc or latency statistics, images/s, GFLOPs, token counts;
+  per-step token counts as *stepped* metrics), tags (``mpm.job_key``, ``mpm.kind``,
+  ``mpm.partial``...) and artifacts (the JSON and the files it lists, e.g. the per-class CSV);
+- links it to the invocation's parent run (tag ``mlflow.parentRunId``) when ``parent_key``
+  is given; the parent (tag ``mpm.parent_key``) is found or created the same idempotent way.
+
+Re-logging:
+
+- the same file again (same content, params, tags and parent): nothing is written
+  (``action == "unchanged"``);
+- changed metrics/artifacts/tags: logged into the same run id; new metric values get a
+  timestamp later than the previous logging, so they are the run's latest values (the
+  earlier ones stay in the metric history);
+- a changed *param* value (e.g. a new git commit or package version): MLflow params are
+  immutable, so the stale run is deleted (soft: ``mlflow gc`` purges it, the UI can restore
+  it) and a fresh run replaces it, tagged ``mpm.replaces=<old run id>``
+  (``action == "replaced"``). There is still exactly one active run per job key.
+
+Concurrency: on a SQLite store the whole look-up-then-write runs under the store lock, so
+concurrent jobs (including two loggers of the same job) never duplicate or lose a run. On a
+tracking server nothing can be locked across clients; there, after creating a run the
+logger searches again and, if another logger created a run for the same key, the oldest
+(start time, then run id) wins and the others are deleted, so the store converges to one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mpm.tracking.result import TrackedResult, read_result
+from mpm.tracking.store import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    Store,
+    TrackingError,
+    _quiet_mlflow,
+    _short,
+    open_experiment,
+    resolve_store,
+    store_lock,
+)
+from mpm.tracking.values import (
+    PARAM_VALUE_LIMIT,
+    TAG_VALUE_LIMIT,
+    clean_key,
+    stringify,
+    truncate,
+)
+
+__all__ = [
+    "FINGERPRINT_TAG",
+    "JOB_KEY_TAG",
+    "PARENT_KEY_TAG",
+    "LogOutcome",
+    "ensure_parent_run",
+    "find_runs",
+    "log_result",
+    "track_result",
+]
+
+JOB_KEY_TAG = "mpm.job_key"
+PARENT_KEY_TAG = "mpm.parent_key"
+FINGERPRINT_TAG = "mpm.fingerprint"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+_BATCH_PARAMS_TAGS = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
+_BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
+#: tags a re-log keeps even when it does not set them (run identity, history, parent link)
+_KEPT_TAGS = frozenset({FINGERPRINT_TAG, "mpm.replaces", "mpm.invocation"})
+_KEY_RE = re.compile(r"^[\w.:@+\-/]{1,200}$")
+
+
+@dataclass(frozen=True)
+class LogOutcome:
+    """What :func:`track_result` did.
+
+    ``action``: ``created`` (new run), ``updated`` (logged into the job's existing run),
+    ``unchanged`` (identical content already logged: nothing written) or ``replaced`` (a
+    param value changed: the old run ``replaced_run_id`` was deleted, a new one created).
+    """
+
+    run_id: str
+    job_key: str
+    experiment_id: str
+    action: str
+    parent_run_id: str | None = None
+    replaced_run_id: str | None = None
+
+
+def log_result(result_json_path, *, tracking_uri: str | None = None, experiment: str,
+               parent_key: str | None = None, extra_params: Mapping[str, Any] | None = None,
+               extra_tags: Mapping[str, Any] | None = None, strict_artifacts: bool = True) -> str:
+    """Log one result JSON as the job's MLflow run and return the run id (see the module docstring).
+
+    Args:
+        result_json_path: an ``mpm.eval/1`` or ``mpm.bench/1`` result.
+        tracking_uri: ``sqlite:///...``, a store folder or ``http://host:port``
+            (default ``$MPM_TRACKING_URI``, else ``sqlite:///results/mlruns/mlflow.db``).
+        experiment: an experiment created by :func:`~mpm.tracking.store.init_store`.
+        parent_key: the pipeline invocation's key; the run becomes a child of its parent run.
+        extra_params: more identifying params (e.g. Snakemake wildcards); part of the job key.
+        extra_tags: more tags (not part of the job key: use them for volatile values).
+        strict_artifacts: raise when a listed artifact file is missing (else tag it).
+    """
+    return track_result(result_json_path, tracking_uri=tracking_uri, experiment=experiment,
+                        parent_key=parent_key, extra_params=extra_params, extra_tags=extra_tags,
+                        strict_artifacts=strict_artifacts).run_id
+
+
+def track_result(result_json_path, *, tracking_uri: str | None = None, experiment: str,
+                 parent_key: str | None = None, extra_params: Mapping[str, Any] | None = None,
+                 extra_tags: Mapping[str, Any] | None = None, strict_artifacts: bool = True,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> LogOutcome:
+    """:func:`log_result`, returning the full :class:`LogOutcome`."""
+    if parent_key is not None:
+        parent_key = _check_key(parent_key, "parent key")
+    tracked = read_result(result_json_path, extra_params, strict_artifacts=strict_artifacts)
+    store = resolve_store(tracking_uri)
+    _prepare(store)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with store_lock(store, lock_timeout):
+            client = store.client()
+            exp_id = open_experiment(client, store, experiment)
+            parent_id = _ensure_parent(client, exp_id, parent_key) if parent_key else None
+            return _upsert(client, exp_id, tracked, parent_key, parent_id, extra_tags or {})
+    except MlflowException as err:
+        raise TrackingError(f"logging {tracked.path} to experiment {experiment!r} of {store.uri}: "
+                            f"{_short(err)}") from err
+
+
+def ensure_parent_run(tracking_uri: str | None, experiment: str, key: str, *,
+                      params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                      lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
+    """The run id of the pipeline invocation ``key``'s parent run in ``experiment``; created once."""
+    key = _check_key(key, "parent key")
+    store = resolve_store(tracking_uri)
+    _prepare(store)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with store_lock(store, lock_timeout):
+            client = store.client()
+            exp_id = open_experiment(client, store, experiment)
+            return _ensure_parent(client, exp_id, key, params or {}, tags or {})
+    except MlflowException as err:
+        raise TrackingError(f"parent run {key!r} in experiment {experiment!r} of {store.uri}: {_short(err)}") from err
+
+
+def _check_key(key: str, what: str) -> str:
+    key = str(key).strip()
+    if not key or not _KEY_RE.match(key):
+        raise TrackingError(f"{what} {key!r}: use letters, digits and _ . : @ + - / only")
+    return key
+
+
+def find_runs(client, experiment_id: str, tag: str, value: str) -> list:
+    """Active runs of ``experiment_id`` whose ``tag`` equals ``value``, oldest first (start time, run id)."""
+    from mlflow.entities import ViewType
+
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{quoted}'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return runs
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _prepare(store: Store) -> None:
+    """Fail early and clearly: an uninitialised SQLite store, an unreachable server."""
+    store.require_initialised()
+    if store.kind == "server":
+        _check_server(store.uri)
+    _quiet_mlflow()
+    # the slow imports (seconds) happen here, before the store lock is taken
+    import mlflow.tracking
+
+    if store.kind == "sqlite":
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+def _check_server(uri: str, timeout: float = 10.0) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"tracking server {uri} is not reachable ({reason}); start it first "
+                            "(`mpm track server-command` prints a command that serves a SQLite store)") from err
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _winner(client, runs: list):
+    """The oldest run of a key; later duplicates (a race on a server) are deleted."""
+    if not runs:
+        return None
+    for extra in runs[1:]:
+        client.delete_run(extra.info.run_id)
+    return runs[0]
+
+
+def _ensure_parent(client, exp_id: str, key: str, params: Mapping[str, Any] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> str:
+    params = {clean_key(k): truncate(stringify(v), PARAM_VALUE_LIMIT)[0] for k, v in (params or {}).items()}
+    runs = find_runs(client, exp_id, PARENT_KEY_TAG, key)
+    run = _winner(client, runs)
+    if run is None:
+        now = _now_ms()
+        run = client.create_run(exp_id, start_time=now, run_name=f"pipeline {key}",
+                                tags={PARENT_KEY_TAG: key, "mpm.kind": "pipeline",
+                                      "mlflow.source.name": "mpm track parent"})
+        _check_experiment(client, run, exp_id)
+        run = _winner(client, find_runs(client, exp_id, PARENT_KEY_TAG, key)) or run
+        if run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=now)
+    existing = dict(run.data.params)
+    conflicts = {k: (existing[k], v) for k, v in params.items() if k in existing and existing[k] != v}
+    if conflicts:
+        raise TrackingError(f"parent run {run.info.run_id} of key {key!r} already has different values for "
+                            + ", ".join(f"{k} ({old!r} != {new!r})" for k, (old, new) in conflicts.items()))
+    _log_batches(client, run.info.run_id,
+                 params={k: v for k, v in params.items() if k not in existing},
+                 tags={clean_key(k): truncate(stringify(v), TAG_VALUE_LIMIT)[0] for k, v in (tags or {}).items()})
+    return run.info.run_id
+
+
+def _check_experiment(client, run, exp_id: str) -> None:
+    if str(run.info.experiment_id) != str(exp_id):  # never leave a run in "Default" or elsewhere
+        client.delete_run(run.info.run_id)
+        raise TrackingError(f"run {run.info.run_id} was created in experiment {run.info.experiment_id} "
+                            f"instead of {exp_id}; deleted it")
+
+
+def _prepared_values(tracked: TrackedResult, parent_key: str | None, parent_id: str | None,
+                     extra_tags: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    truncated: list[str] = []
+    params: dict[str, str] = {}
+    for k, v in tracked.params.items():
+        params[k], cut = truncate(stringify(v), PARAM_VALUE_LIMIT)
+        if cut:
+            truncated.append(k)
+    tags: dict[str, str] = {}
+    raw_tags = {**tracked.tags, JOB_KEY_TAG: tracked.job_key, "mlflow.source.name": "mpm track log",
+                **{clean_key(k): v for k, v in extra_tags.items()}}
+    if parent_id:
+        raw_tags[PARENT_RUN_TAG] = parent_id
+        raw_tags["mpm.invocation"] = parent_key
+    for k, v in raw_tags.items():
+        tags[k], cut = truncate(stringify(v), TAG_VALUE_LIMIT)
+        if cut:
+            truncated.append(k)
+    if truncated:
+        tags["mpm.truncated"] = truncate(",".join(sorted(truncated)), TAG_VALUE_LIMIT)[0]
+    return params, tags
+
+
+def _fingerprint(tracked: TrackedResult, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"params": params, "tags": tags, "metrics": tracked.metrics,
+                         "series": tracked.series}, sort_keys=True).encode("utf-8"))
+    for path in tracked.artifacts:
+        h.update(str(path.name).encode("utf-8"))
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _upsert(client, exp_id: str, tracked: TrackedResult, parent_key: str | None, parent_id: str | None,
+            extra_tags: Mapping[str, Any]) -> LogOutcome:
+    key = tracked.job_key
+    params, tags = _prepared_values(tracked, parent_key, parent_id, extra_tags)
+    fingerprint = _fingerprint(tracked, params, tags)
+    run = _winner(client, find_runs(client, exp_id, JOB_KEY_TAG, key))
+    if run is not None and run.info.status == "FINISHED" and run.data.tags.get(FINGERPRINT_TAG) == fingerprint:
+        return LogOutcome(run.info.run_id, key, exp_id, "unchanged", parent_id)
+
+    replaced = None
+    if run is not None:
+        old = run.data.params
+        if any(k in old and old[k] != v for k, v in params.items()):
+            client.delete_run(run.info.run_id)  # params are immutable: replace the run
+            replaced, run = run.info.run_id, None
+
+    if run is None:
+        created = client.create_run(exp_id, start_time=_now_ms(), run_name=tracked.run_name,
+                                    tags={JOB_KEY_TAG: key, "mpm.kind": tracked.kind,
+                                          **({"mpm.replaces": replaced} if replaced else {})})
+        _check_experiment(client, created, exp_id)
+        run = _winner(client, find_runs(client, exp_id, JOB_KEY_TAG, key)) or created
+        action = "created" if run.info.run_id == created.info.run_id else "updated"
+        if replaced and action == "created":
+            action = "replaced"
+    else:
+        action = "updated"
+    run_id = run.info.run_id
+    # strictly later than everything logged before: the new values become the latest ones
+    ts = max(_now_ms(), (run.info.end_time or 0) + 1, (run.info.start_time or 0) + 1)
+    if action == "updated":
+        client.update_run(run_id, status="RUNNING", name=tracked.run_name)  # until the re-log completes
+    old_params = dict(run.data.params)
+    _log_batches(client, run_id, params={k: v for k, v in params.items() if old_params.get(k) != v},
+                 tags={k: v for k, v in tags.items() if run.data.tags.get(k) != v},
+                 metrics=_metrics(tracked, ts))
+    for stale in sorted(set(run.data.tags) - set(tags) - _KEPT_TAGS):
+        if stale.startswith("mpm."):  # e.g. mpm.missing_artifacts of an earlier, lenient log
+            client.delete_tag(run_id, stale)
+    for path in tracked.artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_tag(run_id, FINGERPRINT_TAG, fingerprint)
+    client.set_terminated(run_id, "FINISHED", end_time=ts)
+    return LogOutcome(run_id, key, exp_id, action, parent_id, replaced)
+
+
+def _metrics(tracked: TrackedResult, ts: int) -> list:
+    from mlflow.entities import Metric
+
+    out = [Metric(clean_key(k), float(v), ts, 0) for k, v in sorted(tracked.metrics.items())]
+    for name, points in sorted(tracked.series.items()):
+        out.extend(Metric(clean_key(name), float(v), ts, int(step)) for step, v in points)
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _log_batches(client, run_id: str, *, params: Mapping[str, str] | None = None,
+                 tags: Mapping[str, str] | None = None, metrics: list | None = None) -> None:
+    from mlflow.entities import Param, RunTag
+
+    p = [Param(k, v) for k, v in (params or {}).items()]
+    t = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for chunk in _chunks(p, _BATCH_PARAMS_TAGS):
+        client.log_batch(run_id, params=chunk)
+    for chunk in _chunks(t, _BATCH_PARAMS_TAGS):
+        client.log_batch(run_id, tags=chunk)
+    for chunk in _chunks(list(metrics or []), _BATCH_METRICS):
+        client.log_batch(run_id, metrics=chunk)
