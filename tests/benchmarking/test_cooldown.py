@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mpm.benchmarking.cooldown import CooldownConfig, CooldownError, wait_for_cooldown
-from mpm.benchmarking.environment import soc_temperature_c
+from mpm.environment import soc_temperature_c
 from mpm.benchmarking.targets import LocalTarget, run_target
 from mpm.errors import ConfigError
 

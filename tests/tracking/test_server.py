@@ -1,0 +1,119 @@
+"""The same logging against a real ``mlflow server`` (SQLite backend in tmp_path) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from _track_procs import cli_env
+from _track_results import eval_record, write
+
+from mpm.tracking import (
+    TrackingError,
+    find_runs,
+    init_store,
+    resolve_store,
+    server_command,
+    track_result,
+)
+
+START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and the uvicorn worker it started (its own process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    else:  # the server exited; its worker may linger in the group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    cmd = server_command(f"sqlite:///{tmp_path}/server/mlflow.db", artifacts_destination=tmp_path / "server-art",
+                         port=port)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *cmd[1:]], cwd=tmp_path, env=cli_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text()[-800:]
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not up in {START_TIMEOUT_S:.0f} s"
+                pytest.skip(f"mlflow server {why}: {tail}")
+            time.sleep(0.25)
+        yield url, tmp_path / "server-art"
+    finally:
+        _stop(proc)
+
+
+def test_logging_through_a_tracking_server(server, tmp_path):
+    url, artifacts = server
+    store = resolve_store(url)
+    assert store.kind == "server"
+    ids = init_store(url, ["srv-eval"])
+    assert init_store(url, ["srv-eval"]) == ids  # idempotent over REST too
+
+    path = write(tmp_path / "res" / "srv.json", eval_record(tmp_path / "res", miou=33.0))
+    first = track_result(path, tracking_uri=url, experiment="srv-eval", parent_key="inv-srv")
+    assert first.action == "created" and first.experiment_id == ids["srv-eval"]
+    again = track_result(path, tracking_uri=url, experiment="srv-eval", parent_key="inv-srv")
+    assert again.action == "unchanged" and again.run_id == first.run_id
+    write(path, eval_record(tmp_path / "res", miou=34.0))
+    upd = track_result(path, tracking_uri=url, experiment="srv-eval", parent_key="inv-srv")
+    assert upd.action == "updated" and upd.run_id == first.run_id and upd.parent_run_id == first.parent_run_id
+
+    client = store.client()
+    [run] = find_runs(client, ids["srv-eval"], "mpm.job_key", first.job_key)
+    assert run.info.run_id == first.run_id and run.data.metrics["mIoU"] == 34.0
+    assert run.data.params["dataset"] == "ade20k" and run.data.tags["mlflow.parentRunId"] == first.parent_run_id
+    hist = client.get_metric_history(first.run_id, "tokens_after_step")
+    assert {(h.step, h.value) for h in hist} == {(0, 700.0), (1, 520.5)}
+    assert sorted(a.path for a in client.list_artifacts(first.run_id)) == ["per_class.csv", "srv.json"]
+    stored = [p.name for p in artifacts.rglob("*") if p.is_file()]  # proxied by the server onto its disk
+    assert "srv.json" in stored and "per_class.csv" in stored
+    assert client.search_runs(["0"]) == []
+    with pytest.raises(TrackingError, match="does not exist"):
+        track_result(path, tracking_uri=url, experiment="not-created")
+
+
+def test_unreachable_server_fails_clearly(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    path = write(tmp_path / "x.json", eval_record(tmp_path))
+    with pytest.raises(TrackingError, match="not reachable"):
+        track_result(path, tracking_uri=url, experiment="eval")
