@@ -27,13 +27,14 @@ from mpm.models.encoder import check_vit, run_encoder
 __all__ = ["timm", "unpatch"]
 
 
-def timm(model: nn.Module, schedule: Sequence[int] = (2, 5), method: str | MergeMethod = "mpm",
+def timm(model: nn.Module, schedule: Sequence[int] | str = (2, 5), method: str | MergeMethod = "mpm",
          backend: str = "sdpa", batch_policy: str = "exact", **method_kwargs: Any) -> nn.Module:
     """Patch a timm ``VisionTransformer`` in place so it merges tokens; returns the model.
 
     Args:
         model: a timm VisionTransformer whose blocks are ``timm.models.vision_transformer.Block``.
-        schedule: the blocks (0-based) with a merge site, e.g. ``(2, 5)`` for MPM(2,5).
+        schedule: the blocks (0-based) with a merge site, e.g. ``(2, 5)`` for MPM(2,5),
+            or ``"all"`` (ToMe's usual setting).
         method: ``"mpm"``, ``"tome"``, ``"algm"``, ``"none"`` or a :class:`MergeMethod`.
         backend: attention backend (``math``, ``sdpa``, ``fa2``, ``flash-attn``).
         batch_policy: ``"exact"`` or ``"batch-min"`` for methods with per-image counts.
@@ -41,7 +42,7 @@ def timm(model: nn.Module, schedule: Sequence[int] = (2, 5), method: str | Merge
     """
     check_vit(model)
     merge = method if isinstance(method, MergeMethod) else build_method(
-        method, schedule, batch_policy=batch_policy, **method_kwargs)
+        method, schedule, depth=len(model.blocks), batch_policy=batch_policy, **method_kwargs)
     merge.validate(len(model.blocks))
     if backend not in ("math", "sdpa", "fa2", "flash-attn"):
         check_backend(backend, "cpu", torch.float32)  # raises the uniform error

@@ -43,7 +43,7 @@ class BenchSpec:
     num_classes: int = 150
     crop: tuple[int, int] | None = None
     method: str = "none"
-    schedule: tuple[int, ...] = ()
+    schedule: tuple[int, ...] | str = ()  # or "all"
     method_kwargs: dict = field(default_factory=dict)
     batch_policy: str = "exact"
     batch_size: int = 1
@@ -59,7 +59,7 @@ class BenchSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["schedule"] = list(self.schedule)
+        d["schedule"] = self.schedule if isinstance(self.schedule, str) else list(self.schedule)
         d["crop"] = list(self.crop) if self.crop else None
         return d
 
@@ -82,7 +82,8 @@ class BenchSpec:
         try:
             if d.get("crop") is not None:
                 d["crop"] = tuple(int(v) for v in d["crop"])
-            d["schedule"] = tuple(int(b) for b in (d.get("schedule") or ()))
+            if not (isinstance(d.get("schedule"), str) and d["schedule"].lower() == "all"):
+                d["schedule"] = tuple(int(b) for b in (d.get("schedule") or ()))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"benchmark spec: bad crop/schedule: {err}") from None
         if d.get("method_kwargs") is None:
@@ -119,7 +120,8 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     model, weights = build_model(spec)
     model = model.to(device=device, dtype=dtype).eval()
     crop = tuple(spec.crop) if spec.crop else tuple(model.config.image_size)
-    method = build_method(spec.method, spec.schedule, batch_policy=spec.batch_policy, **spec.method_kwargs)
+    method = build_method(spec.method, spec.schedule, depth=model.config.depth, batch_policy=spec.batch_policy,
+                          **spec.method_kwargs)
     method.validate(model.config.depth)
 
     pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)

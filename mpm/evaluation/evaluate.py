@@ -484,7 +484,7 @@ def evaluate(
     if isinstance(method, MergeMethod):
         merge = method
     else:
-        merge = build_method(method or "none", schedule, batch_policy=batch_policy, **dict(method_kwargs or {}))
+        merge = build_method(method or "none", schedule, depth=model.config.depth, batch_policy=batch_policy, **dict(method_kwargs or {}))
     config = model.config
     merge.validate(config.depth)
     if config.num_classes != spec.num_classes:

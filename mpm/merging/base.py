@@ -114,10 +114,27 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_method(name: str | MergeMethod | None, schedule: Sequence[int] = (), **kwargs) -> MergeMethod:
-    """Instantiate a registered merge method by name (``none``, ``mpm``, ``tome``, ``algm``)."""
+def resolve_schedule(schedule: Sequence[int] | str, depth: int | None = None) -> tuple[int, ...]:
+    """Blocks of a schedule; ``"all"`` means every block of an encoder of ``depth`` blocks."""
+    if isinstance(schedule, str):
+        if schedule.lower() != "all":
+            raise ConfigError(f"schedule {schedule!r}: expected a list of block indices or 'all'")
+        if depth is None:
+            raise ConfigError("schedule 'all' needs the encoder depth")
+        return tuple(range(depth))
+    return tuple(int(b) for b in schedule)
+
+
+def build_method(name: str | MergeMethod | None, schedule: Sequence[int] | str = (), depth: int | None = None,
+                 **kwargs) -> MergeMethod:
+    """Instantiate a registered merge method by name (``none``, ``mpm``, ``tome``, ``algm``).
+
+    ``schedule`` lists the blocks with a merge site, or is ``"all"`` (every one of
+    ``depth`` blocks, e.g. ToMe's usual setting).
+    """
     if isinstance(name, MergeMethod):
         return name
+    schedule = resolve_schedule(schedule, depth)
     if name is None:
         name = "none"
     key = name.lower()

@@ -186,8 +186,14 @@ def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: Packing, scale: float)
 def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
     if lengths is None and bias is None:
         attn = (q * scale) @ k.transpose(-2, -1)
-    else:
+    elif q.is_cuda:  # memory-bound there: no extra pass over the (N x N) logits
         attn = _biased_logits(q, k, _key_bias(q, lengths, bias), scale)
+    else:  # the textbook form
+        attn = (q * scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            attn = attn + bias
+        if lengths is not None:
+            attn = attn.masked_fill(~key_padding_mask(lengths, k.shape[-2]), float("-inf"))
     return attn.softmax(dim=-1) @ v
 
 

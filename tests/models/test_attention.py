@@ -88,3 +88,19 @@ def test_packed_sequences_equal_each_sequence_alone(backend: str) -> None:
     padded = packing.unpack(q.flatten(1))
     assert padded.shape == (3, 12, 16) and torch.equal(packing.pack(padded), q.flatten(1))
     assert (padded[1, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_key_bias_equals_masked_logits(dtype) -> None:
+    """The CUDA form of masked math attention (bias folded into the product) on the CPU."""
+    from mpm.models.attention import _biased_logits, _key_bias, key_padding_mask
+
+    q, k, _ = _qkv(b=3, n=21, d=64, dtype=dtype)
+    lengths = torch.tensor([21, 12, 4])
+    size = torch.rand(3, 21) * 3 + 1
+    bias = size.log()[:, None, None, :]
+    folded = _biased_logits(q, k, _key_bias(q, lengths, bias), 0.125).float().softmax(-1)
+    plain = ((q * 0.125) @ k.transpose(-2, -1) + bias.to(dtype)).float()
+    plain = plain.masked_fill(~key_padding_mask(lengths, 21), float("-inf")).softmax(-1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(folded, plain, rtol=tol, atol=tol)
