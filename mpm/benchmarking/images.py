@@ -7,6 +7,7 @@ The merged token count depends on image content, so timings use real images
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def find_images(source: str | Path, limit: int | None = None) -> list[Path]:
-    """Image files under ``source`` (a folder, searched recursively, sorted), or one file."""
+    """Image files of ``source``: a prepared split's manifest (``mpm-manifest`` JSON, in its
+    order), a folder (searched recursively, sorted), or one image file."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".json":
+        return _manifest_images(source)[:limit] if limit else _manifest_images(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
@@ -29,6 +33,18 @@ def find_images(source: str | Path, limit: int | None = None) -> list[Path]:
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}")
     return files[:limit] if limit else files
+
+
+def _manifest_images(path: Path) -> list[Path]:
+    try:
+        data = json.loads(path.read_text())
+        root = path.parent.parent  # ROOT/manifests/NAME.json -> ROOT
+        files = [root / s["image"] for s in data["samples"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"benchmark image source {path} is not a readable mpm manifest: {err}") from err
+    if not files:
+        raise DatasetError(f"manifest {path} lists no images")
+    return files
 
 
 def resize_to_crop(img: Image.Image, crop: tuple[int, int]) -> np.ndarray:
@@ -56,8 +72,7 @@ def load_batch_images(source: str | Path, count: int, crop: tuple[int, int]) -> 
         except OSError as err:
             raise DatasetError(f"cannot read benchmark image {f}: {err}") from err
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    digest = hashlib.sha256("\n".join(str(f.relative_to(Path(source)) if Path(source).is_dir() else f.name)
-                                      for f in chosen).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(f.name for f in chosen).encode()).hexdigest()[:16]
     return batch, {
         "source": str(source),
         "images_available": len(files),

@@ -340,9 +340,9 @@ class SSHRunner:
                 info.size, info.mode, info.mtime = len(data), 0o644, int(path.stat().st_mtime)
                 tar.addfile(info, io.BytesIO(data))
             facts["source_sha256"] = digest.hexdigest()
-            if images_src.is_dir():
-                for path in needed:
-                    add(tar, path, "images/" + path.relative_to(images_src).as_posix())
+            if images_src.is_dir() or images_src.suffix.lower() == ".json":  # a folder or a manifest
+                for i, path in enumerate(needed):  # numbered: the remote folder keeps this order
+                    add(tar, path, f"images/{i:06d}_{path.name}")
                 remote_images = f"{job_dir}/images"
             else:
                 add(tar, images_src, "images/" + images_src.name)

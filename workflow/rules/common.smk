@@ -1,0 +1,200 @@
+# Configuration helpers: which jobs exist, and the command-line arguments each one gets.
+# Only name-and-path bookkeeping lives here; every computation is in the `mpm` package.
+
+import re
+import shlex
+from pathlib import Path
+
+from mpm.data.datasets import get_spec
+from mpm.benchmarking.targets import load_targets
+from mpm.data.zoo import checkpoint_path, get_entry
+
+DATA = config["data_root"]
+RESULTS = config["results"]
+TRACKING_URI = config.get("tracking_uri", f"sqlite:///{RESULTS}/mlruns/mlflow.db")
+TARGETS_CONFIG = config.get("targets_config", "config/targets.yaml")
+INVOCATION = f"{RESULTS}/mlruns/invocation.key"
+TABLES_DONE = f"{RESULTS}/tables/index.json"
+VIT_DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
+
+
+def _check_config():
+    """Cross-references the schema cannot express; errors name the key."""
+    for name, m in config["models"].items():
+        if m["dataset"] not in config["datasets"]:
+            raise ValueError(f"config models.{name}.dataset: {m['dataset']!r} is not a key of datasets")
+        if m["source"] == "zoo":
+            get_entry(m.get("zoo", ""))  # raises naming the entry
+        if m["source"] == "file" and not m.get("path"):
+            raise ValueError(f"config models.{name}: source 'file' needs a 'path'")
+        if m["source"] == "train-demo" and config["datasets"][m["dataset"]]["source"] != "synthetic":
+            raise ValueError(f"config models.{name}: train-demo needs a synthetic dataset")
+    for method, spec in config["methods"].items():
+        for sched, entry in spec["schedules"].items():
+            for model in entry.get("models", []) if isinstance(entry, dict) else []:
+                if model not in config["models"]:
+                    raise ValueError(f"config methods.{method}.schedules.{sched}.models: unknown model {model!r}")
+    for i, point in enumerate(config["benchmark"]["points"]):
+        for model in point.get("models", []):
+            if model not in config["models"]:
+                raise ValueError(f"config benchmark.points[{i}].models: unknown model {model!r}")
+        for method in point.get("methods", []):
+            if method not in config["methods"]:
+                raise ValueError(f"config benchmark.points[{i}].methods: unknown method {method!r}")
+
+
+_check_config()
+
+
+def label_space(model):
+    m = config["models"][model]
+    return m.get("label_space", m["dataset"])
+
+
+def variants(model):
+    """(method, schedule name) pairs that apply to ``model``."""
+    out = []
+    for method, spec in config["methods"].items():
+        for sched, entry in spec["schedules"].items():
+            if isinstance(entry, dict) and model not in entry.get("models", [model]):
+                continue
+            out.append((method, sched))
+    return out
+
+
+def schedule_blocks(method, schedule):
+    entry = config["methods"][method]["schedules"][schedule]
+    blocks = entry["blocks"] if isinstance(entry, dict) else entry
+    return "all" if blocks == "all" else ",".join(str(b) for b in blocks)
+
+
+def method_args(method):
+    """``--method-arg k=v`` options and the batch policy of a method."""
+    spec = config["methods"][method]
+    args = [f"--method-arg {shlex.quote(f'{k}={v}')}" for k, v in spec.get("args", {}).items()]
+    args.append(f"--batch-policy {spec.get('batch_policy', 'exact')}")
+    return " ".join(args)
+
+
+def dataset_root(dataset):
+    return f"{DATA}/{dataset}"
+
+
+def manifest(dataset, split, space=None):
+    """The manifest `mpm prepare` / `mpm synth --prepare` writes for a split."""
+    if config["datasets"][dataset]["source"] == "synthetic":
+        space = "synthetic"
+    name = get_spec(space or dataset).manifest_name
+    return f"{dataset_root(dataset)}/manifests/{name}-{split}.json"
+
+
+def checkpoint(model):
+    m = config["models"][model]
+    if m["source"] == "zoo":
+        return str(checkpoint_path(f"{DATA}/checkpoints", m["zoo"]))
+    if m["source"] == "train-demo":
+        return f"{RESULTS}/models/{model}.pth"
+    return m["path"]
+
+
+def eval_models():
+    return config["evaluation"].get("models", list(config["models"]))
+
+
+def eval_results():
+    return [
+        f"{RESULTS}/eval/{config['models'][model]['dataset']}/{model}/{method}/{sched}.json"
+        for model in eval_models()
+        for method, sched in variants(model)
+    ]
+
+
+def bench_results():
+    out = []
+    for point in config["benchmark"]["points"]:
+        for model in point.get("models", list(config["models"])):
+            for method, sched in variants(model):
+                if method not in point.get("methods", list(config["methods"])):
+                    continue
+                for bs in point["batch_sizes"]:
+                    for backend in point["backends"]:
+                        out.append(f"{RESULTS}/bench/{point['target']}/{model}/{method}/{sched}/"
+                                   f"bs{bs}-{backend}-{point['dtype']}.json")
+    return out
+
+
+def bench_point(target, model):
+    """The benchmark.points entry that declares (target, model)."""
+    for point in config["benchmark"]["points"]:
+        if point["target"] == target and model in point.get("models", list(config["models"])):
+            return point
+    raise ValueError(f"no benchmark point for target {target!r} and model {model!r}")
+
+
+def tracking_markers():
+    results = eval_results() + bench_results()
+    return [f"{RESULTS}/tracking/{Path(r).relative_to(RESULTS).with_suffix('')}.json" for r in results]
+
+
+def bench_targets():
+    return sorted({p["target"] for p in config["benchmark"]["points"]})
+
+
+_TARGETS = load_targets(TARGETS_CONFIG if Path(TARGETS_CONFIG).exists() else None)
+for _t in bench_targets():
+    if _t not in _TARGETS:
+        raise ValueError(f"config benchmark.points: target {_t!r} is not declared in {TARGETS_CONFIG}")
+SSH_TARGETS = [t for t in bench_targets() if _TARGETS[t].type == "ssh"]
+HOST_TARGETS = [t for t in bench_targets() if _TARGETS[t].type != "ssh"]
+
+
+def bench_resources():
+    """``bench_<target>=1`` for the job's own target (0 for the others): the profiles cap each at 1,
+    so two timings never share a device."""
+    return {f"bench_{t}": (lambda wildcards, t=t: int(wildcards.target == t)) for t in bench_targets()}
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly these names (never-matching when empty)."""
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"
+
+
+# benchmark rules (workflow/rules/benchmark.smk)
+BENCH_OUT = f"{RESULTS}/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}.json"
+BENCH_LOG = f"{RESULTS}/logs/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}.log"
+BENCH_CMD = (
+    "mpm bench --target {wildcards.target} --targets-config {params.targets} --images {input.images} "
+    "--model {input.checkpoint} --method {wildcards.method} --schedule={params.blocks} {params.method_args} "
+    "--batch-size {wildcards.batch} --backend {wildcards.backend} --dtype {wildcards.dtype} "
+    "--warmup {params.warmup} --iters {params.iters} {params.threads} --out {output} > {log} 2>&1"
+)
+
+
+def _bench_input(w):
+    dataset = config["models"][w.model]["dataset"]
+    return {
+        "images": manifest(dataset, config["benchmark"].get("split", "val"), label_space(w.model)),
+        "checkpoint": checkpoint(w.model),
+    }
+
+
+def _bench_params():
+    return dict(
+        targets=TARGETS_CONFIG,
+        blocks=lambda w: schedule_blocks(w.method, w.schedule),
+        method_args=lambda w: method_args(w.method),
+        warmup=config["benchmark"].get("warmup", 10),
+        iters=config["benchmark"].get("iters", 50),
+        threads=lambda w: (f"--threads {bench_point(w.target, w.model)['threads']}"
+                           if "threads" in bench_point(w.target, w.model) else ""),
+    )
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_.-]+",
+    method="none|mpm|tome|algm",
+    schedule="[A-Za-z0-9_.-]+",
+    target="[A-Za-z0-9_]+",
+    backend="math|sdpa|fa2|flash-attn",
+    dtype="float32|float16|bfloat16",

@@ -1,0 +1,39 @@
+# Stage 5: every evaluation and benchmark job becomes an MLflow run (idempotent: a re-run updates
+# the job's run, found by its job key), children of one parent run per pipeline invocation.
+# The store is created and migrated once, before any job starts (no race on a fresh SQLite file).
+
+import datetime
+import os
+
+
+onstart:
+    key = f"{config['experiment']}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
+    Path(INVOCATION).parent.mkdir(parents=True, exist_ok=True)
+    shell(
+        f"mpm track init --uri {TRACKING_URI} --experiments {config['experiment']} "
+        f"&& mpm track parent --uri {TRACKING_URI} --experiment {config['experiment']} --key {key} "
+        f"--param configfile={shlex.quote(','.join(map(str, workflow.overwrite_configfiles)) or 'config/demo.yaml')} > /dev/null"
+    )
+    Path(INVOCATION).write_text(f"{key}\n")
+
+
+rule track_result:
+    input:
+        f"{RESULTS}/{{kind}}/{{job}}.json",
+    output:
+        f"{RESULTS}/tracking/{{kind}}/{{job}}.json",
+    wildcard_constraints:
+        kind="eval|bench",
+        job=r"[^.]+(\.[^.]+)*?",
+    params:
+        uri=TRACKING_URI,
+        experiment=config["experiment"],
+        invocation=INVOCATION,
+    conda:
+        "../../envs/mpm.yaml"
+    log:
+        f"{RESULTS}/logs/tracking/{{kind}}/{{job}}.log",
+    shell:
+        "mpm track log {input} --uri {params.uri} --experiment {params.experiment} "
+        "--parent-key \"$(cat {params.invocation} 2>/dev/null || echo manual)\" "
+        "--param pipeline.job={wildcards.kind}/{wildcards.job} --done-file {output} > {log} 2>&1"
