@@ -147,22 +147,29 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
             counts.append(torch.stack(enc.tokens_left, 1).float().cpu() if enc.tokens_left else None)
             flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     tokens = _token_summary(counts, crop, model.config.patch_size)
-    stats = summarize(times, spec.batch_size)
+    return result_record(spec, method, model, weights, device, times, breakdown, tokens, flops, source, wall,
+                         temp_before)
+
+
+def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.device, times: list[float],
+                  breakdown: dict, tokens: dict, flops: list, source: dict, wall: float,
+                  temp_before: float | None, **extra: Any) -> dict[str, Any]:
+    """The ``mpm.bench/1`` record of a measured point (shared by every runtime)."""
     result = {
         "schema": SCHEMA,
         "spec": spec.to_dict(),
         "method": method.describe(),
         "model": {**weights, "config": model.config.to_dict()},
         "environment": describe_environment(device, spec.backend, spec.dtype),
-        "timing": stats.to_dict(),
+        "timing": summarize(times, spec.batch_size).to_dict(),
         "breakdown_ms": breakdown,
         "tokens": tokens,
         "gflops": FlopReport.combine(flops, "mean").total,
         "image_source": source,
         "wall_s": wall,
+        **extra,
     }
-    temp_after = soc_temperature_c()
-    result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=temp_after,
+    result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=soc_temperature_c(),
                                  throttled=throttling_flags())
     return result
 

@@ -90,12 +90,12 @@ def run_point_onnx(spec) -> dict:
     import numpy as np
     import torch
 
-    from mpm.benchmarking.bench import SCHEMA, build_model
-    from mpm.environment import describe_environment, soc_temperature_c, throttling_flags
+    from mpm.benchmarking.bench import build_model, result_record
+    from mpm.environment import soc_temperature_c
     from mpm.benchmarking.images import load_batch_images
-    from mpm.benchmarking.timing import summarize, time_calls
+    from mpm.benchmarking.timing import time_calls
     from mpm.merging import build_method
-    from mpm.models.flops import FlopReport, flops_of_run
+    from mpm.models.flops import flops_of_run
 
     device = torch.device(spec.device)
     if device.type == "cuda":
@@ -148,19 +148,12 @@ def run_point_onnx(spec) -> dict:
             _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
             flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     patch = model.config.patch_size
-    result = {
-        "schema": SCHEMA,
-        "spec": spec.to_dict(),
-        "method": method.describe(),
-        "model": {**weights, "config": model.config.to_dict()},
-        "environment": describe_environment(device, spec.backend, spec.dtype),
-        "timing": summarize(times, spec.batch_size).to_dict(),
-        "breakdown_ms": {"embed_and_encoder_ms": None, "merge_ms": None, "unmerge_ms": None, "decoder_ms": None},
-        "tokens": {"full": (crop[0] // patch) * (crop[1] // patch), "after_step_mean": [], "after_step_std": []},
-        "gflops": FlopReport.combine(flops, "mean").total,
-        "image_source": source,
-        "wall_s": wall,
-        "runtime": {
+    return result_record(
+        spec, method, model, weights, device, times,
+        breakdown={"embed_and_encoder_ms": None, "merge_ms": None, "unmerge_ms": None, "decoder_ms": None},
+        tokens={"full": (crop[0] // patch) * (crop[1] // patch), "after_step_mean": [], "after_step_std": []},
+        flops=flops, source=source, wall=wall, temp_before=temp_before,
+        runtime={
             "name": "onnxruntime",
             "version": ort.__version__,
             "providers": used_providers,
@@ -171,7 +164,4 @@ def run_point_onnx(spec) -> dict:
             "intra_op_threads": spec.threads,
             "max_abs_diff_vs_torch": diff,
         },
-    }
-    result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=soc_temperature_c(),
-                                 throttled=throttling_flags())
-    return result
+    )

@@ -14,8 +14,8 @@ import pickle
 
 import pytest
 import torch
+from mpm_testing import randomize
 import yaml
-from torch import nn
 
 from mpm.errors import CheckpointError
 from mpm.merging import build_method
@@ -36,22 +36,6 @@ from mpm.models.checkpoints import (
 from mpm.models.segmenter import SegmenterConfig, build_segmenter
 
 DIM, DEPTH, K, SIZE = 128, 2, 5, 64
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter (LayerNorm weights and biases included) random values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                noise = torch.randn(p.shape, generator=gen)
-                if isinstance(module, nn.LayerNorm):
-                    p.copy_(1.0 + 0.2 * noise if name == "weight" else 0.2 * noise)
-                elif p.dim() >= 2 and p.shape[0] != 1:
-                    p.copy_(noise / p[0].numel() ** 0.5)
-                else:
-                    p.copy_(0.3 * noise)
-    return model.eval()
 
 
 def make_model(seed: int = 0, **overrides) -> torch.nn.Module:

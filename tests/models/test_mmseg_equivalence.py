@@ -10,12 +10,11 @@ saved the way mmseg saves checkpoints (``{"meta": ..., "state_dict": ...}``), lo
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
+from mpm_testing import randomize
 from torch import nn
 
 from mpm.errors import BackendError
@@ -84,21 +83,8 @@ def _merge(base: dict, update: dict) -> dict:
 def mm(mmseg):
     """mmseg with its model registry filled; returns (MODELS, config folder or None).
 
-    mmcv-lite has no compiled ``mmcv._ext``; ``mmcv.ops`` (imported by ``mmseg.utils``)
-    asks it for named functions at import time. The stand-in answers every name with a
-    function that raises if called (Segmenter calls none of them).
+    (The ``mmseg`` fixture has registered the stand-in for mmcv-lite's missing ``mmcv._ext``.)
     """
-    stub = sys.modules.get("mmcv._ext")
-    if isinstance(stub, types.ModuleType) and getattr(stub, "__file__", None) is None:
-        def _missing(name: str):
-            if name.startswith("__"):
-                raise AttributeError(name)
-
-            def op(*args, **kwargs):
-                raise RuntimeError(f"mmcv._ext.{name} is not available in mmcv-lite")
-            return op
-
-        stub.__getattr__ = _missing
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
@@ -124,27 +110,11 @@ def model_cfg(mm, name: str) -> dict:
     return cfg
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random values for every parameter, LayerNorm weights and biases included."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                noise = torch.randn(p.shape, generator=gen)
-                if isinstance(module, nn.LayerNorm):
-                    p.copy_(1.0 + 0.3 * noise if name == "weight" else 0.3 * noise)
-                elif p.dim() >= 2 and p.shape[0] != 1:
-                    p.copy_(noise / p[0].numel() ** 0.5)
-                else:
-                    p.copy_(0.5 * noise)
-    return model.eval()
-
-
 def build_and_save(mm, name: str, tmp_path: Path, seed: int):
     """mmseg's model for config ``name`` (random weights) and its checkpoint file."""
     models, _ = mm
     cfg = model_cfg(mm, name)
-    model = randomize(models.build(copy.deepcopy(cfg)), seed)
+    model = randomize(models.build(copy.deepcopy(cfg)), seed, spread=0.3)
     from mmengine.config import Config
 
     meta = {

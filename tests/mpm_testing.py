@@ -1,0 +1,23 @@
+"""Helpers shared by several test modules (importable: ``pythonpath = tests`` in pyproject)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize(model: nn.Module, seed: int = 0, spread: float = 0.2) -> nn.Module:
+    """Give every parameter random values, LayerNorm weights and biases included, so a
+    comparison of two implementations cannot pass on default initialisations."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                noise = torch.randn(p.shape, generator=gen)
+                if isinstance(module, nn.LayerNorm):
+                    p.copy_(1.0 + spread * noise if name == "weight" else spread * noise)
+                elif p.dim() >= 2 and p.shape[0] != 1:
+                    p.copy_(noise / p[0].numel() ** 0.5)
+                else:
+                    p.copy_(1.5 * spread * noise)
+    return model.eval()
