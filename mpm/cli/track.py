@@ -75,6 +75,15 @@ def register(subparsers) -> None:
     p.add_argument("--done-file", default=None, metavar="PATH", help="write {key, runs: {experiment: run_id}}")
     p.set_defaults(func=run_parent)
 
+    p = sub.add_parser("artifacts", help="log files (tables, figures) to a pipeline invocation's parent run",
+                       description="Log files as artifacts of the parent run tagged mpm.parent_key=KEY.")
+    p.add_argument("files", nargs="+", help="files to log")
+    p.add_argument("--key", required=True, help="the pipeline invocation id")
+    p.add_argument("--uri", default=None, help=uri_help)
+    p.add_argument("--experiment", required=True, metavar="NAME")
+    p.add_argument("--artifact-path", default=None, metavar="DIR", help="folder inside the run's artifacts")
+    p.set_defaults(func=run_artifacts)
+
     p = sub.add_parser("ui-command", help="print the command that opens the MLflow UI on the store")
     p.add_argument("--uri", default=None, help=uri_help)
     p.add_argument("--artifact-root", default=None, metavar="DIR", help="as given to `mpm track init`")
@@ -111,6 +120,14 @@ def _names(text: str) -> list[str]:
     if not names:
         raise ConfigError(f"no experiment name in {text!r}")
     return names
+
+
+def run_artifacts(args) -> int:
+    from mpm.tracking.log import log_parent_artifacts
+
+    run_id = log_parent_artifacts(args.uri, args.experiment, args.key, args.files, args.artifact_path)
+    print(f"logged {len(args.files)} file(s) to run {run_id}")
+    return 0
 
 
 def run_init(args) -> int:

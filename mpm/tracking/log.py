@@ -163,6 +163,25 @@ def ensure_parent_run(tracking_uri: str | None, experiment: str, key: str, *,
         raise TrackingError(f"parent run {key!r} in experiment {experiment!r} of {store.uri}: {_short(err)}") from err
 
 
+def log_parent_artifacts(tracking_uri: str | None, experiment: str, key: str, paths: Iterable[str],
+                         artifact_path: str | None = None, *,
+                         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
+    """Log files (tables, figures) as artifacts of invocation ``key``'s parent run; returns its id."""
+    from pathlib import Path
+
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise TrackingError(f"cannot log missing artifact file(s): {', '.join(missing)}")
+    run_id = ensure_parent_run(tracking_uri, experiment, key, lock_timeout=lock_timeout)
+    store = resolve_store(tracking_uri)
+    with store_lock(store, lock_timeout):
+        client = store.client()
+        for f in files:
+            client.log_artifact(run_id, str(f), artifact_path)
+    return run_id
+
+
 def _check_key(key: str, what: str) -> str:
     key = str(key).strip()
     if not key or not _KEY_RE.match(key):

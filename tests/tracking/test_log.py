@@ -221,3 +221,23 @@ def test_cli_log_parent_and_ui_command(session_store, client, tmp_path, capsys):
     assert cmd[cmd.index("--port") + 1] == "5055"
     assert ui_command("http://127.0.0.1:5001")[-1] == "http://127.0.0.1:5001"
     assert resolve_store(uri).artifact_root == session_store / "artifacts"
+
+
+def test_artifacts_go_to_the_parent_run(tmp_path) -> None:
+    import mlflow
+
+    from mpm.tracking.log import ensure_parent_run, log_parent_artifacts
+    from mpm.tracking.store import init_store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    init_store(uri, ["exp"])
+    table = tmp_path / "main.md"
+    table.write_text("| a |\n")
+    run_id = log_parent_artifacts(uri, "exp", "inv-1", [str(table)], "tables")
+    assert run_id == ensure_parent_run(uri, "exp", "inv-1")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/main.md"]
+    from mpm.tracking.store import TrackingError
+
+    with pytest.raises(TrackingError, match="missing"):
+        log_parent_artifacts(uri, "exp", "inv-1", [str(tmp_path / "nope.png")])

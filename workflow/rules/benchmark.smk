@@ -14,6 +14,7 @@ rule bench:
         batch=r"\d+",
     params:
         **_bench_params(),
+    threads: lambda w: bench_threads(w.target)
     resources:
         **bench_resources(),
     conda:

@@ -154,6 +154,12 @@ def bench_resources():
     return {f"bench_{t}": (lambda wildcards, t=t: int(wildcards.target == t)) for t in bench_targets()}
 
 
+def bench_threads(target):
+    """A timing on this host's CPU takes every core, so no other job runs beside it."""
+    t = _TARGETS[target]
+    return workflow.cores if t.type == "local" and str(t.device).startswith("cpu") else 1
+
+
 def alternatives(names):
     """A wildcard regex matching exactly these names (never-matching when empty)."""
     return "|".join(re.escape(n) for n in names) or "(?!x)x"
