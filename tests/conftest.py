@@ -51,3 +51,14 @@ def _ext_stub() -> types.ModuleType:
 @pytest.fixture(scope="session")
 def mmseg():
     return import_mmseg()
+
+
+@pytest.fixture(scope="module")
+def seg():
+    """A random-initialised Seg-T/16 preset at 128 px with 5 classes."""
+    import torch
+
+    from mpm.models import SegmenterConfig, build_segmenter
+
+    torch.manual_seed(0)
+    return build_segmenter(SegmenterConfig.preset("T", num_classes=5, image_size=(128, 128)))

@@ -347,14 +347,6 @@ def test_keys_metric_option_uses_context_metric():
 
 
 @pytest.fixture(scope="module")
-def seg():
-    from mpm.models import SegmenterConfig, build_segmenter
-
-    torch.manual_seed(0)
-    return build_segmenter(SegmenterConfig.preset("T", num_classes=5, image_size=(128, 128)))
-
-
-@pytest.fixture(scope="module")
 def images():
     """Two images with flat regions of different extent (their windows merge), noise elsewhere."""
     g = torch.Generator().manual_seed(1)

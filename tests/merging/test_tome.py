@@ -258,14 +258,6 @@ def test_method_merge_through_runner_step():
 
 
 @pytest.fixture(scope="module")
-def seg():
-    from mpm.models import SegmenterConfig, build_segmenter
-
-    torch.manual_seed(0)
-    return build_segmenter(SegmenterConfig.preset("T", num_classes=5, image_size=(128, 128)))
-
-
-@pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 3, 128, 128, generator=g)
