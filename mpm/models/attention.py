@@ -114,6 +114,7 @@ class Packing:
 
     def __init__(self, lengths: Tensor, num_slots: int) -> None:
         self.batch, self.num_slots = int(lengths.shape[0]), num_slots
+        self.lengths = lengths
         host = lengths.tolist()  # the one host sync
         self.max_len, self.min_len, self.total = max(host), min(host), sum(host)
         device = lengths.device
@@ -133,10 +134,6 @@ class Packing:
         out = values.new_zeros(self.batch * self.num_slots, values.shape[-1])
         return out.index_copy_(0, self.rows, values).view(self.batch, self.num_slots, -1)
 
-    def jagged(self, t: Tensor) -> Tensor:
-        """(T, H, D) contiguous -> nested jagged (B, H, j, D), a view."""
-        return torch.nested.nested_tensor_from_jagged(
-            t, self.offsets, min_seqlen=self.min_len, max_seqlen=self.max_len).transpose(1, 2)
 
 
 def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend: str = "fa2",
@@ -156,14 +153,10 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
         cu = packing.offsets.to(torch.int32)
         return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
                                                  softmax_scale=scale)
-    if backend == "math":  # reference path: padded with key masks
-        lengths = packing.offsets.diff()
+    if backend in ("math", "sdpa"):  # no varlen kernel: masked attention on the padded layout
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
-        out = _math(*padded, lengths, None, scale)
+        out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale)
         return packing.pack(out.transpose(1, 2).flatten(2)).view_as(q)
-    if backend == "sdpa":
-        jq, jk, jv = (packing.jagged(t) for t in (q, k, v))
-        return F.scaled_dot_product_attention(jq, jk, jv, scale=scale).transpose(1, 2).values()
     return _fa2_varlen(q, k, v, packing, scale)
 
 

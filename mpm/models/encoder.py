@@ -17,13 +17,17 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
-from mpm.errors import ConfigError
+from mpm.errors import BackendError, ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
 from mpm.merging.maps import compose, identity_map, merge_sizes, unmerge
 from mpm.models.attention import Packing, attention, attention_packed
 
-#: backends that run padded batches as packed variable-length sequences
-PACKED_BACKENDS = ("fa2", "flash-attn")
+#: backends whose attention runs packed variable-length sequences (FlashAttention-2 varlen)
+VARLEN_BACKENDS = ("fa2", "flash-attn")
+#: exact batches keep their tokens packed (no padding in the linear layers) with these backends ...
+PACKED_BACKENDS = VARLEN_BACKENDS
+#: ... and with every backend on these devices (attention then unpacks to a masked padded layout)
+PACKED_DEVICES = ("cuda",)
 
 #: ``timer(section_name)`` returns a context manager timing that section
 SectionTimer = Callable[[str], ContextManager]
@@ -166,13 +170,24 @@ def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | 
         o = attention(q, k, v, backend=backend, lengths=lengths, bias=bias, scale=attn.scale)
         o = o.transpose(1, 2).reshape(b, n, attn.attn_dim)
         keys = k.mean(1) if return_keys else None
-    else:
+    elif backend in VARLEN_BACKENDS:  # packed end to end
+        if bias is not None:
+            raise BackendError(f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional "
+                               "attention (prop_attn) needs backend 'math' or 'sdpa'")
         t = x.shape[0]
         qkv = attn.qkv(h).reshape(t, 3, attn.num_heads, attn.head_dim).permute(1, 0, 2, 3).contiguous()
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         o = attention_packed(q, k, v, packing, backend=backend, scale=attn.scale).reshape(t, attn.attn_dim)
         keys = packing.unpack(k.mean(1)) if return_keys else None
+    else:  # linear layers packed, attention on the padded layout with key masks
+        padded = packing.unpack(attn.qkv(h))  # (B, L, 3C)
+        b, n, _ = padded.shape
+        q, k, v = padded.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        o = attention(q, k, v, backend=backend, lengths=packing.lengths, bias=bias, scale=attn.scale)
+        o = packing.pack(o.transpose(1, 2).reshape(b, n, attn.attn_dim))
+        keys = k.mean(1) if return_keys else None
     o = attn.norm(o)
     if getattr(attn, "gate", None) is not None:
         o = o * attn.gate(h).sigmoid()
@@ -197,7 +212,7 @@ def run_encoder(vit: nn.Module, images: Tensor, method: MergeMethod | None = Non
     method = method or NoMerge()
     timer = timer or _no_timer
     num_prefix = vit.num_prefix_tokens
-    packed = backend in PACKED_BACKENDS
+    packed = backend in PACKED_BACKENDS or images.device.type in PACKED_DEVICES
     with timer("encoder"):
         x, grid = embed(vit, images, pos_interpolation)
         state = TokenState.initial(x.shape[0], grid, x.device, x.dtype, with_size=method.uses_size)

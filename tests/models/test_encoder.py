@@ -92,7 +92,8 @@ def test_schedule_out_of_range(model) -> None:
         build_method("foo", (1,))
 
 
-@pytest.mark.parametrize("name,schedule,kwargs", [("mpm", (2, 5), {}), ("algm", (), {}), ("tome", (1, 3), {"r": 5})])
+@pytest.mark.parametrize("name,schedule,kwargs", [("mpm", (2, 5), {}), ("algm", (), {}), ("algm", (), {"prop_attn": True}),
+                                                  ("tome", (1, 3), {"r": 5})])
 def test_packed_layout_equals_padded_layout(model, monkeypatch, name, schedule, kwargs) -> None:
     """The packed variable-length path (what FA2 runs on CUDA) against the padded one, on the CPU."""
     import mpm.models.encoder as encoder
@@ -102,10 +103,14 @@ def test_packed_layout_equals_padded_layout(model, monkeypatch, name, schedule, 
     with torch.no_grad():
         padded, enc = model(x, method=method, backend="sdpa", return_encoder=True)
         monkeypatch.setattr(encoder, "PACKED_BACKENDS", ("sdpa", "math"))
-        for backend in ("sdpa", "math"):
-            packed, penc = model(x, method=method, backend=backend, return_encoder=True)
-            torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
-            assert torch.equal(penc.index, enc.index)
+        for varlen in ((), ("sdpa", "math")):  # attention padded+masked / through attention_packed
+            monkeypatch.setattr(encoder, "VARLEN_BACKENDS", varlen)
+            for backend in ("sdpa", "math"):
+                if varlen and kwargs.get("prop_attn"):
+                    continue  # varlen kernels take no logit bias (FA2 refuses it)
+                packed, penc = model(x, method=method, backend=backend, return_encoder=True)
+                torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
+                assert torch.equal(penc.index, enc.index)
 
 
 @pytest.mark.parametrize("h,w,out_h,out_w", [(32, 32, 512, 512), (7, 5, 100, 90), (40, 40, 640, 640), (3, 4, 3, 4)])
