@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--backend", default="fa2")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--batch-policy", default="exact")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = build_segmenter(SegmenterConfig.preset(args.model, 150)).cuda().half()
@@ -32,7 +33,7 @@ def main() -> None:
     low = torch.randn(args.batch, 3, size[0] // 64, size[1] // 64, device="cuda")
     x = torch.nn.functional.interpolate(low, size=size, mode="bicubic").clamp(-1, 1).half()
     sched = tuple(int(s) for s in args.schedule.split(",") if s)
-    method = build_method(args.method, sched)
+    method = build_method(args.method, sched, batch_policy=args.batch_policy)
     with torch.inference_mode():
         for _ in range(5):
             model(x, method=method, backend=args.backend)
@@ -42,7 +43,7 @@ def main() -> None:
             for _ in range(3):
                 model(x, method=method, backend=args.backend)
             torch.cuda.synchronize()
-    print(f"== {args.model} {args.method}{sched} {args.backend} batch {args.batch} (3 forwards)")
+    print(f"== {args.model} {args.method}{sched} {args.batch_policy} {args.backend} batch {args.batch} (3 forwards)")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
 
 
