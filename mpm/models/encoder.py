@@ -26,8 +26,9 @@ from mpm.models.attention import Packing, attention, attention_packed
 VARLEN_BACKENDS = ("fa2", "flash-attn")
 #: exact batches keep their tokens packed (no padding in the linear layers) with these backends ...
 PACKED_BACKENDS = VARLEN_BACKENDS
-#: ... and with every backend on these devices (attention then unpacks to a masked padded layout)
-PACKED_DEVICES = ("cuda",)
+#: ... and with every backend on these devices (attention then unpacks to a masked padded layout).
+#: Empty: on an H100 this gained nothing over the padded layout for `math` (benchmarks/NOTES.md).
+PACKED_DEVICES: tuple[str, ...] = ()
 
 #: ``timer(section_name)`` returns a context manager timing that section
 SectionTimer = Callable[[str], ContextManager]
