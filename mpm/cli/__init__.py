@@ -22,7 +22,6 @@ COMMAND_MODULES = (
     "mpm.cli.bench",
     "mpm.cli.track",
     "mpm.cli.tables",
-    "mpm.cli.info",
 )
 
 
@@ -32,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a command group not written yet
-            if err.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
