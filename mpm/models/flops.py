@@ -561,7 +561,7 @@ def segmenter_flops(config: SegmenterConfig, image_size: Sequence[int] | None = 
 def _per_image_counts(tokens_left: Sequence[Any]) -> list[list[float]]:
     """(steps x B) counts -> B lists of per-step counts."""
     cols = []
-    for k, t in enumerate(tokens_left):
+    for _k, t in enumerate(tokens_left):
         if isinstance(t, Tensor):
             t = t.detach().reshape(-1).tolist()
         elif isinstance(t, (int, float)):

@@ -109,3 +109,19 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def bench_target(record: dict) -> tuple[str | None, str]:
+    """The target a benchmark record was timed on, and where that name was found.
+
+    The pipeline records it as the top-level ``target`` (a name, or the target's description
+    with a ``name``) or as ``spec.target``; without either, the device name stands in.
+    """
+    spec = record.get("spec") if isinstance(record.get("spec"), dict) else {}
+    for source, value in (("target", record.get("target")), ("spec.target", spec.get("target"))):
+        if isinstance(value, dict):
+            value = value.get("name")
+        if isinstance(value, str) and value:
+            return value, source
+    env = record.get("environment") if isinstance(record.get("environment"), dict) else {}
+    return env.get("device_name") or env.get("cpu_model") or env.get("device"), "environment.device_name"

@@ -45,7 +45,7 @@ def build_all(results: Iterable[str | Path], out_tables: str | Path, out_figures
         ips, _, where = _throughput(bench, gpu_target, "math", batch_size)
         speed, xlabel = dict(ips.items()), f"images/s ({where}, FA2 off, batch {batch_size})"
     if not ev.empty:
-        for (dataset, model_key), g in ev.groupby(["dataset", "model_key"], sort=False):
+        for (dataset, _model_key), g in ev.groupby(["dataset", "model_key"], sort=False):
             name = f"{dataset}_{_slug(g['checkpoint'].iloc[0] or g['model'].iloc[0])}"
             title = f"{g['model'].iloc[0]} on {dataset}" + (" (synthetic data)" if g["synthetic"].any() else "")
             for kind, fig in (("pareto", pareto_figure(g, speed, title, xlabel)), ("tokens", tokens_figure(g, title))):

@@ -200,7 +200,7 @@ def main_tables(ev: pd.DataFrame, bench: pd.DataFrame, gpu_target: str | None, b
             if not ips.empty:
                 cols[name] = (ips, speed, where)
     tables = []
-    for (dataset, model_key), g in ev.groupby(["dataset", "model_key"], sort=False):
+    for (dataset, _model_key), g in ev.groupby(["dataset", "model_key"], sort=False):
         g = g.sort_values("method_name", key=lambda s: s != "none", kind="stable")
         frame = pd.DataFrame({
             "method": g["method"].values,
