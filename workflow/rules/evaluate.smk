@@ -20,6 +20,8 @@ rule evaluate:
         device=config["evaluation"].get("device", "cpu"),
         batch=config["evaluation"].get("batch_size", 1),
     threads: config["evaluation"].get("threads", 1)
+    resources:
+        gpu=1 if str(config["evaluation"].get("device", "cpu")).startswith("cuda") else 0,
     conda:
         "../../envs/mpm.yaml"
     log:
