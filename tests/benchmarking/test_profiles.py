@@ -18,11 +18,11 @@ PROFILES = REPO / "workflow" / "profiles"
 SNAKEFILE = """
 rule all:
     input: "h100.txt", "pi.txt"
-rule bench_h100:
+rule bench:
     output: "h100.txt"
     resources: bench_h100=1
     shell: "echo h100 > {output}"
-rule bench_rpi5:
+rule bench_ssh:
     output: "pi.txt"
     resources: bench_rpi5=1
     shell: "echo pi > {output}"
@@ -37,7 +37,7 @@ def test_default_profile_caps_one_job_per_device():
     cfg = load("default")
     assert cfg["cores"] == "all" and cfg["printshellcmds"] is True and cfg["rerun-incomplete"] is True
     caps = dict(item.split("=") for item in cfg["resources"])
-    assert caps == {"bench_local": "1", "bench_h100": "1", "bench_rpi5": "1"}
+    assert caps == {"gpu": "1", "bench_local": "1", "bench_h100": "1", "bench_rpi5": "1"}
 
 
 def test_slurm_profile_uses_the_plugin_keys():
@@ -49,7 +49,8 @@ def test_slurm_profile_uses_the_plugin_keys():
         unknown = set(resources) - set(SLURM_RESOURCE_TYPES)
         assert not unknown, f"{rule}: {unknown}"
     # the H100 rule asks for one H100 in the plugin's gres form, validated like a target's resources
-    h100 = cfg["set-resources"]["bench_h100"]
+    h100 = cfg["set-resources"]["bench"]
+    assert cfg["set-resources"]["evaluate"]["gres"] == "gpu:h100:1"
     assert h100["gres"] == "gpu:h100:1"
     parse_targets({"targets": {"h100": {"type": "slurm", "resources": h100}}})
 
@@ -65,7 +66,7 @@ def _dry_run(profile: str, tmp_path: Path) -> str:
 @pytest.mark.skipif(importlib.util.find_spec("snakemake") is None, reason="snakemake not installed")
 def test_default_profile_dry_run(tmp_path):
     out = _dry_run("default", tmp_path)
-    assert "bench_h100" in out and "bench_rpi5" in out
+    assert "rule bench:" in out and "rule bench_ssh:" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake") is None
