@@ -42,7 +42,7 @@ from torch import Tensor
 
 from mpm.errors import ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, register
-from mpm.merging.maps import TokenMerge, valid_mask
+from mpm.merging.maps import identity_map, TokenMerge, valid_mask
 
 MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]
@@ -287,10 +287,43 @@ def tome_merge(x: Tensor, size: Tensor | None, metric: Tensor | None, r: int | T
         (B, M, C) size-weighted means, map (B, N), lengths (B,) or None; and
         with ``return_size`` the tuple ``(TokenMerge, size)``.
     """
+    if lengths is None and isinstance(r, int) and not isinstance(r, bool):
+        out, new_size = _tome_dense(x, size, x if metric is None else metric, r)
+        return (out, new_size) if return_size else out
     m = bipartite_soft_matching(x if metric is None else metric, r, lengths, policy)
     merged, new_size = merge_wavg(m.merge, x, size)
     out = TokenMerge(merged, m.index, m.lengths)
     return (out, new_size) if return_size else out
+
+
+def _tome_dense(x: Tensor, size: Tensor | None, metric: Tensor, r: int) -> tuple[TokenMerge, Tensor]:
+    """:func:`tome_merge` on a dense batch with one ``r``: the same result in a third of the
+    operations and no host sync (the forward is launch-bound at ToMe's per-layer merges).
+
+    Args:
+        x: (B, N, C); size: (B, N) or None; metric: (B, N, D).
+    Returns:
+        ``(TokenMerge(x (B, N - r, C), index (B, N), None), size (B, N - r))``.
+    """
+    b, n, c = x.shape
+    na, nb = (n + 1) // 2, n // 2
+    r = min(max(r, 0), nb)
+    if size is None:
+        size = x.new_ones(b, n)
+    if nb == 0:  # a single token: nothing to pair
+        return TokenMerge(x, identity_map(b, n, x.device), None), size
+    node_max, node_idx = bipartite_scores(metric)
+    order = torch.sort(node_max, dim=1, descending=True, stable=True).indices  # ties keep position order
+    merged = torch.zeros(b, na, dtype=torch.bool, device=x.device).scatter_(1, order[:, :r], True)
+    n_unm = na - r
+    index = torch.empty(b, n, dtype=torch.long, device=x.device)
+    index[:, ::2] = torch.where(merged, node_idx + n_unm, (~merged).cumsum(1) - 1)  # unmerged A keep their order
+    index[:, 1::2] = torch.arange(n_unm, n_unm + nb, device=x.device)  # then every B token
+    m = n - r
+    s = size.to(x.dtype)
+    x_sum = x.new_zeros(b, m, c).scatter_add_(1, index.unsqueeze(-1).expand(b, n, c), x * s.unsqueeze(-1))
+    s_sum = s.new_zeros(b, m).scatter_add_(1, index, s)
+    return TokenMerge(x_sum / s_sum.unsqueeze(-1), index, None), s_sum
 
 
 # --------------------------------------------------------------------------- #
