@@ -1,14 +1,28 @@
-"""Figures: speed–accuracy Pareto fronts and tokens left per encoder block (matplotlib, Agg)."""
+"""Figures: speed–accuracy Pareto fronts and tokens left per encoder block (matplotlib, Agg).
+
+:func:`speed_accuracy_figure`, :func:`tokens_layer_figure` and :func:`save_figure` serve
+:mod:`mpm.tables.paper`.
+"""
 
 from __future__ import annotations
 
-import json
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+
+#: colour and marker of each method family
+STYLE = {"none": ("black", "s"), "mpm": ("tab:blue", "o"), "tome": ("tab:orange", "^"), "algm": ("tab:green", "D")}
+_OTHER = ("tab:gray", "x")
+#: where each method merges when a record does not say (eval records list every step's site)
+MERGE_SITE = {"mpm": "before_block", "tome": "after_attention", "algm": "after_attention"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -21,54 +35,151 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def pareto_figure(ev: pd.DataFrame, speed: dict | None, title: str, xlabel: str):
-    """mIoU against speed (images/s) or, without timings, against 1 / GFLOPs-style cost (GFLOPs, reversed)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    pts = []
-    for row in ev.itertuples():
-        x = speed.get((row.model_key, row.method_key)) if speed else row.GFLOPs
-        if x is None or pd.isna(x):
-            continue
-        ax.scatter(x, row.mIoU, zorder=3)
-        ax.annotate(row.method, (x, row.mIoU), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        pts.append((x if speed else -x, row.mIoU))
-    front = pareto_front(pts)
-    if front:
-        xs = [p[0] if speed else -p[0] for p in front]
-        ax.plot(xs, [p[1] for p in front], "--", color="grey", zorder=2, label="Pareto front")
-        ax.legend(fontsize=7)
-    if not speed:
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_is_better: bool = False,
+                          note: str | None = None):
+    """mIoU against speed (``x``; images/s, or GFLOPs with ``lower_is_better``), one point per method and
+    schedule, and the Pareto front of the full runs.
+
+    ``data`` has the columns ``x``, ``mIoU``, ``label``, ``method_name``, ``partial`` and ``extent``.
+    Partial runs (image limits) are drawn hollow and kept off the front, unless every run is partial
+    with one extent — then the front is theirs and the title says so.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    pts = data[[not _nan(x) for x in data["x"]]]
+    full, part = pts[~pts["partial"].astype(bool)], pts[pts["partial"].astype(bool)]
+    front_from, suffix = full, ""
+    if full.empty and not part.empty and part["extent"].nunique() == 1:
+        front_from, suffix = part, f" — {part['extent'].iloc[0]}"
+    seen: set[str] = set()
+    for row in pts.itertuples():
+        colour, marker = STYLE.get(row.method_name, _OTHER)
+        hollow = bool(row.partial) and front_from is not part
+        family = row.method_name if row.method_name in STYLE else "other"
+        legend = None if family in seen else {"none": "dense", "mpm": "MPM", "tome": "ToMe", "algm": "ALGM"}.get(
+            family, family)
+        seen.add(family)
+        ax.scatter(row.x, row.mIoU, marker=marker, s=40, zorder=3, label=legend,
+                   facecolors="none" if hollow else colour, edgecolors=colour)
+        ax.annotate(row.label + (" (partial)" if hollow else ""), (row.x, row.mIoU), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    sign = -1.0 if lower_is_better else 1.0
+    front = pareto_front([(sign * x, y) for x, y in zip(front_from["x"], front_from["mIoU"])])
+    if len(front) > 1:
+        ax.plot([sign * p[0] for p in front], [p[1] for p in front], "--", color="grey", zorder=2,
+                label="Pareto front")
+    if not part.empty and front_from is not part:
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="partial run (off the front)")
+    if lower_is_better:
         ax.invert_xaxis()
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title + suffix + (f"\n{note}" if note else ""), fontsize=9)
     ax.grid(alpha=0.3)
+    if pts.empty:
+        ax.text(0.5, 0.5, "no point with both mIoU and a speed", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7, loc="best")
     return fig
 
 
-def tokens_per_block(schedule: list[int], tokens_after: list[float], full: float, depth: int, site: str) -> list[float]:
-    """Image tokens each encoder block's MLP sees, from the tokens left after each merge step."""
-    out, current, steps = [], full, dict(zip(sorted(schedule), tokens_after))
+def tokens_entering_blocks(steps: Sequence[tuple[int, str, float]], full: float, depth: int) -> list[float]:
+    """Image tokens entering each of ``depth`` encoder blocks.
+
+    ``steps``: ``(block, site, tokens after the step)`` in the order they run. A ``before_block``
+    step of block b changes what enters b; a step inside a block (``after_attention``) changes what
+    enters b + 1.
+    """
+    out, current = [], float(full)
     for block in range(depth):
-        if block in steps:
-            current = steps[block]
+        for b, site, after in steps:
+            if b == block and site == "before_block":
+                current = float(after)
         out.append(current)
+        for b, site, after in steps:
+            if b == block and site != "before_block":
+                current = float(after)
     return out
 
 
-def tokens_figure(ev: pd.DataFrame, title: str):
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for row in ev.itertuples():
-        depth = int(row.depth or 12)
-        full = row.full_tokens or (row.tokens[0] if row.tokens else None)
-        if full is None:
+def _steps_of(row) -> list[tuple[int, str, float]]:
+    steps = list(row.token_steps or [])
+    if steps:
+        return steps
+    site = MERGE_SITE.get(row.method_name, "before_block")
+    return [(int(b), site, float(t)) for b, t in zip(sorted(row.schedule or []), row.tokens_after or [])]
+
+
+_CMAPS = {"mpm": "Blues", "tome": "Oranges", "algm": "Greens"}
+
+
+def _family_shades(rows: pd.DataFrame) -> dict:
+    """A shade of the family's colour for each merging row (index -> colour), darker for later rows."""
+    out = {}
+    for family, cmap in _CMAPS.items():
+        idx = [i for i, m in zip(rows.index, rows["method_name"]) if m == family]
+        for k, i in enumerate(idx):
+            out[i] = plt.get_cmap(cmap)(0.85 if len(idx) == 1 else 0.45 + 0.5 * k / (len(idx) - 1))
+    return out
+
+
+def tokens_layer_figure(rows: pd.DataFrame, *, title: str, note: str | None = None):
+    """Image tokens entering each encoder block, one line per method and schedule, dense flat.
+
+    ``rows`` are evaluation rows (:func:`mpm.tables.paper.eval_frame`): ``method_name``, ``label``,
+    ``schedule``, ``tokens_after``, ``token_steps``, ``image_tokens``, ``depth``, ``partial``,
+    ``method_key``. A partial run is drawn (dotted) only when no full run of the same method exists.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    full_keys = set(rows.loc[~rows["partial"].astype(bool), "method_key"])
+    depth = max([int(d) for d in rows["depth"] if not _nan(d)] or [12])
+    dense_drawn = False
+    shades = _family_shades(rows)
+    for row in rows.itertuples():
+        if row.partial and row.method_key in full_keys:
             continue
-        method = json.loads(row.method_key)[0]
-        counts = tokens_per_block(row.schedule, row.tokens, full, depth, method)
-        ax.step(range(depth), counts, where="post", label=row.method)
-    ax.set_xlabel("encoder block")
-    ax.set_ylabel("image tokens into each block's MLP (mean)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+        full = row.image_tokens
+        if _nan(full):
+            continue
+        steps = _steps_of(row)
+        if depth <= max((b for b, _, _ in steps), default=-1):
+            depth = max(b for b, _, _ in steps) + 1
+        counts = tokens_entering_blocks(steps, full, depth)
+        colour, marker = STYLE.get(row.method_name, _OTHER)
+        if row.method_name == "none" or not steps:
+            if dense_drawn:
+                continue
+            dense_drawn = True
+            ax.plot(range(depth), counts, color="black", lw=1.5, label="none (dense)")
+            continue
+        ax.plot(range(depth), counts, drawstyle="steps-post", marker=marker, ms=3, color=shades.get(row.Index, colour),
+                linestyle=":" if row.partial else "-", label=row.label + (" (partial)" if row.partial else ""))
+    ax.set_xlabel("encoder block (0-based)")
+    ax.set_ylabel("image tokens entering the block (mean)")
+    ax.set_xticks(range(depth))
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
     ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=6, ncol=2)
     return fig
+
+
+def save_figure(fig, folder: str | Path, name: str) -> list[Path]:
+    """``NAME.png`` and ``NAME.pdf`` under ``folder``, each written atomically; closes ``fig``.
+
+    The files carry no creation date, so the same figure gives the same bytes.
+    """
+    from mpm.io import write_bytes_atomic
+
+    out = []
+    try:
+        for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
+            out.append(write_bytes_atomic(Path(folder) / f"{name}.{ext}", buf.getvalue()))
+    finally:
+        plt.close(fig)
+    return out

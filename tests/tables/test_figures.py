@@ -1,0 +1,64 @@
+"""Figures: Pareto front, tokens entering each encoder block, files written."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mpm.tables.figures import (
+    pareto_front,
+    save_figure,
+    speed_accuracy_figure,
+    tokens_entering_blocks,
+)
+from mpm.tables.paper import Paper, build_paper, load_results
+
+
+def test_pareto_front() -> None:
+    assert pareto_front([(1, 5), (2, 4), (3, 1), (1.5, 3)]) == [(1, 5), (2, 4), (3, 1)]
+    assert pareto_front([(1, 1), (2, 2)]) == [(2, 2)]
+
+
+def test_tokens_entering_blocks() -> None:
+    # MPM merges before blocks 2 and 5: block 2 already sees the merged tokens
+    assert tokens_entering_blocks([(2, "before_block", 800), (5, "before_block", 680)], 1024, 8) == \
+        [1024, 1024, 800, 800, 800, 680, 680, 680]
+    # ToMe / ALGM merge inside a block (after attention): the next block sees the result
+    assert tokens_entering_blocks([(0, "after_attention", 990), (1, "after_attention", 956)], 1024, 4) == \
+        [1024, 990, 956, 956]
+    assert tokens_entering_blocks([], 1024, 3) == [1024, 1024, 1024]
+
+
+def test_figures_written_for_each_dataset_and_model(make_eval, make_bench, write, tmp_path) -> None:
+    evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680]),
+             make_eval("mpm", [5], 36.0, 22.0, tokens=[790], limit=10),
+             make_eval("tome", list(range(12)), 37.9, 20.0, tokens=[1024 - 34 * (i + 1) for i in range(12)], r=34),
+             make_eval("none", [], 60.0, 25.3, dataset="cityscapes")]
+    benches = [make_bench("none", [], "math", 100.0), make_bench("mpm", [2, 5], "math", 125.0)]
+    written = build_paper(write(evals) + write(benches, "b"), tmp_path / "t", tmp_path / "f", gpu_target="h100")
+    names = sorted(f["name"] for f in written["figures"])
+    assert names == ["pareto_ade20k_seg_t_mask", "pareto_cityscapes_seg_t_mask",
+                     "tokens_ade20k_seg_t_mask", "tokens_cityscapes_seg_t_mask"]
+    for name in names:
+        for ext in ("png", "pdf"):
+            assert (tmp_path / "f" / f"{name}.{ext}").stat().st_size > 5000
+    assert (tmp_path / "f" / "pareto_ade20k_seg_t_mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_x_is_throughput_when_timed_else_gflops(make_eval, make_bench) -> None:
+    res = load_results([])
+    res.evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680])]
+    paper = Paper(res)
+    data, xlabel, _, lower = paper.figure_data(paper.groups[0])
+    assert lower and "GFLOPs" in xlabel and list(data["x"]) == [25.3, 19.0]
+    res.benches = [make_bench("none", [], "math", 100.0), make_bench("mpm", [2, 5], "math", 125.0)]
+    paper = Paper(res, gpu_target="h100")
+    data, xlabel, _, lower = paper.figure_data(paper.groups[0])
+    assert not lower and xlabel.startswith("images/s (h100: NVIDIA H100") and list(data["x"]) == [100.0, 125.0]
+
+
+def test_save_figure_is_reproducible(tmp_path) -> None:
+    data = pd.DataFrame({"x": [1.0, 2.0], "mIoU": [40.0, 39.0], "label": ["none", "MPM(2,5)"],
+                         "method_name": ["none", "mpm"], "partial": [False, True], "extent": ["full", "partial"]})
+    a = save_figure(speed_accuracy_figure(data, xlabel="x", title="t"), tmp_path / "a", "p")
+    b = save_figure(speed_accuracy_figure(data, xlabel="x", title="t"), tmp_path / "b", "p")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

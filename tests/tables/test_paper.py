@@ -1,0 +1,261 @@
+"""The paper's tables (mpm.tables.paper) from result records in the real layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpm.errors import ConfigError
+from mpm.tables.paper import (
+    Paper,
+    Table,
+    build_paper,
+    cell_text,
+    eval_frame,
+    load_results,
+    render_latex,
+    schedule_text,
+    timing_frame,
+)
+
+
+def _csv(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {f"{r['method']}|{r.get('schedule', '')}|{r.get('extent', '')}": r for r in rows}
+
+
+def _num(v: str) -> float:
+    return float(v) if v != "" else math.nan
+
+
+H100, PI = "NVIDIA H100 80GB HBM3", "Cortex-A76"  # as in conftest.py
+
+
+@pytest.fixture()
+def standard(make_eval, make_bench, write):
+    """Dense, MPM(2,5) and a partial MPM(5) on ADE20K; H100 FA2 off/on at batch 32 and 1; Pi 5 batch 1/2."""
+    evals = [make_eval("none", [], 38.0, 25.3),
+             make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680]),
+             make_eval("mpm", [5], 36.0, 22.0, tokens=[790], limit=10)]
+    benches = [make_bench("none", [], "math", 100.0), make_bench("none", [], "fa2", 300.0),
+               make_bench("mpm", [2, 5], "math", 125.0), make_bench("mpm", [2, 5], "fa2", 360.0),
+               make_bench("none", [], "math", 50.0, batch=1), make_bench("mpm", [2, 5], "math", 40.0, batch=1)]
+    pi = {"target": "rpi5", "target_where": "spec", "device": PI, "dtype": "float32", "kind": "cpu", "threads": 4}
+    benches += [make_bench("none", [], "math", 1.0, batch=1, **pi), make_bench("mpm", [2, 5], "math", 1.6, batch=1, **pi),
+                make_bench("none", [], "math", 1.05, batch=2, **pi),
+                make_bench("mpm", [2, 5], "math", 1.75, batch=2, **pi)]
+    return write(evals, "eval") + write(benches, "bench")
+
+
+def test_main_table_deltas_speedups_and_partial_rows(standard, tmp_path) -> None:
+    written = build_paper(standard, tmp_path / "tables", tmp_path / "figures", gpu_target="h100", cpu_target="rpi5",
+                          batch_size=32)
+    assert [t["name"] for t in written["tables"]] == ["main_ade20k_seg_t_mask", "cross_platform", "ablation_schedules"]
+    for ext in ("md", "tex", "csv"):
+        assert (tmp_path / "tables" / f"main_ade20k_seg_t_mask.{ext}").stat().st_size > 100
+    rows = _csv(tmp_path / "tables" / "main_ade20k_seg_t_mask.csv")
+    # dense first, then by number of insertions
+    assert list(rows) == ["none||full", "MPM|5|partial (10/60 images)", "MPM|2,5|full"]
+    dense, partial, mpm = rows.values()
+    off, on = f"img/s FA2 off (h100: {H100[7:]})", f"img/s FA2 on (h100: {H100[7:]})"
+    assert float(dense["ΔmIoU"]) == 0.0 and float(mpm["ΔmIoU"]) == pytest.approx(-0.5)
+    assert float(mpm["GFLOPs"]) == pytest.approx(19.0)
+    assert float(mpm[off]) == 125.0 and float(mpm[on]) == 360.0
+    assert float(mpm["speedup FA2 off"]) == pytest.approx(1.25) and float(mpm["speedup FA2 on"]) == pytest.approx(1.2)
+    assert float(dense["speedup FA2 off"]) == pytest.approx(1.0)
+    # the partial run is marked, never compared with the full dense run, and has no timing
+    assert partial["ΔmIoU"] == "" and math.isnan(_num(partial[off]))
+    md = (tmp_path / "tables" / "main_ade20k_seg_t_mask.md").read_text()
+    assert "partial (10/60 images)" in md and "no ΔmIoU" in md
+    assert f"target h100 ({H100}, float16), backend math, batch 32" in md
+    tex = (tmp_path / "tables" / "main_ade20k_seg_t_mask.tex").read_text()
+    assert "\\toprule" in tex and "$\\Delta$mIoU" in tex and "seg\\_t\\_mask" in tex
+    assert not re.search(r"(?<!\\)_", tex.split("\\label")[0])  # every _ of the caption escaped
+    index = json.loads((tmp_path / "tables" / "index.json").read_text())
+    assert index["schema"] == "mpm.tables/1" and index["inputs"]["eval"] == 3 and index["inputs"]["bench"] == 10
+
+
+def test_cross_platform_and_ablation(standard, tmp_path) -> None:
+    build_paper(standard, tmp_path / "t", tmp_path / "f", gpu_target="h100", cpu_target="rpi5", figures=False)
+    cross = _csv(tmp_path / "t" / "cross_platform.csv")
+    mpm = cross["MPM|2,5|"]
+    assert mpm["weights"] == "seg_t_mask" and mpm["model"] == "Seg-T/16"
+    assert float(mpm[f"ms/img b1 (rpi5: {PI})"]) == pytest.approx(625.0)
+    assert float(mpm["speedup b1 (rpi5)"]) == pytest.approx(1.6)
+    assert float(mpm["speedup b2 (rpi5)"]) == pytest.approx(1.75 / 1.05)
+    assert float(mpm["speedup FA2 on"]) == pytest.approx(1.2)
+    md = (tmp_path / "t" / "cross_platform.md").read_text()
+    assert f"target rpi5 ({PI}, float32, 4 threads), backend math, batch 1" in md
+
+    with open(tmp_path / "t" / "ablation_schedules.csv", newline="") as f:
+        abl = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(abl) == ["none", "MPM(5)", "MPM(2,5)"]
+    assert abl["MPM(2,5)"]["tokens after each insertion"] == "800 → 680"
+    assert float(abl["MPM(2,5)"]["ΔmIoU"]) == pytest.approx(-0.5) and abl["MPM(5)"]["ΔmIoU"] == ""
+    assert abl["MPM(5)"]["extent"] == "partial (10/60 images)"
+    assert float(abl["MPM(2,5)"]["speedup FA2 off"]) == pytest.approx(1.25)
+    assert float(abl["MPM(2,5)"]["speedup b1 (rpi5)"]) == pytest.approx(1.6)
+
+
+def test_partial_runs_compare_only_with_a_dense_run_of_the_same_limit(make_eval) -> None:
+    res = load_results([])
+    res.evals = [make_eval("none", [], 40.0, 25.0), make_eval("none", [], 42.0, 25.0, limit=10),
+                 make_eval("mpm", [2, 5], 41.0, 19.0, limit=10), make_eval("mpm", [5], 39.0, 22.0, limit=20),
+                 make_eval("mpm", [1, 3, 5], 39.5, 18.0)]
+    (table,) = Paper(res).main_tables()
+    f = table.frame.set_index(["schedule", "extent"])
+    assert f.loc[("2,5", "partial (10/60 images)"), "ΔmIoU"] == pytest.approx(-1.0)   # vs dense limit 10
+    assert f.loc[("1,3,5", "full"), "ΔmIoU"] == pytest.approx(-0.5)                  # vs full dense
+    assert math.isnan(f.loc[("5", "partial (20/60 images)"), "ΔmIoU"])               # no dense at limit 20
+    assert any("MPM(5) (partial (20/60 images)): no ΔmIoU" in n for n in table.notes)
+    # dense rows: the full one first
+    assert list(table.frame["extent"][:2]) == ["full", "partial (10/60 images)"]
+
+
+def test_different_hardware_in_one_column_is_refused_or_marked(make_eval, make_bench) -> None:
+    res = load_results([])
+    res.evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680])]
+    res.benches = [make_bench("none", [], "math", 100.0, target_where="top-string"),
+                   make_bench("mpm", [2, 5], "math", 130.0, target_where="top-string", device="NVIDIA A100-SXM4-80GB")]
+    for b in res.benches:
+        b["_file"] = f"{b['environment']['device_name']}.json"
+    with pytest.raises(ConfigError, match="different hardware.*A100.*H100"):
+        Paper(res, gpu_target="h100")
+    (table,) = Paper(res, gpu_target="h100", allow_mixed=True).main_tables()
+    header = "img/s FA2 off (h100: MIXED devices)"
+    assert header in table.frame.columns
+    assert list(table.frame[f"device ({header})"]) == [f"{H100}, float16", "NVIDIA A100-SXM4-80GB, float16"]
+    # no speedup across devices
+    assert math.isnan(table.frame["speedup FA2 off"].iloc[1])
+
+
+def test_different_dtype_in_one_column_is_refused(make_eval, make_bench) -> None:
+    res = load_results([])
+    res.benches = [make_bench("none", [], "math", 100.0), make_bench("mpm", [2, 5], "math", 130.0, dtype="bfloat16")]
+    with pytest.raises(ConfigError, match="bfloat16"):
+        Paper(res, gpu_target="h100")
+
+
+def test_repeated_measurements_with_different_results_are_refused(make_bench) -> None:
+    res = load_results([])
+    res.benches = [make_bench("none", [], "math", 100.0), make_bench("none", [], "math", 90.0)]
+    with pytest.raises(ConfigError, match="more than once"):
+        Paper(res, gpu_target="h100")
+
+
+def test_target_name_from_top_level_spec_or_device(make_bench) -> None:
+    recs = [make_bench("none", [], "math", 1.0, target="a", target_where="top"),
+            make_bench("none", [], "math", 1.0, target="b", target_where="top-string"),
+            make_bench("none", [], "math", 1.0, target="c", target_where="spec"),
+            make_bench("none", [], "math", 1.0, target_where="none", device="Some GPU")]
+    tf = timing_frame(recs)
+    assert list(tf["target"]) == ["a", "b", "c", "Some GPU"]
+    assert list(tf["target_source"]) == ["target", "target", "spec.target", "environment.device_name"]
+
+
+def test_random_init_timings_join_by_size_and_crop_and_are_stated(make_eval, make_bench) -> None:
+    res = load_results([])
+    res.evals = [make_eval("none", [], 38.0, 25.3, crop=(512, 512)),
+                 make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680], crop=(512, 512))]
+    res.benches = [make_bench("none", [], "math", 100.0, weights="random-init"),
+                   make_bench("mpm", [2, 5], "math", 120.0, weights="random-init")]
+    (table,) = Paper(res, gpu_target="h100").main_tables()
+    assert table.frame["speedup FA2 off"].tolist() == pytest.approx([1.0, 1.2])
+    assert "RANDOM-INITIALISED" in table.caption
+    assert any("RANDOM-INITIALISED weights of the same architecture" in n for n in table.notes)
+    # another crop: not the same model, no timing joined
+    res.evals = [make_eval("none", [], 38.0, 25.3, crop=(640, 640))]
+    (table,) = Paper(res, gpu_target="h100").main_tables()
+    assert "speedup FA2 off" not in table.frame.columns
+    assert any("no timing of this model" in n for n in table.notes)
+
+
+def test_synthetic_data_is_stated_in_the_caption(make_eval, make_bench) -> None:
+    res = load_results([])
+    res.evals = [make_eval("none", [], 90.0, 8.0, dataset="synthetic", synthetic=True)]
+    (table,) = Paper(res).main_tables()
+    assert "SYNTHETIC data" in table.caption and render_latex(table).count("SYNTHETIC") == 1
+
+
+def test_real_eval_record_is_read(real_eval, write, tmp_path) -> None:
+    (path,) = write([real_eval])
+    ev = eval_frame(load_results([path]).evals)
+    row = ev.iloc[0]
+    assert row["dataset"] == "synthetic" and row["synthetic"] and row["label"] == "MPM(2,5)"
+    assert row["extent"] == "full" and row["crop"] == (64, 64) and row["depth"] == 12
+    assert row["gflops"] == pytest.approx(real_eval["gflops"]["per_image"])
+    assert [b for b, _, _ in row["token_steps"]] == [2, 5] and len(row["tokens_after"]) == 2
+    written = build_paper([path], tmp_path / "t", tmp_path / "f")
+    assert [t["name"] for t in written["tables"]] == ["main_synthetic_tiny", "ablation_schedules"]
+
+
+def test_errors_name_the_file(tmp_path, make_eval, write) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json: invalid JSON"):
+        load_results([broken])
+    with pytest.raises(ConfigError, match="missing.json does not exist"):
+        load_results([tmp_path / "missing.json"])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something/1"}))
+    with pytest.raises(ConfigError, match="other.json: schema 'something/1'"):
+        load_results([other])
+    rec = make_eval("none", [], 38.0, 25.3)
+    del rec["metrics"]["mIoU"]
+    (bad,) = write([rec], "bad")
+    with pytest.raises(ConfigError, match=f"{bad.name}: mpm.eval/1 record has no metrics.mIoU"):
+        load_results([bad])
+    rec["metrics"]["mIoU"] = "n/a"
+    bad.write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match="metrics.mIoU = 'n/a' is not a finite number"):
+        load_results([bad])
+
+
+def test_folders_skip_other_json_and_dedupe_copies(make_eval, write, tmp_path) -> None:
+    (a,) = write([make_eval("none", [], 38.0, 25.3)], "run")
+    (tmp_path / "run" / "copy").mkdir()
+    (tmp_path / "run" / "copy" / "again.json").write_text(a.read_text())
+    (tmp_path / "run" / "index.json").write_text(json.dumps({"schema": "mpm.tables/1", "tables": []}))
+    res = load_results([tmp_path / "run", a])
+    assert len(res.evals) == 1 and res.duplicates == 1 and res.skipped == [str(tmp_path / "run" / "index.json")]
+
+
+def test_conflicting_evaluations_are_refused(make_eval, write) -> None:
+    files = write([make_eval("none", [], 38.0, 25.3), make_eval("none", [], 39.0, 25.3)])
+    with pytest.raises(ConfigError, match="evaluated more than once"):
+        Paper(load_results(files))
+
+
+def test_stale_outputs_of_a_previous_run_are_removed(make_eval, write, tmp_path) -> None:
+    first = write([make_eval("none", [], 38.0, 25.3, dataset="cityscapes")], "a")
+    build_paper(first, tmp_path / "t", tmp_path / "f", figures=False)
+    assert (tmp_path / "t" / "main_cityscapes_seg_t_mask.md").exists()
+    (tmp_path / "t" / "mine.md").write_text("kept")
+    build_paper(write([make_eval("none", [], 38.0, 25.3)], "b"), tmp_path / "t", tmp_path / "f", figures=False)
+    assert not (tmp_path / "t" / "main_cityscapes_seg_t_mask.md").exists()
+    assert (tmp_path / "t" / "main_ade20k_seg_t_mask.md").exists() and (tmp_path / "t" / "mine.md").exists()
+
+
+def test_latex_needs_no_jinja2_and_escapes(monkeypatch) -> None:
+    import pandas as pd
+
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # any import of jinja2 now fails
+    table = Table("x_y", "50% of A & B_c", pd.DataFrame({"method": ["ToMe (r=8)", "a_b#"], "ΔmIoU": [0.5, math.nan]}),
+                  ["note with $ and ~"])
+    tex = render_latex(table)
+    assert r"50\% of A \& B\_c" in tex and r"a\_b\#" in tex and "+0.50" in tex and " -- " in tex
+    assert r"\$ and \textasciitilde{}" in tex and r"\label{tab:x-y}" in tex
+    assert tex.count("&") - tex.count(r"\&") == 3  # one column separator in the header, one per row
+
+
+def test_labels_and_cells() -> None:
+    assert schedule_text(list(range(12))) == "0-11" and schedule_text([1, 2, 5]) == "1,2,5"
+    assert cell_text("ΔmIoU", -0.456) == "-0.46" and cell_text("img/s FA2 off (x)", 123.456) == "123.5"
+    assert cell_text("mIoU", math.nan) == "—" and cell_text("speedup FA2 on", 1.2) == "1.20"
