@@ -21,3 +21,20 @@ def randomize(model: nn.Module, seed: int = 0, spread: float = 0.2) -> nn.Module
                 else:
                     p.copy_(1.5 * spread * noise)
     return model.eval()
+
+
+def groups_to_output(groups: list[list[int]], x: torch.Tensor, size: torch.Tensor):
+    """Reference merge: output slot s = size-weighted mean of the tokens ``groups[s]``, by plain loops.
+
+    Returns ``(out, out_size, index)``.
+    """
+    index = [-1] * x.shape[0]
+    rows, sizes = [], []
+    for s, group in enumerate(groups):
+        tot = sum(float(size[t]) for t in group)
+        rows.append(sum(x[t] * size[t] for t in group) / tot)
+        sizes.append(tot)
+        for t in group:
+            index[t] = s
+    assert -1 not in index
+    return torch.stack(rows), torch.tensor(sizes, dtype=x.dtype), torch.tensor(index)

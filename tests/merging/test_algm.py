@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from mpm_testing import groups_to_output
 
 from mpm.errors import ConfigError
 from mpm.merging import build_method, unmerge
@@ -29,20 +30,6 @@ from mpm.models.encoder import TokenState, merge_step
 
 def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
     return float((u * v).sum() / (u.norm() * v.norm()))
-
-
-def groups_to_output(groups: list[list[int]], x: torch.Tensor, size: torch.Tensor):
-    """Output slot s = size-weighted mean of the tokens groups[s]; returns (out, out_size, index)."""
-    index = [-1] * x.shape[0]
-    rows, sizes = [], []
-    for s, group in enumerate(groups):
-        tot = sum(float(size[t]) for t in group)
-        rows.append(sum(x[t] * size[t] for t in group) / tot)
-        sizes.append(tot)
-        for t in group:
-            index[t] = s
-    assert -1 not in index
-    return torch.stack(rows), torch.tensor(sizes, dtype=x.dtype), torch.tensor(index)
 
 
 def ref_windows(grid):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mpm_testing import groups_to_output
 
 from mpm.errors import BackendError, ConfigError
 from mpm.merging import build_method, compose, identity_map, unmerge
@@ -19,21 +20,6 @@ from mpm.models.encoder import TokenState, merge_step
 
 def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
     return float((u * v).sum() / (u.norm() * v.norm()))
-
-
-def groups_to_output(groups: list[list[int]], x: torch.Tensor, size: torch.Tensor):
-    """Output slot s = size-weighted mean of the tokens groups[s]; returns (out, out_size, index)."""
-    n = x.shape[0]
-    index = [-1] * n
-    rows, sizes = [], []
-    for s, group in enumerate(groups):
-        tot = sum(float(size[t]) for t in group)
-        rows.append(sum(x[t] * size[t] for t in group) / tot)
-        sizes.append(tot)
-        for t in group:
-            index[t] = s
-    assert -1 not in index
-    return torch.stack(rows), torch.tensor(sizes, dtype=x.dtype), torch.tensor(index)
 
 
 def ref_tome(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int):
