@@ -8,6 +8,7 @@ from pathlib import Path
 from mpm.data.datasets import get_spec
 from mpm.benchmarking.targets import load_targets
 from mpm.data.zoo import checkpoint_path, get_entry
+from mpm.merging import available_methods
 
 DATA = config["data_root"]
 RESULTS = config["results"]
@@ -30,6 +31,8 @@ def _check_config():
         if m["source"] == "train-demo" and config["datasets"][m["dataset"]]["source"] != "synthetic":
             raise ValueError(f"config models.{name}: train-demo needs a synthetic dataset")
     for method, spec in config["methods"].items():
+        if method not in available_methods():
+            raise ValueError(f"config methods.{method}: not a registered merge method ({', '.join(available_methods())})")
         for sched, entry in spec["schedules"].items():
             for model in entry.get("models", []) if isinstance(entry, dict) else []:
                 if model not in config["models"]:
@@ -55,6 +58,8 @@ def variants(model):
     """(method, schedule name) pairs that apply to ``model``."""
     out = []
     for method, spec in config["methods"].items():
+        if method not in available_methods():
+            raise ValueError(f"config methods.{method}: not a registered merge method ({', '.join(available_methods())})")
         for sched, entry in spec["schedules"].items():
             if isinstance(entry, dict) and model not in entry.get("models", [model]):
                 continue
@@ -199,7 +204,7 @@ def _bench_params():
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     model="[A-Za-z0-9_.-]+",
-    method="none|mpm|tome|algm",
+    method=alternatives(available_methods()),
     schedule="[A-Za-z0-9_.-]+",
     target="[A-Za-z0-9_]+",
     backend="math|sdpa|fa2|flash-attn",
