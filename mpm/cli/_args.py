@@ -46,3 +46,19 @@ def parse_method_args(items: list[str] | None) -> dict[str, Any]:
             except (ValueError, SyntaxError):
                 out[key] = value
     return out
+
+
+def parse_int_pair(text: str, flag: str, example: str, single: bool = False) -> tuple[int, int]:
+    """``"2048,512"`` / ``"2048x512"`` -> (2048, 512); with ``single``, ``"512"`` -> (512, 512).
+
+    Errors name ``flag`` and show ``example``.
+    """
+    try:
+        vals = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        vals = ()
+    if single and len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise ConfigError(f"{flag} {text!r}: expected {example}")
+    return vals  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mpm.cli._args import DEFAULT_SCHEDULES, parse_method_args, parse_schedule
+from mpm.cli._args import DEFAULT_SCHEDULES, parse_int_pair, parse_method_args, parse_schedule
 from mpm.errors import ConfigError, MPMError
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
@@ -26,15 +26,7 @@ _SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule",
 
 def parse_crop(text: str) -> tuple[int, int]:
     """``"512"`` -> (512, 512); ``"512,1024"`` / ``"512x1024"`` -> (512, 1024) (H, W)."""
-    try:
-        vals = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise ConfigError(f"--crop {text!r}: expected SIZE or H,W, e.g. 512 or 512,1024")
-    return vals  # type: ignore[return-value]
+    return parse_int_pair(text, "--crop", "SIZE or H,W, e.g. 512 or 512,1024", single=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mpm.cli._args import DEFAULT_SCHEDULES, parse_method_args, parse_schedule
-from mpm.errors import ConfigError
+from mpm.cli._args import DEFAULT_SCHEDULES, parse_int_pair, parse_method_args, parse_schedule
 
 #: the schedule used when ``--method mpm`` is given without ``--schedule`` (the paper's default)
 
@@ -14,15 +13,7 @@ from mpm.errors import ConfigError
 
 
 def _pair(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 2:
-        raise ConfigError(f"--test-scale {text!r}: expected two sizes, e.g. 2048,512")
-    return vals  # type: ignore[return-value]
+    return None if text is None else parse_int_pair(text, "--test-scale", "two sizes, e.g. 2048,512")
 
 
 def register(subparsers) -> None:

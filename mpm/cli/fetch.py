@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-_DEFAULT_RETRIES = 4  # mpm.data.download.DEFAULT_RETRIES, not imported so `mpm` starts without pooch
+from mpm.data.download import DEFAULT_RETRIES
 
 
 def register(subparsers) -> None:
@@ -25,8 +25,8 @@ def register(subparsers) -> None:
     common.add_argument("--mirror", metavar="URL",
                         help="base URL replacing the official ones (default: $MPM_MIRROR); for Cityscapes "
                              "the site base (default: $MPM_CITYSCAPES_URL or the official site)")
-    common.add_argument("--retries", type=int, default=_DEFAULT_RETRIES, metavar="N",
-                        help=f"further attempts after a failed transfer (default {_DEFAULT_RETRIES})")
+    common.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+                        help=f"further attempts after a failed transfer (default {DEFAULT_RETRIES})")
     common.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
     common.add_argument("--no-verify", dest="verify", action="store_false",

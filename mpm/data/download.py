@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pooch
 import requests
 import urllib3
 from tqdm import tqdm
@@ -277,6 +276,8 @@ def fetch_file(
         progress=progress, allow_redirects=allow_redirects,
         hint=manual_hint(url, target) if hint is None else hint,
     )
+    import pooch  # imported here: `mpm` starts without it (the GPU host has none)
+
     pooch_logger = pooch.get_logger()
     level = pooch_logger.level
     pooch_logger.setLevel(logging.WARNING)

@@ -248,6 +248,18 @@ def method_label(method: dict) -> str:
     return f"{METHOD_NAMES.get(name, name)}({inner})" + (f" {policy}" if policy != "exact" else "")
 
 
+def _method_fields(method: dict) -> dict:
+    """The columns every row (evaluation or timing) derives from a record's ``method``."""
+    return {
+        "method_name": method["method"],
+        "schedule": [int(b) for b in method.get("schedule") or []],
+        "method_key": method_key(method),
+        "method": method_display(method),
+        "schedule_text": schedule_text(method.get("schedule") or []),
+        "label": method_label(method),
+    }
+
+
 def _ckpt_id(path: str) -> str:
     """A checkpoint's name: its folder for Segmenter's ``checkpoint.pth``, else its stem."""
     p = Path(path)
@@ -321,12 +333,7 @@ def eval_frame(records: Iterable[dict]) -> pd.DataFrame:
             "model_id": _ckpt_id(ckpt) if ckpt else f"seg_{size}".lower(),
             "crop": crop,
             "depth": config.get("depth"),
-            "method_name": method["method"],
-            "schedule": [int(b) for b in method.get("schedule") or []],
-            "method_key": method_key(method),
-            "method": method_display(method),
-            "schedule_text": schedule_text(method.get("schedule") or []),
-            "label": method_label(method),
+            **_method_fields(method),
             "batch_policy": method.get("batch_policy", "exact"),
             "mIoU": float(r["metrics"]["mIoU"]),
             "aAcc": _get(r, "metrics", "aAcc"),
@@ -381,12 +388,7 @@ def timing_frame(records: Iterable[dict]) -> pd.DataFrame:
             "crop": crop,
             "model_key": _path_key(ckpt) if ckpt else f"random-init:{size}:{crop}",
             "model_id": _ckpt_id(ckpt) if ckpt else "random-init",
-            "method_name": method["method"],
-            "schedule": [int(b) for b in method.get("schedule") or []],
-            "method_key": method_key(method),
-            "method": method_display(method),
-            "schedule_text": schedule_text(method.get("schedule") or []),
-            "label": method_label(method),
+            **_method_fields(method),
             "batch_policy": method.get("batch_policy", spec.get("batch_policy", "exact")),
             "batch_size": int(spec["batch_size"]),
             "backend": spec["backend"],

@@ -34,13 +34,14 @@ logger searches again and, if another logger created a run for the same key, the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,19 +131,9 @@ def track_result(result_json_path, *, tracking_uri: str | None = None, experimen
     if parent_key is not None:
         parent_key = _check_key(parent_key, "parent key")
     tracked = read_result(result_json_path, extra_params, strict_artifacts=strict_artifacts)
-    store = resolve_store(tracking_uri)
-    _prepare(store)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with store_lock(store, lock_timeout):
-            client = store.client()
-            exp_id = open_experiment(client, store, experiment)
-            parent_id = _ensure_parent(client, exp_id, parent_key) if parent_key else None
-            return _upsert(client, exp_id, tracked, parent_key, parent_id, extra_tags or {})
-    except MlflowException as err:
-        raise TrackingError(f"logging {tracked.path} to experiment {experiment!r} of {store.uri}: "
-                            f"{_short(err)}") from err
+    with _experiment(tracking_uri, experiment, f"logging {tracked.path} to", lock_timeout) as (client, exp_id):
+        parent_id = _ensure_parent(client, exp_id, parent_key) if parent_key else None
+        return _upsert(client, exp_id, tracked, parent_key, parent_id, extra_tags or {})
 
 
 def ensure_parent_run(tracking_uri: str | None, experiment: str, key: str, *,
@@ -150,17 +141,8 @@ def ensure_parent_run(tracking_uri: str | None, experiment: str, key: str, *,
                       lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
     """The run id of the pipeline invocation ``key``'s parent run in ``experiment``; created once."""
     key = _check_key(key, "parent key")
-    store = resolve_store(tracking_uri)
-    _prepare(store)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with store_lock(store, lock_timeout):
-            client = store.client()
-            exp_id = open_experiment(client, store, experiment)
-            return _ensure_parent(client, exp_id, key, params or {}, tags or {})
-    except MlflowException as err:
-        raise TrackingError(f"parent run {key!r} in experiment {experiment!r} of {store.uri}: {_short(err)}") from err
+    with _experiment(tracking_uri, experiment, f"parent run {key!r} in", lock_timeout) as (client, exp_id):
+        return _ensure_parent(client, exp_id, key, params or {}, tags or {})
 
 
 def log_parent_artifacts(tracking_uri: str | None, experiment: str, key: str, paths: Iterable[str],
@@ -173,13 +155,31 @@ def log_parent_artifacts(tracking_uri: str | None, experiment: str, key: str, pa
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise TrackingError(f"cannot log missing artifact file(s): {', '.join(missing)}")
-    run_id = ensure_parent_run(tracking_uri, experiment, key, lock_timeout=lock_timeout)
-    store = resolve_store(tracking_uri)
-    with store_lock(store, lock_timeout):
-        client = store.client()
+    key = _check_key(key, "parent key")
+    with _experiment(tracking_uri, experiment, f"artifacts of parent run {key!r} in", lock_timeout) as (client, exp_id):
+        run_id = _ensure_parent(client, exp_id, key)
         for f in files:
             client.log_artifact(run_id, str(f), artifact_path)
     return run_id
+
+
+@contextlib.contextmanager
+def _experiment(tracking_uri: str | None, experiment: str, what: str,
+                lock_timeout: float) -> Iterator[tuple[Any, str]]:
+    """``(client, experiment id)`` of an existing experiment, under the store lock.
+
+    MLflow errors become a :class:`TrackingError` reading "WHAT experiment NAME of URI: ...".
+    """
+    store = resolve_store(tracking_uri)
+    _prepare(store)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with store_lock(store, lock_timeout):
+            client = store.client()
+            yield client, open_experiment(client, store, experiment)
+    except MlflowException as err:
+        raise TrackingError(f"{what} experiment {experiment!r} of {store.uri}: {_short(err)}") from err
 
 
 def _check_key(key: str, what: str) -> str:
