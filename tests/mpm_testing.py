@@ -38,3 +38,13 @@ def groups_to_output(groups: list[list[int]], x: torch.Tensor, size: torch.Tenso
             index[t] = s
     assert -1 not in index
     return torch.stack(rows), torch.tensor(sizes, dtype=x.dtype), torch.tensor(index)
+
+
+def synthetic_set(root, *, n_train: int, n_val: int, size: int = 64, seed: int = 0):
+    """A small synthetic set written and prepared (manifests) under ``root``; returns ``root``."""
+    from mpm.data.prepare import prepare_dataset
+    from mpm.data.synthetic import generate
+
+    generate(root, n_train=n_train, n_val=n_val, size=size, seed=seed)
+    prepare_dataset("synthetic", root, progress=False)
+    return root

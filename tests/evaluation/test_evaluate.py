@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from mpm_testing import synthetic_set
 
 from mpm.cli import main
 from mpm.cli.eval import parse_method_args, parse_schedule
 from mpm.data.classes import SYNTHETIC_CLASSES
 from mpm.data.datasets import get_spec, load_split
-from mpm.data.prepare import prepare_dataset
-from mpm.data.synthetic import generate
 from mpm.errors import BackendError, ConfigError
 from mpm.evaluation import ConfusionMatrix, EvalResult, eval_protocol, evaluate, predict
 from mpm.evaluation.evaluate import SCHEMA
@@ -37,10 +36,7 @@ def tiny_config(**kw) -> SegmenterConfig:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, n_train=2, n_val=4, size=64, seed=3)
-    prepare_dataset("synthetic", root, progress=False)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("synth"), n_train=2, n_val=4, size=64, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from mpm_testing import synthetic_set
 
 from mpm.cli import main
 from mpm.data.classes import SYNTHETIC_CLASSES
 from mpm.data.datasets import load_split
-from mpm.data.prepare import prepare_dataset
-from mpm.data.synthetic import generate
 from mpm.errors import ConfigError
 from mpm.evaluation import evaluate, train_demo
 from mpm.evaluation.train_demo import TrainDemoConfig, sidecar_path
@@ -22,10 +21,7 @@ FAST = dict(steps=5, batch_size=2, train_crop=32, warmup_steps=2, log_every=2, t
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, n_train=12, n_val=4, size=64, seed=5)
-    prepare_dataset("synthetic", root, progress=False)
-    return root
+    return synthetic_set(tmp_path_factory.mktemp("synth"), n_train=12, n_val=4, size=64, seed=5)
 
 
 @pytest.fixture(scope="module")
