@@ -62,3 +62,18 @@ def seg():
 
     torch.manual_seed(0)
     return build_segmenter(SegmenterConfig.preset("T", num_classes=5, image_size=(128, 128)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line naming what was skipped and why, grouped by reason (README: "What a test run needs")."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ").strip()
+        reasons[reason] = reasons.get(reason, 0) + 1
+    parts = "; ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    terminalreporter.write_line(f"mpm: {len(skipped)} skipped: {parts}")
