@@ -1,7 +1,11 @@
 """The ``mpm`` command line.
 
 Each command group lives in its own module of this package and exposes
-``register(subparsers)``; this module only assembles them.
+``register(subparsers)``; this module only assembles them. :func:`run_command`
+is how every entry point runs one: an :class:`~mpm.errors.MPMError` or a refused
+option is one line on stderr and exit status 2, Ctrl-C is one line
+(``interrupted``) and status 130, never a traceback; credentials in URLs are
+redacted from both (:func:`mpm.io.redact_url`).
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 
+from mpm.cli._args import Parser, UsageError
 from mpm.errors import MPMError
 
 #: command modules, in the order they are listed by ``mpm --help``
@@ -26,7 +32,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="mpm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -41,14 +47,33 @@ def _version() -> str:
     return f"mpm {__version__}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None, prog: str) -> int:
+    """Parse ``argv`` with the parser ``build()`` makes and run the chosen command; the exit status.
+
+    ``prog`` names the program in messages until the command is known (then ``mpm COMMAND``).
+    """
+    from mpm.io import redact_url
+
+    name = prog
     try:
+        args = build().parse_args(argv)
+        if getattr(args, "command", None):
+            name = f"{prog} {args.command}"
         return int(args.func(args) or 0)
-    except MPMError as err:
-        print(f"mpm {args.command}: error: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"{err.prog}: error: {redact_url(str(err))}", file=sys.stderr)
         return 2
+    except MPMError as err:
+        print(f"{name}: error: {redact_url(str(err))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mpm`` command."""
+    return run_command(build_parser, argv, "mpm")
 
 
 if __name__ == "__main__":  # pragma: no cover
