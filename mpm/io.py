@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,23 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = target  # never removed: only a name bound below, before its file exists, is
     try:
+        for _ in range(100):
+            # the name is known before the file is created, so an interrupt at any point leaves nothing
+            tmp_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix or '.tmp'}")
+            try:
+                os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 32 random bits
+            raise FileExistsError(f"no free temporary name beside {target}")
         yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        if tmp_path != target and tmp_path.exists():
             tmp_path.unlink()
 
 

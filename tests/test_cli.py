@@ -63,7 +63,7 @@ def _one_line_error(capsys, prog: str) -> str:
     (["bench", "--images", "{tmp}", "--threads", "0", "--out", "{tmp}/b.json"], "argument --threads: expected an"),
     (["bench", "--images", "{tmp}", "--warmup", "-1", "--out", "{tmp}/b.json"], "argument --warmup: expected an"),
     (["bench", "--images", "{tmp}", "--out", "{file}/b.json"], "argument --out: cannot write there: {file} is a file"),
-    (["bench", "--images", "{tmp}/none", "--out", "{tmp}/b.json"], "argument --images: {tmp}/none does not exist"),
+    (["bench", "--images", "{tmp}/none", "--out", "{tmp}/b.json"], "benchmark image source {tmp}/none does not exist"),
     (["bench", "--images", "{tmp}", "--method", "none", "--schedule", "2,5", "--out", "{tmp}/b.json"],
      "--schedule 2,5: method 'none' never merges"),
     (["bench", "--images", "{tmp}", "--cooldown-max-temp", "50", "--cooldown-poll", "0", "--out", "{tmp}/b.json"],

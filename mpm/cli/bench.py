@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("benchmark point")
     p.add_argument("--spec", default=None, metavar="JSON", type=input_file,
                    help="a BenchSpec as JSON (BenchSpec.to_dict()); the options below override its fields")
-    p.add_argument("--images", default=None, type=input_file,
+    p.add_argument("--images", default=None,
                    help="image folder (searched recursively), a prepared split's manifest or one image file")
     p.add_argument("--model", default=None, help="T | S | B | L (random weights) or a checkpoint file (default T)")
     p.add_argument("--num-classes", type=count(1), default=None, help="classes of a random-init model (default 150)")
