@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 def exit_now(code: int) -> None:
     """End this process with ``code`` after an interrupt, everything already cleaned up by then.
 
-    Not ``sys.exit``: CPython remembers a KeyboardInterrupt that passed through some of
-    its C paths (an import inside ``PyRun_String``) and then kills itself with SIGINT at
-    exit, however it was handled, so the status would be -2 instead of 130.
+    Not ``sys.exit``: CPython can remember a KeyboardInterrupt that passed through some
+    of its C paths during an import and then kill itself with SIGINT at exit, however the
+    exception was handled (seen here: status -2 instead of 130, about 1 run in 40).
     """
     import os
 

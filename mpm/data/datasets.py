@@ -314,7 +314,11 @@ def missing_data_hint(root: str | os.PathLike, spec: DatasetSpec, split: str) ->
             return f"{wanted}: run `mpm prepare synthetic --root {root}`"
         return f"{wanted}, and no synthetic set there: run `mpm synth --root {root} --prepare`"
     prepare = f"`mpm prepare {spec.manifest_name} --root {root}`"
-    if not root.is_dir() or not any(p.name != "manifests" for p in root.iterdir()):
+    try:
+        fetched = root.is_dir() and any(p.name != "manifests" for p in root.iterdir())
+    except OSError:
+        fetched = False
+    if not fetched:
         return f"{wanted}: run `mpm fetch dataset {spec.manifest_name} --root {root}`, then {prepare}"
     return f"{wanted}: run {prepare} (after `mpm fetch dataset {spec.manifest_name} --root {root}` if not done)"
 
