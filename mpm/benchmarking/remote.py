@@ -1,6 +1,6 @@
 """Run one benchmark point on a machine reached over SSH (a Raspberry Pi 5).
 
-What :meth:`SSHRunner.run` does, with the system ``ssh``/``scp`` binaries
+What :meth:`SSHRunner.run` does, with the system ``ssh`` binary only
 (``BatchMode=yes``, ``StrictHostKeyChecking=accept-new`` against a dedicated
 known_hosts file, ``ConnectTimeout``):
 
@@ -11,14 +11,22 @@ known_hosts file, ``ConnectTimeout``):
    the ``mpm`` package source as it is in this working tree (no git needed; its
    sha256 is recorded), the checkpoint (with a ``variant.yml`` beside it) if the
    model is a file, only the images the point reads, and the spec as JSON.
-3. **run** ``python -m mpm.cli.bench --target local --spec spec.json ...`` there with
-   ``PYTHONPATH`` = the shipped source and ``MPM_GIT_COMMIT`` = this checkout's
-   commit (plus the target's ``env``, ``OMP_NUM_THREADS`` = its threads); remote
-   stderr is streamed to the local log. Cooldown (if any) runs on the board.
-4. **fetch** the result with ``scp`` into a temporary file beside the output,
+3. **run** ``python -m mpm.cli.bench --target local --spec spec.json ...`` there, in
+   the job directory, with ``PYTHONPATH`` = the shipped source and ``MPM_GIT_COMMIT``
+   = this checkout's commit (plus the target's ``env``, ``OMP_NUM_THREADS`` = its
+   threads); remote stderr is streamed to the local log. Cooldown (if any) runs on
+   the board.
+4. **fetch** the result (``cat`` over ssh) into a temporary file beside the output,
    check it against the ``mpm.bench/1`` schema, map the shipped paths back to the
    local ones, add a ``target`` section, and rename it onto the output.
 5. **clean up** the remote job directory, whatever happened (unless ``keep_job_dir``).
+
+Quoting: every remote command is ``sh -c SCRIPT mpm ARG...`` with each part quoted
+by :func:`shlex.quote` (:func:`remote_command`), and the scripts only ever use
+their arguments as ``"$1"``: a ``work_dir`` or ``python`` holding ``;``, ``$(...)``,
+quotes or spaces reaches the board as that literal path. No ``scp`` is used: its
+remote path is shell-interpreted by the legacy protocol (``scp -O``, the default
+before OpenSSH 9.0) and not by the SFTP one, so no single quoting is right for both.
 
 Any failure leaves the output untouched and raises :class:`~mpm.errors.RemoteError`
 naming the target, ``user@host:port`` and the tail of the remote stderr.
@@ -27,6 +35,7 @@ naming the target, ``user@host:port`` and the tail of the remote stderr.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -103,13 +112,18 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as t:
     t.extractall(".", **kw)
 """
 
-# `sh -c SCRIPT mpm JOB_DIR TIMEOUT_S COMMAND...`
+# `sh -c SCRIPT mpm JOB_DIR TIMEOUT_S N_ENV NAME=VALUE... COMMAND...` (export, not `env`: a command
+# path holding `=` would be taken for an assignment by env)
 _RUN_SCRIPT = r"""
 cd "$1" || exit 96
-T=$2; shift 2
+T=$2; N=$3; shift 3
+while [ "$N" -gt 0 ]; do export "$1" || exit 96; shift; N=$((N - 1)); done
 if [ "$T" != 0 ] && command -v timeout >/dev/null 2>&1; then exec timeout -k 30 "$T" "$@"; fi
 exec "$@"
 """
+
+# `sh -c SCRIPT mpm JOB_DIR`: the job's result on stdout
+_FETCH_SCRIPT = 'exec cat -- "$1/out/result.json"'
 
 # `sh -c SCRIPT mpm JOB_DIR`: only ever removes a directory under .../jobs/
 _CLEAN_SCRIPT = 'case "$1" in */jobs/?*) rm -rf -- "$1" ;; *) echo "refusing to remove $1" >&2; exit 1 ;; esac'
@@ -199,40 +213,36 @@ class SSHRunner:
     def ssh_argv(self, command: str) -> list[str]:
         return ["ssh", *self._options(), "-p", str(self.target.port), "-T", self.target.destination, command]
 
-    def scp_argv(self, remote_path: str, local_path: str) -> list[str]:
-        host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
-        src = f"{self.target.user}@{host}" if self.target.user else host
-        return ["scp", "-q", *self._options(), "-P", str(self.target.port), f"{src}:{remote_path}", local_path]
-
     def _where(self) -> str:
         return f"target {self.target.name!r} ({self.target.address})"
 
     def _check_local(self) -> None:
-        for tool in ("ssh", "scp"):
-            if shutil.which(tool) is None:
-                raise RemoteError(f"{self._where()}: the `{tool}` binary is not installed on this machine")
+        if shutil.which("ssh") is None:
+            raise RemoteError(f"{self._where()}: the `ssh` binary is not installed on this machine")
         if self.target.key and not Path(self.target.key).is_file():
             raise ConfigError(f"targets.{self.target.name}.key: {self.target.key} does not exist")
 
     def _ssh(self, command: str, stdin_path: Path | None = None, timeout: float | None = None,
-             stream: bool = False) -> _Completed:
-        """Run one remote command; stderr is streamed to the log when ``stream``."""
+             stream: bool = False, stdout_path: Path | None = None) -> _Completed:
+        """Run one remote command; stderr is streamed to the log when ``stream``.
+
+        ``stdout_path``: the remote stdout goes into this file, byte for byte (``.stdout`` is then empty).
+        """
         argv = self.ssh_argv(command)
-        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except OSError as err:
-            raise RemoteError(f"{self._where()}: cannot start ssh: {err}") from None
-        finally:
-            if stdin_path:
-                stdin.close()  # type: ignore[union-attr]
+        with contextlib.ExitStack() as files:  # the child holds its own copies of these descriptors
+            stdin = files.enter_context(open(stdin_path, "rb")) if stdin_path else subprocess.DEVNULL
+            stdout = files.enter_context(open(stdout_path, "wb")) if stdout_path else subprocess.PIPE
+            try:
+                proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+            except OSError as err:
+                raise RemoteError(f"{self._where()}: cannot start ssh: {err}") from None
         out_chunks: list[bytes] = []
         err_lines: collections.deque[str] = collections.deque(maxlen=400)
 
         def read_out() -> None:
-            assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read(65536), b""):
-                out_chunks.append(chunk)
+            if proc.stdout is not None:
+                for chunk in iter(lambda: proc.stdout.read(65536), b""):
+                    out_chunks.append(chunk)
 
         def read_err() -> None:
             assert proc.stderr is not None
@@ -395,17 +405,19 @@ class SSHRunner:
                 if done.rc != 0:
                     raise RemoteError(f"{self._where()}: unpacking the job in {job_dir} failed (exit {done.rc}):\n"
                                       f"{_tail(done.stderr)}")
-            env = {"PYTHONPATH": f"{job_dir}/src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+            # paths relative to the job directory the run script starts in: a work_dir holding ':' cannot
+            # split PYTHONPATH (python makes the entry absolute at start-up)
+            env = {"PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
             if commit:
                 env["MPM_GIT_COMMIT"] = commit
             if remote_spec.threads:
                 env["OMP_NUM_THREADS"] = str(remote_spec.threads)
             env.update(t.env)
-            argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", f"{job_dir}/spec.json",
-                    "--runtime", runtime, "--out", f"{job_dir}/out/result.json"]
+            argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", "spec.json",
+                    "--runtime", runtime, "--out", "out/result.json"]
             if cooldown:
                 argv += cooldown.cli_args()
-            command = remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), "env",
+            command = remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), str(len(env)),
                                      *(f"{k}={v}" for k, v in env.items()), *argv)
             self.log(f"[{t.name}] running {spec.method} {list(spec.schedule)} bs={spec.batch_size} on {t.host}")
             done = self._ssh(command, stream=True,
@@ -420,7 +432,7 @@ class SSHRunner:
                 raise RemoteError(f"{self._where()}: remote benchmark failed (exit {done.rc}); remote stderr:\n"
                                   f"{_tail(done.stderr)}")
             with atomic_path(out) as tmp:
-                self._fetch(f"{job_dir}/out/result.json", tmp)
+                self._fetch(job_dir, tmp)
                 try:
                     result = json.loads(tmp.read_text())
                 except (OSError, ValueError) as err:
@@ -461,23 +473,15 @@ class SSHRunner:
             raise ConfigError(f"model {spec.model!r} is neither a ViT size (T, S, B, L) nor an existing "
                               "checkpoint file")
 
-    def _fetch(self, remote_path: str, local: Path) -> None:
-        limit = self.target.connect_timeout + 120
-        try:
-            done = subprocess.run(self.scp_argv(remote_path, str(local)), stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, timeout=limit)
-            if done.returncode == 0:
-                return
-            # scp needs the remote SFTP subsystem (OpenSSH >= 9); fall back to `cat` over ssh
-            fallback = subprocess.run(self.ssh_argv(remote_command('exec cat -- "$1"', remote_path)),
-                                      stdin=subprocess.DEVNULL, capture_output=True, timeout=limit)
-        except subprocess.TimeoutExpired:
-            raise RemoteError(f"{self._where()}: fetching {remote_path} took longer than {limit} s") from None
-        if fallback.returncode == 0 and fallback.stdout:
-            local.write_bytes(fallback.stdout)
-            return
-        raise RemoteError(f"{self._where()}: cannot fetch {remote_path} (scp exit {done.returncode}):\n"
-                          f"{_tail(done.stderr + fallback.stderr.decode('utf-8', 'replace'))}")
+    def _fetch(self, job_dir: str, local: Path) -> None:
+        """The job's ``out/result.json`` into ``local``: ``cat`` over ssh, the path one quoted argument."""
+        remote_path = f"{job_dir}/out/result.json"
+        done = self._ssh(remote_command(_FETCH_SCRIPT, job_dir), timeout=self.target.connect_timeout + 120,
+                         stdout_path=local)
+        if done.rc == 255:
+            raise self._connection_error(done, f"fetching {remote_path}")
+        if done.rc != 0 or local.stat().st_size == 0:
+            raise RemoteError(f"{self._where()}: cannot fetch {remote_path} (exit {done.rc}):\n{_tail(done.stderr)}")
 
     @staticmethod
     def _localise(result: dict, spec, remote_spec, facts: dict) -> None:

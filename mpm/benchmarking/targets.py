@@ -341,8 +341,10 @@ def parse_target(name: str, data: Any, source: str = "targets") -> Target:
         python = fields.get("python", (str,))
         work_dir = fields.get("work_dir", (str,))
         for key, value in (("python", python), ("work_dir", work_dir)):
-            if not value.strip() or "\n" in value:
-                raise ConfigError(f"{where}.{key}: must be a non-empty path, got {value!r}")
+            if not value.strip() or "\n" in value or "\0" in value:
+                raise ConfigError(f"{where}.{key}: must be a non-empty path on one line, got {value!r}")
+            if value.strip().startswith("-"):  # remote tools would take it for an option
+                raise ConfigError(f"{where}.{key}: {value!r} starts with '-'; write it as ./{value.strip()}")
         key = fields.get("key", (str,), None)
         options = fields.get("ssh_options", (list,), [])
         for i, opt in enumerate(options):

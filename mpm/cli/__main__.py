@@ -1,5 +1,15 @@
+"""``python -m mpm.cli``."""
+
 import sys
 
-from mpm.cli import main
+try:
+    from mpm.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C before main() could catch it
+    import os
+
+    sys.stderr.write("mpm: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+sys.exit(code)

@@ -13,8 +13,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mpm.cli._args import DEFAULT_SCHEDULES, parse_int_pair, parse_method_args, parse_schedule
-from mpm.errors import ConfigError, MPMError
+from mpm.cli._args import (
+    Parser,
+    check_device,
+    count,
+    input_file,
+    int_pair,
+    method_schedule,
+    output_file,
+    parse_int_pair,
+    parse_method_args,
+    positive_number,
+    schedule,
+)
+from mpm.errors import ConfigError
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
 _SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule", "method_kwargs", "batch_policy",
@@ -26,53 +38,58 @@ _SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule",
 
 def parse_crop(text: str) -> tuple[int, int]:
     """``"512"`` -> (512, 512); ``"512,1024"`` / ``"512x1024"`` -> (512, 1024) (H, W)."""
-    return parse_int_pair(text, "--crop", "SIZE or H,W, e.g. 512 or 512,1024", single=True)
+    return parse_int_pair(text, "--crop", _CROP_EXAMPLE, single=True)
+
+
+_CROP_EXAMPLE = "SIZE or H,W, e.g. 512 or 512,1024"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("target")
     t.add_argument("--target", default="local",
                    help="target name declared in the targets config (default local: this host)")
-    t.add_argument("--targets-config", default=None, metavar="YAML",
+    t.add_argument("--targets-config", default=None, metavar="YAML", type=input_file,
                    help="YAML file with a top-level `targets:` map (default config/targets.yaml if it exists; "
                         "`local` is always available)")
     t.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
                    help="torch (default) or onnxruntime (dense model only: --method none)")
     t.add_argument("--cooldown-max-temp", type=float, default=None, metavar="C",
                    help="wait until the SoC is at or below C °C before the point (overrides the target's cooldown)")
-    t.add_argument("--cooldown-poll", type=float, default=None, metavar="S", help="cooldown poll interval (5 s)")
-    t.add_argument("--cooldown-timeout", type=float, default=None, metavar="S",
+    t.add_argument("--cooldown-poll", type=positive_number, default=None, metavar="S",
+                   help="cooldown poll interval (5 s)")
+    t.add_argument("--cooldown-timeout", type=positive_number, default=None, metavar="S",
                    help="give up when still hot after S seconds (600 s)")
     t.add_argument("--list-targets", action="store_true", help="list the declared targets and exit")
     t.add_argument("--check", action="store_true",
                    help="check the target's environment (ssh: probe the remote python and its packages) and exit")
 
     p = parser.add_argument_group("benchmark point")
-    p.add_argument("--spec", default=None, metavar="JSON",
+    p.add_argument("--spec", default=None, metavar="JSON", type=input_file,
                    help="a BenchSpec as JSON (BenchSpec.to_dict()); the options below override its fields")
-    p.add_argument("--images", default=None, help="image folder (searched recursively) or one image file")
+    p.add_argument("--images", default=None,
+                   help="image folder (searched recursively), a prepared split's manifest or one image file")
     p.add_argument("--model", default=None, help="T | S | B | L (random weights) or a checkpoint file (default T)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of a random-init model (default 150)")
-    p.add_argument("--crop", type=parse_crop, default=None, metavar="H[,W]",
+    p.add_argument("--num-classes", type=count(1), default=None, help="classes of a random-init model (default 150)")
+    p.add_argument("--crop", type=int_pair(_CROP_EXAMPLE, single=True), default=None, metavar="H[,W]",
                    help="input size (default: the model's, 512 or 640 for L)")
     p.add_argument("--method", default=None, help="none | mpm | tome | algm (default none)")
-    p.add_argument("--schedule", type=parse_schedule, default=None,
+    p.add_argument("--schedule", type=schedule, default=None,
                    help="blocks (0-based) where the method runs, e.g. 2,5 (default 2,5 for mpm)")
     p.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, e.g. r=8 for tome (repeatable)")
     p.add_argument("--batch-policy", default=None, choices=("exact", "batch-min"))
-    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per forward (default 1)")
+    p.add_argument("--batch-size", type=count(1), default=None, metavar="N", help="images per forward (default 1)")
     p.add_argument("--backend", default=None, help="attention: math | sdpa | fa2 | flash-attn (default math)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the target's device)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=count(1), default=None, metavar="N",
                    help="torch CPU threads (default: the target's threads)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed forwards first (default 10)")
-    p.add_argument("--iters", type=int, default=None, help="timed forwards (default 50)")
-    p.add_argument("--breakdown-iters", type=int, default=None, help="forwards timed per section (default 10)")
-    p.add_argument("--pool-batches", type=int, default=None, help="distinct batches cycled through (default 4)")
+    p.add_argument("--warmup", type=count(0), default=None, help="untimed forwards first (default 10)")
+    p.add_argument("--iters", type=count(1), default=None, help="timed forwards (default 50)")
+    p.add_argument("--breakdown-iters", type=count(0), default=None, help="forwards timed per section (default 10)")
+    p.add_argument("--pool-batches", type=count(1), default=None, help="distinct batches cycled through (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of random-init weights (default 0)")
-    p.add_argument("--out", default=None, metavar="RESULT.json",
+    p.add_argument("--out", default=None, metavar="RESULT.json", type=output_file,
                    help="result JSON (schema mpm.bench/1), written atomically when the point is complete")
 
 
@@ -113,9 +130,10 @@ def build_spec(args, target) -> "Any":
         data.setdefault("device", target.device)
     if "method" in data:
         data["method"] = str(data["method"]).strip().lower()
-    if args.schedule is None and not schedule_from_file:
-        # no --schedule: the method's default (MPM(2,5)), unless a --spec file fixes it for its own method
-        data["schedule"] = DEFAULT_SCHEDULES.get(data.get("method", "none"), ())
+    # no --schedule: the method's default (MPM(2,5)), unless a --spec file fixes it for its own method;
+    # a schedule the method ignores (--method none --schedule 2,5) is refused
+    given = None if args.schedule is None and not schedule_from_file else data.get("schedule")
+    data["schedule"] = method_schedule(data.get("method", "none"), given, data.get("method_kwargs"))
     if data.get("images") is None:
         raise ConfigError("--images is required (or an `images` entry in --spec)")
     for key in ("batch_size", "iters", "pool_batches", "num_classes"):
@@ -151,6 +169,8 @@ def run(args) -> int:
     if not args.out:
         raise ConfigError("--out is required")
     spec = build_spec(args, target)
+    if not isinstance(target, SSHTarget):  # an ssh target checks its device on the board
+        check_device(spec.device)
     try:
         result = run_target(target, spec, args.out, runtime=args.runtime, cooldown=_cooldown(args))
     except KeyboardInterrupt:
@@ -195,14 +215,15 @@ def _check(target, runtime: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mpm.cli.bench``: the bench command alone (few dependencies)."""
-    parser = argparse.ArgumentParser(prog="mpm bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except MPMError as err:
-        print(f"mpm bench: error: {err}", file=sys.stderr)
-        return 2
+    from mpm.cli import run_command
+
+    def build() -> argparse.ArgumentParser:
+        parser = Parser(prog="mpm bench", description=__doc__.splitlines()[0])
+        add_arguments(parser)
+        parser.set_defaults(func=run)
+        return parser
+
+    return run_command(build, argv, "mpm bench")
 
 
 if __name__ == "__main__":  # pragma: no cover

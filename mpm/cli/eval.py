@@ -5,15 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mpm.cli._args import DEFAULT_SCHEDULES, parse_int_pair, parse_method_args, parse_schedule
+from mpm.cli._args import (
+    check_device,
+    count,
+    input_file,
+    int_pair,
+    method_schedule,
+    output_file,
+    output_file_or_dir,
+    parse_method_args,
+    parse_schedule,
+)
 
-#: the schedule used when ``--method mpm`` is given without ``--schedule`` (the paper's default)
-
-
-
-
-def _pair(text: str | None) -> tuple[int, int] | None:
-    return None if text is None else parse_int_pair(text, "--test-scale", "two sizes, e.g. 2048,512")
+__all__ = ["parse_method_args", "parse_schedule", "register", "run"]
 
 
 def register(subparsers) -> None:
@@ -27,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data-root", required=True, help="dataset root (as given to `mpm prepare`/`mpm synth`)")
     parser.add_argument("--dataset", required=True, help="ade20k | cityscapes | pascal_context | synthetic ...")
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (Segmenter, mmseg or mpm format)")
+    parser.add_argument("--checkpoint", required=True, type=input_file,
+                        help="checkpoint file (Segmenter, mmseg or mpm format)")
     parser.add_argument("--method", default="none", help="merge method: none | mpm | tome | algm (default none)")
     parser.add_argument("--schedule", default=None,
                         help="blocks (0-based) before/in which the method runs, e.g. 2,5 "
@@ -40,20 +45,24 @@ def register(subparsers) -> None:
                                                           "(default math)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per forward (default 1)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
+    parser.add_argument("--batch-size", type=count(1), default=1, metavar="N",
+                        help="windows per forward (default 1)")
+    parser.add_argument("--limit", type=count(1), default=None, metavar="N",
                         help="evaluate only the first N images (the result is marked partial)")
-    parser.add_argument("--crop", type=int, default=None, help="override the sliding-window crop")
-    parser.add_argument("--stride", type=int, default=None, help="override the sliding-window stride")
-    parser.add_argument("--test-scale", default=None, metavar="LONG,SHORT", help="override the resize scale")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
+    parser.add_argument("--crop", type=count(1), default=None, metavar="N", help="override the sliding-window crop")
+    parser.add_argument("--stride", type=count(1), default=None, metavar="N",
+                        help="override the sliding-window stride")
+    parser.add_argument("--test-scale", type=int_pair("two sizes, e.g. 2048,512"), default=None,
+                        metavar="LONG,SHORT", help="override the resize scale")
+    parser.add_argument("--threads", type=count(1), default=None, metavar="N", help="torch CPU threads")
+    parser.add_argument("--workers", type=count(0), default=1, metavar="N",
                         help="threads reading images ahead (default 1; 0 = inline)")
     parser.add_argument("--verify", action="store_true", help="re-hash every file of the split first")
-    parser.add_argument("--out", required=True,
+    parser.add_argument("--out", required=True, type=output_file_or_dir,
                         help="result JSON to write, or an existing folder (or a path ending in /): the file is "
                              "then named DATASET-SPLIT__MODEL__METHOD-SCHEDULE.json")
-    parser.add_argument("--per-class-csv", default=None, metavar="PATH", help="also write per-class IoU/Acc")
+    parser.add_argument("--per-class-csv", type=output_file, default=None, metavar="PATH",
+                        help="also write per-class IoU/Acc")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -66,10 +75,9 @@ def run(args) -> int:
     from mpm.models.checkpoints import load_segmenter
 
     method = args.method.strip().lower()
-    schedule = parse_schedule(args.schedule)
-    if schedule is None:
-        schedule = DEFAULT_SCHEDULES.get(method, ())
     method_kwargs = parse_method_args(args.method_args)
+    schedule = method_schedule(method, parse_schedule(args.schedule), method_kwargs)
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -81,7 +89,7 @@ def run(args) -> int:
             model, split, method=method, schedule=schedule, method_kwargs=method_kwargs,
             batch_policy=args.batch_policy, backend=args.backend, dtype=args.dtype, device=args.device,
             batch_size=args.batch_size, limit=args.limit, progress=args.progress, crop=args.crop,
-            stride=args.stride, test_scale=_pair(args.test_scale), checkpoint=args.checkpoint,
+            stride=args.stride, test_scale=args.test_scale, checkpoint=args.checkpoint,
             workers=args.workers,
         )
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from mpm.cli._args import count, input_file, output_dir
 from mpm.data.download import DEFAULT_RETRIES
 
 
@@ -20,12 +21,12 @@ def register(subparsers) -> None:
     sub.required = True
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--from", dest="from_paths", action="append", default=[], metavar="PATH",
+    common.add_argument("--from", dest="from_paths", action="append", default=[], metavar="PATH", type=input_file,
                         help="an already-downloaded file, or a folder holding them (repeatable)")
     common.add_argument("--mirror", metavar="URL",
                         help="base URL replacing the official ones (default: $MPM_MIRROR); for Cityscapes "
                              "the site base (default: $MPM_CITYSCAPES_URL or the official site)")
-    common.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+    common.add_argument("--retries", type=count(0), default=DEFAULT_RETRIES, metavar="N",
                         help=f"further attempts after a failed transfer (default {DEFAULT_RETRIES})")
     common.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
@@ -36,13 +37,13 @@ def register(subparsers) -> None:
                         description="Fetch a dataset into ROOT (archives kept in ROOT/downloads). Cityscapes "
                                     "needs CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD or a netrc entry.")
     ds.add_argument("name", help="ade20k | cityscapes | pascal_context")
-    ds.add_argument("--root", required=True, help="dataset root folder")
+    ds.add_argument("--root", required=True, type=output_dir, help="dataset root folder")
     ds.add_argument("--no-extract", dest="extract", action="store_false", help="download only")
     ds.set_defaults(func=run_dataset)
 
     ck = sub.add_parser("checkpoint", parents=[common], help="fetch a model-zoo checkpoint into DEST/NAME/")
     ck.add_argument("name", help="a zoo entry (see `mpm fetch list`)")
-    ck.add_argument("--dest", required=True, help="checkpoint root folder")
+    ck.add_argument("--dest", required=True, type=output_dir, help="checkpoint root folder")
     ck.set_defaults(func=run_checkpoint)
 
     ls = sub.add_parser("list", help="list the datasets and checkpoints that can be fetched")
@@ -51,9 +52,15 @@ def register(subparsers) -> None:
 
 
 def _logging() -> None:
-    """INFO messages of the data layer on stderr, unless logging is already set up."""
-    if not logging.getLogger().handlers:
+    """INFO messages of the data layer on stderr (unless logging is already set up), URLs redacted."""
+    from mpm.io import RedactingFilter
+
+    root = logging.getLogger()
+    if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def run_dataset(args) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from mpm.cli._args import count, input_file
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,10 +16,11 @@ def register(subparsers) -> None:
                     "ROOT/manifests/NAME-SPLIT.json. Fails listing missing or unreadable files.",
     )
     parser.add_argument("name", help="ade20k | cityscapes | pascal_context | synthetic")
-    parser.add_argument("--root", required=True, help="dataset root folder (as given to `mpm fetch`/`mpm synth`)")
+    parser.add_argument("--root", required=True, type=input_file,
+                        help="dataset root folder (as given to `mpm fetch`/`mpm synth`)")
     parser.add_argument("--split", dest="splits", action="append", choices=("train", "val"),
                         help="split to prepare (repeatable; default: train and val)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
+    parser.add_argument("--workers", type=count(1), default=None, metavar="N",
                         help="processes for label conversion (default: up to 4)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from mpm.cli._args import count, output_dir
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,10 +14,10 @@ def register(subparsers) -> None:
                     "(ROOT/ADEChallengeData2016/...), with synthetic.json naming its classes. "
                     "The same arguments give byte-identical files.",
     )
-    parser.add_argument("--root", required=True, help="output root folder")
-    parser.add_argument("--n-train", type=int, default=300, help="training images (default 300)")
-    parser.add_argument("--n-val", type=int, default=60, help="validation images (default 60)")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--root", required=True, type=output_dir, help="output root folder")
+    parser.add_argument("--n-train", type=count(0), default=300, help="training images (default 300)")
+    parser.add_argument("--n-val", type=count(0), default=60, help="validation images (default 60)")
+    parser.add_argument("--size", type=count(32), default=256,
                         help="smallest image side; sides vary up to 1.25x (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--prepare", action="store_true", help="also write the manifests (`mpm prepare synthetic`)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mpm.cli._args import count, input_file, output_dir, output_file
+
 
 def _batch_sizes(text: str) -> list[int]:
     import argparse
@@ -27,26 +29,29 @@ def register(subparsers) -> None:
                     "Pareto and tokens-per-block figures. Folders are searched recursively for *.json. Partial "
                     "evaluations are marked and never compared with full ones; a timing column whose results come "
                     "from different devices, dtypes or thread counts is refused (--allow-mixed marks it instead).")
-    p.add_argument("--eval-results", nargs="*", default=[], metavar="PATH", help="evaluation result files or folders")
-    p.add_argument("--bench-results", nargs="*", default=[], metavar="PATH", help="benchmark result files or folders")
-    p.add_argument("--manifest", default=None, metavar="FILE",
+    p.add_argument("--eval-results", nargs="*", default=[], metavar="PATH", type=input_file,
+                   help="evaluation result files or folders")
+    p.add_argument("--bench-results", nargs="*", default=[], metavar="PATH", type=input_file,
+                   help="benchmark result files or folders")
+    p.add_argument("--manifest", default=None, metavar="FILE", type=input_file,
                    help="a file listing result paths (files or folders), one per line, or a JSON list")
-    p.add_argument("--out-tables", default="results/tables", metavar="DIR")
-    p.add_argument("--out-figures", default="results/figures", metavar="DIR")
+    p.add_argument("--out-tables", default="results/tables", metavar="DIR", type=output_dir)
+    p.add_argument("--out-figures", default="results/figures", metavar="DIR", type=output_dir)
     p.add_argument("--gpu-target", nargs="?", default=None, const=None, metavar="NAME",
                    help="target whose FA2 off (math) / on (fa2) throughput fills the tables "
                         "(default: the only CUDA target among the results)")
     p.add_argument("--cpu-target", nargs="?", default=None, const=None, metavar="NAME",
                    help="target whose per-image latency fills the cross-platform table "
                         "(default: the only CPU target among the results)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size of the GPU throughput columns (default 32)")
+    p.add_argument("--batch-size", type=count(1), default=32,
+                   help="batch size of the GPU throughput columns (default 32)")
     p.add_argument("--cpu-batch-sizes", type=_batch_sizes, default=[1, 2], metavar="B[,B...]",
                    help="batch sizes of the CPU latency columns (default 1,2)")
     p.add_argument("--cpu-backend", default="math", help="attention backend of the CPU columns (default math)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="mark a timing column whose results come from different devices/dtypes instead of failing")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
-    p.add_argument("--index", default=None, metavar="FILE",
+    p.add_argument("--index", default=None, metavar="FILE", type=output_file,
                    help="JSON index of what was written (default OUT_TABLES/index.json)")
     p.set_defaults(func=run)
 

@@ -5,7 +5,8 @@ logged-in session only: POST ``login/`` with ``username``, ``password`` and
 ``submit=Login`` answers a redirect (302) on success; then
 ``file-handling/?packageID=N`` streams the archive and ``md5-sum/?packageID=N`` gives
 its md5. This mirrors cityscapesscripts' own downloader. The password travels only in
-the POST body; no message here ever includes it.
+the POST body; no message here ever includes it (nor a password in the site URL:
+:func:`mpm.io.redact_url`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import requests
 from mpm.data.credentials import Credentials
 from mpm.data.download import DEFAULT_TIMEOUT
 from mpm.errors import DownloadError
+from mpm.io import redact_url
 
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -35,10 +37,11 @@ def login(site: str, credentials: Credentials, session: requests.Session | None 
             timeout=timeout,
         )
     except requests.RequestException as err:
-        raise DownloadError(f"cannot reach the Cityscapes login page {url} ({type(err).__name__})") from None
+        raise DownloadError(
+            f"cannot reach the Cityscapes login page {redact_url(url)} ({type(err).__name__})") from None
     if resp.status_code != 302:
         raise DownloadError(
-            f"Cityscapes login at {url} failed for user {credentials.username!r} (credentials from "
+            f"Cityscapes login at {redact_url(url)} failed for user {credentials.username!r} (credentials from "
             f"{credentials.source}): HTTP {resp.status_code}; check the user name and password"
         )
     return session

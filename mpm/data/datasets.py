@@ -182,6 +182,24 @@ def read_label_file(path: str | os.PathLike) -> np.ndarray:
     return arr.copy()
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise DatasetError(f"missing: {path}") from None
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"unreadable: {path} ({err})") from None
+
+
+def size_mismatch(image: str | os.PathLike, image_wh: Sequence[int], label: str | os.PathLike,
+                  label_wh: Sequence[int]) -> str:
+    """The message for an image and label of different sizes, naming both files."""
+    return (f"size mismatch: image {image} is {image_wh[0]}x{image_wh[1]}, "
+            f"label {label} is {label_wh[0]}x{label_wh[1]}")
+
+
 def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """0 becomes ignore, every other value drops by one (mmseg's ``reduce_zero_label``)."""
     out = label.astype(np.int16) - 1
@@ -226,10 +244,13 @@ class SegmentationSplit(Sequence):
             return SegmentationSplit(self.root, sub, self.spec)
         entry = self._samples[index]
         image_path, label_path = self.root / entry["image"], self.root / entry["label"]
+        image, label = read_image(image_path), read_label_file(label_path)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(size_mismatch(image_path, image.shape[1::-1], label_path, label.shape[::-1]))
         return Sample(
             name=Path(entry["image"]).stem,
-            image=read_image(image_path),
-            label=self.decode_label(read_label_file(label_path)),
+            image=image,
+            label=self.decode_label(label),
             image_path=image_path,
             label_path=label_path,
         )
@@ -252,11 +273,54 @@ class SegmentationSplit(Sequence):
     def label_paths(self) -> list[Path]:
         return [self.root / e["label"] for e in self._samples]
 
+    def check_sizes(self, limit: int | None = None) -> None:
+        """Refuse missing files and image/label pairs of different sizes, from the files' headers.
+
+        Cheap (no pixel is decoded), so it runs before an evaluation rather than
+        failing it at the first bad pair; ``limit`` checks only the first samples.
+        """
+        bad: list[str] = []
+        for entry in self._samples[:limit]:
+            image_path, label_path = self.root / entry["image"], self.root / entry["label"]
+            try:
+                image_wh, label_wh = image_size(image_path), image_size(label_path)
+            except DatasetError as err:
+                bad.append(str(err))
+                continue
+            if image_wh != label_wh:
+                bad.append(size_mismatch(image_path, image_wh, label_path, label_wh))
+        if bad:
+            more = f"; … {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DatasetError(f"{len(bad)} bad sample(s) in {self.spec.name}/{self.split} under {self.root} "
+                               f"(re-run `mpm prepare` after fixing them): " + "; ".join(bad[:5]) + more)
+
     def verify(self) -> list[str]:
         """Files that are missing or whose sha256 differs from the manifest."""
         from mpm.data.manifest import verify_samples
 
         return verify_samples(self.root, self._samples)
+
+
+def missing_data_hint(root: str | os.PathLike, spec: DatasetSpec, split: str) -> str:
+    """What to run when ``spec``'s prepared ``split`` is not under ``root``: the command for this dataset."""
+    from mpm.data.manifest import manifest_path
+    from mpm.data.synthetic import ADE_DIR, METADATA_FILE
+
+    root = Path(root)
+    manifest = manifest_path(root, spec.manifest_name, split)
+    wanted = f"no prepared {spec.name}/{split} under {root} ({manifest} not found)"
+    if spec.synthetic:
+        if (root / ADE_DIR / METADATA_FILE).is_file():
+            return f"{wanted}: run `mpm prepare synthetic --root {root}`"
+        return f"{wanted}, and no synthetic set there: run `mpm synth --root {root} --prepare`"
+    prepare = f"`mpm prepare {spec.manifest_name} --root {root}`"
+    try:
+        fetched = root.is_dir() and any(p.name != "manifests" for p in root.iterdir())
+    except OSError:
+        fetched = False
+    if not fetched:
+        return f"{wanted}: run `mpm fetch dataset {spec.manifest_name} --root {root}`, then {prepare}"
+    return f"{wanted}: run {prepare} (after `mpm fetch dataset {spec.manifest_name} --root {root}` if not done)"
 
 
 def load_split(root: str | os.PathLike, dataset: str, split: str, *, verify: bool = False) -> SegmentationSplit:
@@ -272,7 +336,10 @@ def load_split(root: str | os.PathLike, dataset: str, split: str, *, verify: boo
     split = canonical_split(split, spec)
     path = manifest_path(root, spec.manifest_name, split)
     if spec.synthetic and not path.is_file():  # prepared as ``mpm prepare ade20k``
-        path = manifest_path(root, "ade20k", split)
+        legacy = manifest_path(root, "ade20k", split)
+        path = legacy if legacy.is_file() else path
+    if not path.is_file():
+        raise DatasetError(missing_data_hint(root, spec, split))
     manifest = read_manifest(path)
     if manifest.get("synthetic"):
         spec = get_spec("synthetic").with_classes(manifest["class_names"])

@@ -22,7 +22,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from mpm.io import atomic_path
+from mpm.io import atomic_path, redact_url
 from mpm.data.checksums import ExpectedHash, file_matches
 from mpm.errors import DownloadError
 
@@ -58,7 +58,7 @@ def part_path(target: str | os.PathLike) -> Path:
 def manual_hint(url: str, target: Path) -> str:
     """How to get a file in place without this machine reaching ``url``."""
     return (
-        f"to place it by hand, download {url} on a machine with access and copy it to {target}, "
+        f"to place it by hand, download {redact_url(url)} on a machine with access and copy it to {target}, "
         "or pass it with --from PATH (it is checksum-verified too)"
     )
 
@@ -127,11 +127,11 @@ class ResumableDownloader:
             except _Retryable as err:
                 if self.attempts > self.retries:
                     raise DownloadError(
-                        f"could not download {url} after {self.attempts} attempt(s): {err}"
+                        f"could not download {redact_url(url)} after {self.attempts} attempt(s): {err}"
                         + (f"; {self.hint}" if self.hint else "")
                     ) from None
                 wait = self.backoff * 2 ** (self.attempts - 1)
-                log.warning("download of %s failed (%s); retrying in %.1f s", url, err, wait)
+                log.warning("download of %s failed (%s); retrying in %.1f s", redact_url(url), err, wait)
                 time.sleep(wait)
         self._verify(url)
         return self.part
@@ -142,7 +142,7 @@ class ResumableDownloader:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            log.info("resuming %s at byte %d", url, offset)
+            log.info("resuming %s at byte %d", redact_url(url), offset)
         try:
             resp = self.session.get(
                 url, stream=True, headers=headers, timeout=self.timeout, allow_redirects=self.allow_redirects
@@ -150,7 +150,7 @@ class ResumableDownloader:
         except (requests.ConnectionError, requests.Timeout) as err:
             raise _Retryable(f"cannot connect ({_short(err)})") from None
         except requests.RequestException as err:
-            raise DownloadError(f"cannot download {url}: {_short(err)}; {self.hint}") from None
+            raise DownloadError(f"cannot download {redact_url(url)}: {_short(err)}; {self.hint}") from None
         with resp:
             status = resp.status_code
             if status == 416 and offset:
@@ -159,13 +159,15 @@ class ResumableDownloader:
             if status in _RETRY_STATUS:
                 raise _Retryable(f"HTTP {status} {resp.reason}")
             if status >= 300:
-                where = f" (redirect to {resp.headers.get('Location')}: not logged in?)" if status < 400 else ""
+                location = redact_url(resp.headers.get("Location", ""))
+                where = f" (redirect to {location}: not logged in?)" if status < 400 else ""
                 raise DownloadError(
-                    f"HTTP {status} {resp.reason} for {url}{where}" + (f"; {self.hint}" if self.hint else "")
+                    f"HTTP {status} {resp.reason} for {redact_url(url)}{where}"
+                    + (f"; {self.hint}" if self.hint else "")
                 )
             mode, start, total = self._plan(resp, offset)
             if mode == "wb" and offset:
-                log.info("server ignored the Range request for %s; starting over", url)
+                log.info("server ignored the Range request for %s; starting over", redact_url(url))
             self._stream(resp, mode, start, total)
 
     def _plan(self, resp: requests.Response, offset: int) -> tuple[str, int, int | None]:
@@ -209,7 +211,7 @@ class ResumableDownloader:
         if not ok:
             self.part.unlink(missing_ok=True)
             raise DownloadError(
-                f"checksum mismatch for {url}: expected {self.expected}, arrived "
+                f"checksum mismatch for {redact_url(url)}: expected {self.expected}, arrived "
                 f"{self.expected.alg}:{actual} ({self.part.name} deleted)"
             )
 
@@ -236,12 +238,12 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 
 
 def _short(err: BaseException) -> str:
-    """A one-line description of a requests/urllib3 error."""
+    """A one-line description of a requests/urllib3 error (credentials in URLs redacted)."""
     text = str(err).splitlines()[0] if str(err) else ""
     errno = _ERRNO.search(text)
     if errno:
         text = errno.group(0).strip()
-    return f"{type(err).__name__}: {text}"[:300] if text else type(err).__name__
+    return redact_url(f"{type(err).__name__}: {text}"[:300]) if text else type(err).__name__
 
 
 def fetch_file(
@@ -287,10 +289,10 @@ def fetch_file(
             fname=target.name, path=target.parent, downloader=downloader,
         )
     except ValueError as err:  # pooch's own hash check (should not differ from ours)
-        raise DownloadError(f"checksum mismatch for {url}: {err}") from None
+        raise DownloadError(redact_url(f"checksum mismatch for {url}: {err}")) from None
     finally:
         pooch_logger.setLevel(level)
-    log.info("downloaded %s to %s", url, target)
+    log.info("downloaded %s to %s", redact_url(url), target)
     return target, True
 
 

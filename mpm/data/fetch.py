@@ -23,7 +23,7 @@ from pathlib import Path
 import pooch
 
 from mpm.data import cityscapes_site
-from mpm.io import write_json_atomic
+from mpm.io import redact_url, write_json_atomic
 from mpm.data.checksums import parse_hash
 from mpm.data.credentials import cityscapes_credentials
 from mpm.data.download import DEFAULT_RETRIES, fetch_file, manual_hint, place_file
@@ -144,8 +144,8 @@ def _fetch_remote(rf: RemoteFile, target: Path, *, local: Path | None, mirror: s
     session = session_box["session"]
     md5 = cityscapes_site.package_md5(session, site, rf.package_id)
     url = cityscapes_site.package_url(site, rf.package_id)
-    hint = (f"to place it by hand, log in at {site} and download {rf.filename} (packageID={rf.package_id}), "
-            f"then run `{cli} --from PATH`")
+    hint = (f"to place it by hand, log in at {redact_url(site)} and download {rf.filename} "
+            f"(packageID={rf.package_id}), then run `{cli} --from PATH`")
     fetch_file(url, target, parse_hash(f"md5:{md5}") if md5 and verify else None, session=session, retries=retries,
                progress=progress, allow_redirects=False, hint=hint)
     return target

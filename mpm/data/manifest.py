@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mpm.io import write_json_atomic, write_text_atomic
-from mpm.data.datasets import DatasetSpec
+from mpm.data.datasets import DatasetSpec, size_mismatch
 from mpm.errors import DatasetError
 
 MANIFEST_DIR = "manifests"
@@ -63,8 +63,7 @@ def check_pair(root: Path, image: str, label: str) -> tuple[dict | None, list[st
     if problems:
         return None, problems
     if img_size != lbl_size:
-        return None, [f"size mismatch: {root / image} is {img_size[0]}x{img_size[1]}, "
-                      f"{root / label} is {lbl_size[0]}x{lbl_size[1]}"]
+        return None, [size_mismatch(root / image, img_size, root / label, lbl_size)]
     entry = {
         "image": image, "label": label,
         "width": img_size[0], "height": img_size[1],

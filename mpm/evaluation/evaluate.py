@@ -471,6 +471,8 @@ def evaluate(
     t_start = time.perf_counter()
     spec = split.spec
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: no usable CUDA GPU on this machine; use device='cpu'")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     torch_dtype, dtype_name = _resolve_dtype(dtype)
@@ -492,6 +494,7 @@ def evaluate(
                           f"{spec.num_classes} ({', '.join(spec.class_names[:5])}...)")
     proto = eval_protocol(spec, config, crop=crop, stride=stride, test_scale=test_scale)
     ckpt = checkpoint_info(checkpoint) if checkpoint is not None else None
+    split.check_sizes(None if limit is None else int(limit))  # every pair it will read, from file headers
 
     model = model.to(device=device, dtype=torch_dtype).eval()
     mean = torch.tensor(proto.mean, dtype=torch.float32, device=device).view(3, 1, 1)

@@ -81,12 +81,12 @@ def confusion_matrix(
     Returns:
         (K, K) int64 numpy array, rows = ground truth, columns = prediction.
     """
+    where = f" in {name}" if name else ""
     if tuple(pred.shape) != tuple(label.shape):
-        raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+        raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}{where}")
     _check_int(pred, "pred")
     _check_int(label, "label")
     k = int(num_classes)
-    where = f" in {name}" if name else ""
     if isinstance(pred, torch.Tensor) or isinstance(label, torch.Tensor):
         device = pred.device if isinstance(pred, torch.Tensor) else label.device
         p = torch.as_tensor(pred, device=device).reshape(-1).long()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -104,3 +106,79 @@ def test_remote_crash_reports_stderr_and_keeps_old_output(sshd, images, tmp_path
     assert out.read_text() == '{"old": true}\n'
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.json")] == []
     assert _jobs_left(sshd) == []
+
+
+def _hostile(pwned: Path) -> str:
+    """A path part that runs `touch PWNED` wherever a shell reads it unquoted (;, $(), backticks)."""
+    return f"x;touch {pwned};y $(touch {pwned}) `touch {pwned}`"
+
+
+def _client_bin(tmp_path: Path, scp: str) -> Path:
+    """A PATH folder with this machine's ssh and git, and scp: absent, the real one (SFTP protocol, the default
+    of OpenSSH >= 9) or one forced to the legacy protocol (``scp -O``, what OpenSSH < 9 speaks), which
+    hands the remote path to the remote shell. A call to the scp there leaves a mark."""
+    folder = tmp_path / f"bin-{scp}"
+    folder.mkdir()
+    for tool in ("ssh", "git"):
+        if shutil.which(tool):
+            (folder / tool).symlink_to(shutil.which(tool))
+    if scp != "absent":
+        real = shutil.which("scp")
+        if real is None:
+            pytest.skip("scp not installed")
+        legacy = "-O " if scp == "legacy" else ""
+        wrapper = folder / "scp"
+        wrapper.write_text(f"#!/bin/sh\n: > {shlex.quote(str(tmp_path / 'scp-was-called'))}\n"
+                           f"exec {shlex.quote(real)} {legacy}\"$@\"\n")
+        wrapper.chmod(0o755)
+    return folder
+
+
+def _run_hostile(sshd, images, tmp_path, tiny_point, capsys, **target) -> dict:
+    config = sshd.write_config(tmp_path / "targets.yaml", box=sshd.target(**target))
+    out = tmp_path / "point.json"
+    rc = bench_main(["--targets-config", str(config), "--target", "box", "--images", str(images), *tiny_point,
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert not (tmp_path / "pwned").exists(), "a remote shell ran part of a path"
+    result = json.loads(out.read_text())
+    assert validate_result(result) == []
+    work_dir = Path(target.get("work_dir", sshd.target()["work_dir"]))
+    assert result["target"]["remote_job_dir"].startswith(str(work_dir / "jobs") + "/")  # the literal folder
+    assert (work_dir / "jobs").is_dir() and list((work_dir / "jobs").iterdir()) == []  # cleaned up
+    return result
+
+
+@pytest.mark.parametrize("scp", ["absent", "sftp", "legacy"])
+def test_hostile_work_dir_runs_nothing_on_the_board(sshd, images, tmp_path, tiny_point, monkeypatch, capsys, scp):
+    """The report of issue 9: `work_dir: /tmp/x;touch ...;` ran the command through scp's legacy protocol."""
+    work_dir = tmp_path / f"work {_hostile(tmp_path / 'pwned')}"
+    monkeypatch.setenv("PATH", str(_client_bin(tmp_path, scp)))
+    result = _run_hostile(sshd, images, tmp_path, tiny_point, capsys, work_dir=str(work_dir))
+    assert result["target"]["work_dir"] == str(work_dir)
+    assert not (tmp_path / "scp-was-called").exists()  # no scp, whatever its protocol
+
+
+def test_hostile_python_and_work_dir_with_colon_and_equals(sshd, images, tmp_path, tiny_point, capsys):
+    """A python path holding '=' (which `env` would take for an assignment), a work_dir holding ':'
+    (which would split PYTHONPATH), both with unbalanced quotes, run as the literal paths."""
+    hostile = _hostile(tmp_path / "pwned") + " 'q\" a=b:c"
+    py_dir = tmp_path / f"py {hostile}"
+    py_dir.mkdir(parents=True)
+    python = py_dir / "python"  # a real interpreter at a hostile path
+    python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    python.chmod(0o755)
+    work_dir = tmp_path / f"work {hostile}"
+    result = _run_hostile(sshd, images, tmp_path, tiny_point, capsys, work_dir=str(work_dir), python=str(python))
+    assert result["target"]["python"] == str(python)
+
+
+def test_check_names_a_hostile_python_literally(sshd, tmp_path):
+    pwned = tmp_path / "pwned"
+    missing = tmp_path / _hostile(pwned) / "python3"
+    config = sshd.write_config(tmp_path / "t.yaml", box=sshd.target(python=str(missing)))
+    with pytest.raises(RemoteError) as err:
+        SSHRunner(get_target("box", config)).probe()
+    assert "not found" in str(err.value) and str(missing) in str(err.value)
+    assert not pwned.exists()

@@ -92,6 +92,9 @@ def test_missing_key_is_named(drop):
     ("hots", "x", "targets.pi.hots: unknown key for a ssh target"),
     ("resources", {}, "targets.pi.resources: unknown key for a ssh target"),
     ("type", "kubernetes", "targets.pi.type: unknown target type 'kubernetes'"),
+    ("python", "-c", "targets.pi.python: '-c' starts with '-'"),
+    ("work_dir", "--help", "targets.pi.work_dir: '--help' starts with '-'; write it as ./--help"),
+    ("work_dir", "a\nb", "targets.pi.work_dir: must be a non-empty path on one line"),
 ])
 def test_wrong_types_and_values_name_the_key(key, value, expect):
     assert expect in error(pi={**SSH, key: value})

@@ -150,3 +150,52 @@ def test_parse_hash():
         parse_hash("crc32:00")
     with pytest.raises(ConfigError):
         parse_hash("sha1:xyz")
+
+
+# --------------------------------------------------------------------------- credentials in URLs
+
+SECRET = "s3cret-in-the-url"
+
+
+def test_redact_url():
+    from mpm.io import redact_url
+
+    assert redact_url(f"http://user:{SECRET}@127.0.0.1:8000/a.zip") == "http://user:***@127.0.0.1:8000/a.zip"
+    assert redact_url(f"https://{SECRET}@host/x") == "https://***@host/x"  # a lone userinfo is a token
+    assert redact_url(f"see http://u:p@ss{SECRET}@h/x?Token={SECRET}&n=1 and "
+                      f"/y?access_token={SECRET}#f") == "see http://u:***@h/x?Token=***&n=1 and /y?access_token=***#f"
+    assert redact_url(f"http://h/?key={SECRET};sig={SECRET}") == "http://h/?key=***;sig=***"
+    for clean in ("http://127.0.0.1:8000/file-handling/?packageID=3", "no URL here: a=b", "http://[::1]:80/x"):
+        assert redact_url(clean) == clean
+
+
+def _no_secret_anywhere(captured, caplog, root) -> None:
+    for text in (captured.err, captured.out, caplog.text):
+        assert SECRET not in text
+    for path in root.rglob("*"):  # stamps, partial files, records: nothing stores the URL's password
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("fault", [404, 500, "refused"])
+def test_failed_download_from_a_mirror_with_credentials_never_shows_them(server, tmp_path, capsys, caplog, fault):
+    from mpm.cli import main
+
+    caplog.set_level("DEBUG")
+    if fault == "refused":
+        port = closed_port_url().split(":")[2].split("/")[0]
+        mirror = f"http://user:{SECRET}@127.0.0.1:{port}/base/?token={SECRET}"
+    else:
+        server.add("/base/ADEChallengeData2016.zip", b"zip")
+        server.always["/base/ADEChallengeData2016.zip"] = fault
+        mirror = f"http://user:{SECRET}@127.0.0.1:{server.port}/base/"
+    root = tmp_path / "ade"
+    code = main(["fetch", "dataset", "ade20k", "--root", str(root), "--mirror", mirror, "--retries", "1"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1, captured.err
+    assert "user:***@127.0.0.1" in captured.err  # the URL is still named, its password is not
+    _no_secret_anywhere(captured, caplog, root)
+    if fault == 500:  # the retry was logged (with the URL, redacted)
+        assert "retrying" in caplog.text and "user:***@" in caplog.text
+    if fault != "refused":
+        assert server.requests_for("/base/ADEChallengeData2016.zip")  # the request was made, with the credentials

@@ -85,6 +85,40 @@ def test_missing_dataset_and_manifest_say_what_to_run(tmp_path):
         load_split(tmp_path, "ade20k", "val")
 
 
+def test_missing_synthetic_set_names_the_synth_command(tmp_path):
+    from mpm.data.synthetic import generate
+
+    for root in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(DatasetError) as err:
+            load_split(root, "synthetic", "val")
+        assert f"mpm synth --root {root} --prepare" in str(err.value) and "mpm prepare ade20k" not in str(err.value)
+    generate(tmp_path, n_train=1, n_val=1, size=32)  # generated, not prepared
+    with pytest.raises(DatasetError, match=f"run `mpm prepare synthetic --root {tmp_path}`"):
+        load_split(tmp_path, "synthetic", "val")
+
+
+def test_label_of_another_size_names_both_files(tmp_path):
+    write_members(tmp_path, ade20k_members(n_train=1, n_val=2))
+    prepare_dataset("ade20k", tmp_path)
+    split = load_split(tmp_path, "ade20k", "val")
+    split.check_sizes()
+    image, label = split.image_paths[1], split.label_paths[1]
+    w, h = Image.open(image).size
+    Image.fromarray(np.zeros((h + 9, w + 17), np.uint8)).save(label)  # replaced after prepare
+    for check in (split.check_sizes, lambda: split[1]):
+        with pytest.raises(DatasetError) as err:
+            check()
+        msg = str(err.value)
+        assert f"image {image} is {w}x{h}" in msg and f"label {label} is {w + 17}x{h + 9}" in msg
+    split.check_sizes(limit=1)  # only the first sample
+    label.unlink()
+    with pytest.raises(DatasetError, match=f"missing: {label}"):
+        split.check_sizes()
+    Image.fromarray(np.zeros((h + 9, w + 17), np.uint8)).save(label)
+    with pytest.raises(DatasetError, match=f"size mismatch: image {image}"):  # prepare says the same
+        prepare_dataset("ade20k", tmp_path)
+
+
 def test_manifest_is_written_atomically_and_checked(tmp_path):
     write_members(tmp_path, ade20k_members(n_train=1, n_val=1))
     path, _ = prepare_dataset("ade20k", tmp_path)

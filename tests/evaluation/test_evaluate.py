@@ -305,3 +305,83 @@ def test_cli_interrupt_writes_nothing(checkpoint, data_root, tmp_path, monkeypat
     assert main(["eval", "--data-root", str(data_root), "--dataset", "synthetic", "--checkpoint", str(bad),
                  "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------------------- refused before the work
+
+
+@pytest.fixture
+def count_forwards(monkeypatch):
+    calls = {"n": 0}
+    forward = Segmenter.forward
+
+    def counted(self, *a, **k):
+        calls["n"] += 1
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(Segmenter, "forward", counted)
+    return calls
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--out", "{file}/r.json"], "argument --out: cannot write there: {file} is a file, not a folder"),
+    (["--per-class-csv", "{file}/c.csv"], "argument --per-class-csv: cannot write there: {file} is a file"),
+    (["--method", "none", "--schedule", "2,5"], "--schedule 2,5: method 'none' never merges"),
+    (["--crop", "0"], "argument --crop: expected an integer >= 1, got '0'"),
+    (["--stride", "-4"], "argument --stride: expected an integer >= 1"),
+    (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+    (["--workers", "-1"], "argument --workers: expected an integer >= 0, got '-1'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
+    (["--limit", "0"], "argument --limit: expected an integer >= 1"),
+    (["--test-scale", "512"], "argument --test-scale: expected two sizes"),
+    (["--checkpoint", "{file}.missing"], "argument --checkpoint: {file}.missing does not exist"),
+    pytest.param(["--device", "cuda"], "--device cuda: no usable CUDA GPU on this machine", marks=NO_GPU),
+    pytest.param(["--device", "cuda:1"], "--device cuda:1: no usable CUDA GPU", marks=NO_GPU),
+])
+def test_cli_refuses_bad_options_before_the_work(checkpoint, data_root, tmp_path, capsys, count_forwards,
+                                                 extra, named):
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    argv = ["eval", "--data-root", str(data_root), "--dataset", "synthetic", "--checkpoint", str(checkpoint),
+            "--out", str(tmp_path / "r.json"), "--no-progress"] + [a.format(file=file) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mpm eval: error: ") and "Traceback" not in err, err
+    assert named.format(file=file) in err
+    assert count_forwards["n"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_cli_label_of_another_size_fails_before_the_work(checkpoint, tmp_path, capsys, count_forwards):
+    from PIL import Image
+
+    root = synthetic_set(tmp_path / "synth", n_train=1, n_val=3, size=64, seed=1)
+    split = load_split(root, "synthetic", "val")
+    image, label = split.image_paths[2], split.label_paths[2]
+    w, h = Image.open(image).size
+    Image.fromarray(np.zeros((h + 9, w + 17), np.uint8)).save(label)  # changed after `mpm prepare`
+    out = tmp_path / "r.json"
+    assert main(["eval", "--data-root", str(root), "--dataset", "synthetic", "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"image {image} is {w}x{h}" in err and f"label {label} is" in err
+    assert count_forwards["n"] == 0 and not out.exists()
+    # --limit 2 reads only the two good pairs
+    assert main(["eval", "--data-root", str(root), "--dataset", "synthetic", "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--no-progress", "--limit", "2"]) == 0
+
+
+@NO_GPU
+def test_evaluate_on_cuda_without_gpu_is_a_config_error(checkpoint, split):
+    with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+        evaluate(load(checkpoint), split, device="cuda", progress=False)
+
+
+def test_cli_missing_synthetic_set_names_mpm_synth(checkpoint, tmp_path, capsys):
+    assert main(["eval", "--data-root", str(tmp_path / "nowhere"), "--dataset", "synthetic", "--checkpoint",
+                 str(checkpoint), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"mpm synth --root {tmp_path / 'nowhere'} --prepare" in err and "prepare ade20k" not in err
