@@ -450,11 +450,48 @@ def _create_run(client, exp_id: str, tracked: TrackedResult, key: str, parent_id
     return run, run.info.run_id == created.info.run_id
 
 
+class _RunGone(Exception):
+    """The run being logged into was deleted meanwhile (another logger's duplicate clean-up)."""
+
+
+#: how often a logger starts over when the run it logs into is deleted under it
+_RUN_GONE_RETRIES = 20
+
+
 def _upsert(client, exp_id: str, tracked: TrackedResult, parent_key: str | None, parent_id: str | None,
             extra_tags: Mapping[str, Any], claim_wait: float | None = None) -> LogOutcome:
-    key = tracked.job_key
+    """Log ``tracked`` into its job's run (see the module docstring); start over if that run is deleted."""
     params, tags = _prepared_values(tracked, parent_key, parent_id, extra_tags)
     fingerprint = _fingerprint(tracked, params, tags)
+    for _ in range(_RUN_GONE_RETRIES):
+        try:
+            return _upsert_once(client, exp_id, tracked, params, tags, fingerprint, parent_id, claim_wait)
+        except _RunGone:
+            continue  # without a claim, a logger that lost the race deleted the run: find the oldest again
+    raise TrackingError(f"job key {tracked.job_key}: the run logged into was deleted {_RUN_GONE_RETRIES} times "
+                        "by other loggers; log the result again")
+
+
+@contextlib.contextmanager
+def _unless_deleted(client, run_id: str) -> Iterator[None]:
+    """Turn a write refused because ``run_id`` was deleted meanwhile into :class:`_RunGone`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException:
+        try:
+            gone = client.get_run(run_id).info.lifecycle_stage == "deleted"
+        except MlflowException:
+            gone = False
+        if gone:
+            raise _RunGone(run_id) from None
+        raise
+
+
+def _upsert_once(client, exp_id: str, tracked: TrackedResult, params: Mapping[str, str], tags: Mapping[str, str],
+                 fingerprint: str, parent_id: str | None, claim_wait: float | None) -> LogOutcome:
+    key = tracked.job_key
     run = _winner(client, find_runs(client, exp_id, JOB_KEY_TAG, key))
     replaced = None
     if run is not None and any(k in run.data.params and run.data.params[k] != v for k, v in params.items()):
@@ -467,25 +504,27 @@ def _upsert(client, exp_id: str, tracked: TrackedResult, parent_key: str | None,
     run_id = run.info.run_id
     if run.data.tags.get(FINGERPRINT_TAG) == fingerprint:  # this very content is logged already
         if run.info.status != "FINISHED":  # its logger stopped before ending the run
-            client.set_terminated(run_id, "FINISHED", end_time=run.info.end_time or tracked.end_ms or _now_ms())
+            with _unless_deleted(client, run_id):
+                client.set_terminated(run_id, "FINISHED", end_time=run.info.end_time or tracked.end_ms or _now_ms())
         return LogOutcome(run_id, key, exp_id, "unchanged", parent_id)
     action = ("replaced" if replaced else "created") if mine else "updated"
     # the job's end, strictly later than everything logged before: the new values become the
     # latest ones; the same for every logger of this result (see "Concurrency")
     ts = max(tracked.end_ms or _now_ms(), (run.info.end_time or 0) + 1, run.info.start_time or 0)
-    if run.data.tags.get("mlflow.runName") != tracked.run_name:
-        client.update_run(run_id, name=tracked.run_name)
-    old_params = dict(run.data.params)
-    _log_batches(client, run_id, params={k: v for k, v in params.items() if old_params.get(k) != v},
-                 tags={k: v for k, v in tags.items() if run.data.tags.get(k) != v},
-                 metrics=_metrics(tracked, ts))
-    for stale in sorted(set(run.data.tags) - set(tags) - _KEPT_TAGS):
-        if stale.startswith("mpm."):  # e.g. mpm.missing_artifacts of an earlier, lenient log
-            client.delete_tag(run_id, stale)
-    for path in tracked.artifacts:
-        client.log_artifact(run_id, str(path))
-    client.set_tag(run_id, FINGERPRINT_TAG, fingerprint)
-    client.set_terminated(run_id, "FINISHED", end_time=ts)
+    with _unless_deleted(client, run_id):
+        if run.data.tags.get("mlflow.runName") != tracked.run_name:
+            _idempotent(client.update_run, run_id, name=tracked.run_name)
+        old_params = dict(run.data.params)
+        _log_batches(client, run_id, params={k: v for k, v in params.items() if old_params.get(k) != v},
+                     tags={k: v for k, v in tags.items() if run.data.tags.get(k) != v},
+                     metrics=_metrics(tracked, ts))
+        for stale in sorted(set(run.data.tags) - set(tags) - _KEPT_TAGS):
+            if stale.startswith("mpm."):  # e.g. mpm.missing_artifacts of an earlier, lenient log
+                _delete_tag(client, run_id, stale)
+        for path in tracked.artifacts:
+            client.log_artifact(run_id, str(path))
+        _idempotent(client.set_tag, run_id, FINGERPRINT_TAG, fingerprint)
+        _idempotent(client.set_terminated, run_id, "FINISHED", end_time=ts)
     return LogOutcome(run_id, key, exp_id, action, parent_id, replaced)
 
 
@@ -510,8 +549,39 @@ def _log_batches(client, run_id: str, *, params: Mapping[str, str] | None = None
     p = [Param(k, v) for k, v in (params or {}).items()]
     t = [RunTag(k, v) for k, v in (tags or {}).items()]
     for chunk in _chunks(p, _BATCH_PARAMS_TAGS):
-        client.log_batch(run_id, params=chunk)
+        _idempotent(client.log_batch, run_id, params=chunk)
     for chunk in _chunks(t, _BATCH_PARAMS_TAGS):
-        client.log_batch(run_id, tags=chunk)
+        _idempotent(client.log_batch, run_id, tags=chunk)
     for chunk in _chunks(list(metrics or []), _BATCH_METRICS):
-        client.log_batch(run_id, metrics=chunk)
+        _idempotent(client.log_batch, run_id, metrics=chunk)
+
+
+#: server-side errors of two clients inserting the same row at once (the loser's insert fails)
+_INSERT_RACES = ("UNIQUE constraint failed", "IntegrityError", "duplicate key value", "Duplicate entry",
+                 "database is locked")
+_IDEMPOTENT_RETRIES = 8
+
+
+def _delete_tag(client, run_id: str, key: str) -> None:
+    """Delete a tag; one that another logger deleted meanwhile is just as gone."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _idempotent(client.delete_tag, run_id, key)
+    except MlflowException as err:
+        if "No tag with name" not in str(err):
+            raise
+
+
+def _idempotent(write, *args, **kwargs):
+    """``write(*args, **kwargs)`` for a write that sets rows to given values, retried when a
+    concurrent identical write made the store refuse the insert: the retry finds the row there."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(_IDEMPOTENT_RETRIES):
+        try:
+            return write(*args, **kwargs)
+        except MlflowException as err:
+            if attempt == _IDEMPOTENT_RETRIES - 1 or not any(t in str(err) for t in _INSERT_RACES):
+                raise
+            time.sleep(0.02 * 2 ** attempt)
