@@ -111,6 +111,7 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     """Measure one point and return the result dict."""
     if spec.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {spec.dtype!r}; expected one of {', '.join(DTYPES)}")
+    started_utc = _utc_now()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
@@ -148,7 +149,7 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
             flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     tokens = _token_summary(counts, crop, model.config.patch_size)
     return result_record(spec, method, model, weights, device, times, breakdown, tokens, flops, source, wall,
-                         temp_before)
+                         temp_before, started_utc=started_utc)
 
 
 def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.device, times: list[float],
@@ -168,10 +169,18 @@ def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.d
         "image_source": source,
         "wall_s": wall,
         **extra,
+        "finished_utc": _utc_now(),  # with started_utc (when the caller gives it): the job's times
     }
     result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=soc_temperature_c(),
                                  throttled=throttling_flags())
     return result
+
+
+def _utc_now() -> str:
+    """Now, UTC, ISO 8601 with milliseconds: ``2026-01-01T12:00:00.123Z``."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _token_summary(counts: list, crop: tuple[int, int], patch: int) -> dict:

@@ -1,9 +1,10 @@
 """``mpm track``: log the pipeline's result JSONs to MLflow (see :mod:`mpm.tracking`).
 
     mpm track init --uri sqlite:///results/mlruns/mlflow.db --experiments mpm-eval,mpm-bench
-    mpm track parent --key $INVOCATION --experiment mpm-eval
+    mpm track parent --key $INVOCATION --experiment mpm-eval        (created RUNNING)
     mpm track log results/eval/x.json --experiment mpm-eval --parent-key $INVOCATION \\
         --param dataset=ade20k --done-file results/eval/x.tracked.json
+    mpm track finish --key $INVOCATION --experiment mpm-eval --status FAILED
     mpm track ui-command
 """
 
@@ -64,7 +65,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("parent", help="create (or find) the parent run of a pipeline invocation; print its id",
                        description="Find or create the parent run tagged mpm.parent_key=KEY in each experiment "
-                                   "and print its run id (one line per experiment, in order).")
+                                   "and print its run id (one line per experiment, in order). A parent created "
+                                   "here is RUNNING until `mpm track finish` ends it.")
     p.add_argument("--key", required=True, help="the pipeline invocation id")
     p.add_argument("--uri", default=None, help=uri_help)
     p.add_argument("--experiment", required=True, metavar="NAME[,NAME]", help="experiment(s) of the children")
@@ -74,6 +76,16 @@ def register(subparsers) -> None:
                    help="tag of the parent run (repeatable)")
     p.add_argument("--done-file", default=None, metavar="PATH", help="write {key, runs: {experiment: run_id}}")
     p.set_defaults(func=run_parent)
+
+    p = sub.add_parser("finish", help="end a pipeline invocation's parent run (FINISHED, FAILED or KILLED)",
+                       description="End the parent run tagged mpm.parent_key=KEY in each experiment with STATUS, "
+                                   "now (the pipeline's onsuccess / onerror).")
+    p.add_argument("--key", required=True, help="the pipeline invocation id")
+    p.add_argument("--uri", default=None, help=uri_help)
+    p.add_argument("--experiment", required=True, metavar="NAME[,NAME]", help="experiment(s) of the parent run")
+    p.add_argument("--status", default="FINISHED", type=str.upper, choices=("FINISHED", "FAILED", "KILLED"),
+                   help="how the invocation ended (default FINISHED)")
+    p.set_defaults(func=run_finish)
 
     p = sub.add_parser("artifacts", help="log files (tables, figures) to a pipeline invocation's parent run",
                        description="Log files as artifacts of the parent run tagged mpm.parent_key=KEY.")
@@ -181,10 +193,19 @@ def run_parent(args) -> int:
     params, tags = parse_pairs(args.params, "--param"), parse_pairs(args.tags, "--tag")
     runs = {}
     for name in _names(args.experiment):
-        runs[name] = ensure_parent_run(args.uri, name, args.key, params=params, tags=tags)
+        runs[name] = ensure_parent_run(args.uri, name, args.key, params=params, tags=tags, running=True)
         print(runs[name])
     if args.done_file:
         write_json_atomic(args.done_file, {"schema": MARKER_SCHEMA, "key": args.key, "runs": runs})
+    return 0
+
+
+def run_finish(args) -> int:
+    from mpm.tracking.log import finish_parent_run
+
+    for name in _names(args.experiment):
+        run_id = finish_parent_run(args.uri, name, args.key, args.status)
+        print(f"parent run {run_id} ({args.key}) in experiment {name}: {args.status}")
     return 0
 
 

@@ -461,7 +461,7 @@ def evaluate(
         resize_backend: see :func:`mpm.evaluation.sliding.resize_keep_ratio`.
     Returns:
         :class:`EvalResult`; ``result.record`` is the JSON of schema ``mpm.eval/1`` with the
-        keys ``schema, complete, partial, limit, created_utc, dataset, images, checkpoint,
+        keys ``schema, complete, partial, limit, created_utc, started_utc, finished_utc, dataset, images, checkpoint,
         model, method, protocol, run, metrics, tokens, gflops, wall_time_s, images_per_s,
         device, dtype, backend, environment, confusion_matrix``.
     """
@@ -469,6 +469,7 @@ def evaluate(
     from mpm.models.attention import check_backend
 
     t_start = time.perf_counter()
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     spec = split.spec
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -614,6 +615,8 @@ def evaluate(
         "partial": n < total,
         "limit": limit,
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started_utc": started_utc,  # the job's start and end (ms), e.g. for its MLflow run
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "dataset": {
             "name": spec.name,
             "split": split.split,

@@ -3,9 +3,11 @@
 - :mod:`mpm.tracking.store`: where runs go (SQLite under ``results/mlruns`` by default, or a
   tracking server), :func:`init_store` (create + migrate once, create the experiments),
   :func:`ui_command`.
-- :mod:`mpm.tracking.log`: :func:`log_result` (idempotent per job key), :func:`ensure_parent_run`.
-- :mod:`mpm.tracking.result`: how a result JSON (``mpm.eval/1``, ``mpm.bench/1``) maps to
-  params, metrics, artifacts and tags.
+- :mod:`mpm.tracking.log`: :func:`log_result` (idempotent per job key, one run per key even
+  with concurrent loggers), :func:`ensure_parent_run` / :func:`finish_parent_run` (the
+  invocation's parent run: RUNNING, then FINISHED or FAILED).
+- :mod:`mpm.tracking.result`: how a result record (``mpm.eval/1``, ``mpm.bench/1``, read and
+  validated by :mod:`mpm.records`) maps to params, metrics, artifacts, tags, times and run name.
 - :mod:`mpm.tracking.values`: one string form for params/tags, truncation, valid keys.
 
 Importing this package does not import mlflow (that happens on first use).
@@ -15,6 +17,8 @@ from mpm.tracking.log import (
     LogOutcome,
     ensure_parent_run,
     find_runs,
+    finish_parent_run,
+    log_parent_artifacts,
     log_result,
     track_result,
 )
@@ -46,8 +50,10 @@ __all__ = [
     "describe_result",
     "ensure_parent_run",
     "find_runs",
+    "finish_parent_run",
     "init_store",
     "job_key_of",
+    "log_parent_artifacts",
     "log_result",
     "open_experiment",
     "read_result",

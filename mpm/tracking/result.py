@@ -1,14 +1,17 @@
 """Read one job's result JSON into what MLflow gets: identity, params, metrics, artifacts, tags.
 
-Two kinds of result are understood (``schema`` decides; without one, the keys do):
+Two kinds of result are understood, each validated on read against its JSON schema
+(:mod:`mpm.records`: ``mpm.eval/1``, written by ``mpm eval``; ``mpm.bench/1``, by ``mpm bench``);
+a record that does not follow it is refused with a message naming the file and every missing or
+invalid field, so nothing half-described is ever logged. What is read:
 
-**Evaluation** (``mpm.eval/1``, written by ``mpm eval``; the keys read, all optional
-except ``metrics``)::
+**Evaluation** (``mpm.eval/1``)::
 
     {"schema": "mpm.eval/1", "complete": true, "partial": false, "limit": null,
+     "created_utc", "started_utc", "finished_utc",
      "dataset": {"name", "split", "root", "num_classes", "synthetic", ...},
      "images": {"evaluated", "total"},
-     "checkpoint": {"path", "sha256", "bytes"},
+     "checkpoint": {"path", "sha256", "bytes"} | null,
      "model": {"name", "size", "parameters", "config": {...}},
      "method": {"method", "schedule", "batch_policy", ...method kwargs},
      "protocol": {"test_scale", "crop", "stride", "source", ...},
@@ -16,11 +19,10 @@ except ``metrics``)::
      "metrics": {"mIoU", "aAcc", "mAcc"},                         (percent)
      "tokens": {"after_step_mean": [...], "image_tokens": {"mean"},
                 "steps": [{"step", "block", "site", "mean", "std", "kept_fraction"}]},
-     "gflops": {"per_window", "dense_per_window", ...} | number,
+     "gflops": {"per_window", "dense_per_window", ...},
      "images_per_s", "wall_time_s", "device", "dtype", "backend",
      "environment": {...describe_environment()...},
-     "per_class_csv": "path.csv" | "artifacts": {"per_class_csv": "path.csv", ...} | [paths],
-     "target": "local" | {"name", "kind", "host"}}
+     "per_class_csv": "path.csv"}
 
 **Benchmark** (``mpm.bench/1``, :mod:`mpm.benchmarking.bench`)::
 
@@ -29,7 +31,7 @@ except ``metrics``)::
      "max_ms", "iterations", "batch_size", "images_per_s", "per_image_ms"},
      "breakdown_ms": {"embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms"},
      "tokens": {"full", "after_step_mean", "after_step_std", "after_step_min", "after_step_max"},
-     "gflops": number, "image_source": {...}, "wall_s", "target": ...}
+     "gflops": number, "image_source": {...}, "wall_s", "started_utc", "finished_utc", "target": ...}
 
 A remote target's result is the same JSON (its ``environment`` describes the remote host).
 
@@ -39,6 +41,15 @@ dtype, device type, limit, protocol, target; for a benchmark its whole spec) plu
 params given by the caller. The job key is ``<kind>-<first 20 hex of sha256>`` of the
 canonical JSON of the identity (values stringified by :func:`mpm.tracking.values.stringify`),
 so it does not depend on key order, on int-vs-str (``8`` vs ``"8"``) or on the machine.
+
+The *job's times* (the run's start and end in MLflow) are the record's ``started_utc`` and
+``finished_utc``; a record written before they existed gives its end as ``created_utc`` (else
+the file's modification time) and its start as the end minus its wall time. The *model's
+config name* (the pipeline's ``models:`` key, e.g. ``seg-t-demo``), which every run name
+carries, is the record's ``model.config_name`` when it has one, else the model part of the
+pipeline's job path (the extra param ``pipeline.job``: ``eval/<dataset>/<model>/...`` or
+``bench/<target>/<model>/...``); without either, an evaluation's run is named by its
+architecture (``Seg-T/16-mask``) and a benchmark's by its checkpoint's file name or ViT size.
 """
 
 from __future__ import annotations
@@ -49,13 +60,15 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mpm.records import RecordError, parse_record, record_kind, validate_record
 from mpm.tracking.store import TrackingError
 from mpm.tracking.values import clean_key, flatten, stringify
 
-__all__ = ["TrackedResult", "describe_result", "job_key_of", "read_result"]
+__all__ = ["TrackedResult", "describe_result", "job_key_of", "model_config_name", "read_result"]
 
 #: environment keys that are package/toolkit versions (logged as ``version.<key>``)
 VERSION_KEYS = ("python", "torch", "torchvision", "timm", "numpy", "mpm", "flash_attn", "onnxruntime",
@@ -65,7 +78,11 @@ ENV_METRIC_KEYS = ("soc_temp_before_c", "soc_temp_after_c")
 #: values that change from one execution of the same job to the next (node, clock, throttling,
 #: GPU index): tags ``mpm.<key>`` (mutable), not params (immutable in MLflow: a changed param
 #: value makes :func:`mpm.tracking.log.log_result` replace the run)
-VOLATILE_KEYS = ("created_utc", "env.hostname", "env.device", "env.throttled")
+VOLATILE_KEYS = ("created_utc", "started_utc", "finished_utc", "env.hostname", "env.device", "env.throttled")
+#: the extra param holding the pipeline's job path (``<kind>/<dataset or target>/<model>/...``)
+JOB_PATH_PARAM = "pipeline.job"
+#: checkpoint file names that say nothing about the model: the folder names it instead
+_GENERIC_STEMS = frozenset({"checkpoint", "model", "weights", "best", "last", "latest", "final"})
 _METHOD_BASE_KEYS = ("method", "schedule", "batch_policy")
 
 
@@ -83,8 +100,11 @@ class TrackedResult:
         artifacts: files to attach (the JSON first).
         tags: ``mpm.*`` tags describing the result.
         partial: an image limit made the result cover part of the data.
-        run_name: a readable run name.
+        run_name: a readable run name (it names the model's config name when one is known).
         sha256: digest of the JSON file's bytes.
+        start_ms, end_ms: the job's start and end (Unix ms; None when neither the record nor
+            its file tells).
+        model_name: the model's config name (``seg-t-demo``), None when unknown.
     """
 
     path: Path
@@ -100,6 +120,9 @@ class TrackedResult:
     run_name: str
     sha256: str
     record: dict[str, Any] = field(repr=False, default_factory=dict)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    model_name: str | None = None
 
     @property
     def job_key(self) -> str:
@@ -119,35 +142,38 @@ def canonical_identity(identity: Mapping[str, Any]) -> str:
 
 def read_result(path: str | os.PathLike, extra_params: Mapping[str, Any] | None = None, *,
                 strict_artifacts: bool = True) -> TrackedResult:
-    """Read and describe a result JSON (see :func:`describe_result`)."""
+    """Read, validate (:mod:`mpm.records`) and describe a result JSON (see :func:`describe_result`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise TrackingError(f"cannot read result {path}: {err.strerror or err}") from err
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise TrackingError(f"result {path} is not valid JSON: {err}") from err
-    if not isinstance(record, dict):
-        raise TrackingError(f"result {path} holds a JSON {type(record).__name__}, expected an object")
-    return describe_result(record, path, extra_params, sha256=hashlib.sha256(data).hexdigest(),
-                           strict_artifacts=strict_artifacts)
+        record = parse_record(data, path)
+    except RecordError as err:
+        raise TrackingError(str(err)) from None
+    return _describe(record, path, extra_params, hashlib.sha256(data).hexdigest(), strict_artifacts)
 
 
 def describe_result(record: Mapping[str, Any], path: str | os.PathLike, extra_params: Mapping[str, Any] | None = None,
                     *, sha256: str | None = None, strict_artifacts: bool = True) -> TrackedResult:
-    """What to log for ``record`` (the parsed JSON at ``path``).
+    """What to log for ``record`` (the parsed JSON at ``path``; validated here).
 
     ``extra_params`` (e.g. Snakemake wildcards) are params *and* part of the identity; they
     override params of the same name read from the result. Listed artifacts that do not
     exist raise :class:`TrackingError` unless ``strict_artifacts`` is false (then the tag
     ``mpm.missing_artifacts`` lists them).
     """
-    path = Path(path)
-    kind = detect_kind(record, path)
-    if record.get("complete") is False:
-        raise TrackingError(f"result {path} is marked incomplete (\"complete\": false); not logging it")
+    try:
+        record = validate_record(record, path)
+    except RecordError as err:
+        raise TrackingError(str(err)) from None
+    return _describe(record, Path(path), extra_params, sha256, strict_artifacts)
+
+
+def _describe(record: dict[str, Any], path: Path, extra_params: Mapping[str, Any] | None, sha256: str | None,
+              strict_artifacts: bool) -> TrackedResult:
+    kind = record_kind(record, path)
     reader = _Eval(record) if kind == "eval" else _Bench(record)
     identity = reader.identity()
     params = dict(identity)
@@ -161,46 +187,85 @@ def describe_result(record: Mapping[str, Any], path: str | os.PathLike, extra_pa
     params["partial"] = partial
     volatile = {f"mpm.{k}": params.pop(k) for k in VOLATILE_KEYS if k in params}
     metrics, series = reader.metrics()
-    env = record.get("environment") if isinstance(record.get("environment"), Mapping) else {}
+    env = record["environment"]
     for key in ENV_METRIC_KEYS:
         _put(metrics, key, env.get(key))
     artifacts, missing = _artifacts(record, path, strict_artifacts)
     target = stringify(params.get("target", "local"))
+    model_name = model_config_name(record, extra)
     tags = {
         "mpm.kind": kind,
         "mpm.partial": "true" if partial else "false",
-        "mpm.schema": str(record.get("schema") or "none"),
+        "mpm.schema": record["schema"],
         "mpm.target": target,
         "mpm.result_path": str(path.resolve()),
         "mpm.result_sha256": sha256 or hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
         "mpm.job_identity": canonical_identity(identity),
     }
+    if model_name:
+        tags["mpm.model"] = model_name
     tags.update({k: stringify(v) for k, v in volatile.items() if v is not None})
     if missing:
         tags["mpm.missing_artifacts"] = json.dumps(missing)
-    run_name = reader.run_name(identity)
+    run_name = reader.run_name(identity, model_name)
     if target != "local":
         run_name += f" @{target}"
-    return TrackedResult(path=path, kind=kind, schema=record.get("schema"), identity=identity,
+    start_ms, end_ms = job_times(record, path)
+    return TrackedResult(path=path, kind=kind, schema=record["schema"], identity=identity,
                          params={clean_key(k): v for k, v in params.items()}, metrics=metrics, series=series,
                          artifacts=[path.resolve(), *artifacts], tags=tags, partial=partial,
-                         run_name=run_name, sha256=tags["mpm.result_sha256"], record=dict(record))
+                         run_name=run_name, sha256=tags["mpm.result_sha256"], record=dict(record),
+                         start_ms=start_ms, end_ms=end_ms, model_name=model_name)
 
 
-def detect_kind(record: Mapping[str, Any], path: Path) -> str:
-    schema = str(record.get("schema") or "")
-    if schema.startswith("mpm.eval/"):
-        return "eval"
-    if schema.startswith("mpm.bench/"):
-        return "bench"
-    if schema:
-        raise TrackingError(f"result {path}: unknown schema {schema!r} (expected mpm.eval/1 or mpm.bench/1)")
-    if isinstance(record.get("metrics"), Mapping) and "mIoU" in record["metrics"]:
-        return "eval"
-    if isinstance(record.get("timing"), Mapping):
-        return "bench"
-    raise TrackingError(f"result {path} has no schema and neither metrics.mIoU (evaluation) nor timing "
-                        "(benchmark); nothing to log")
+def model_config_name(record: Mapping[str, Any], extra_params: Mapping[str, Any] | None = None) -> str | None:
+    """The model's config name (see the module docstring); None when nothing names it."""
+    named = _get(record, "model.config_name")
+    if isinstance(named, str) and named:
+        return named
+    job = (extra_params or {}).get(JOB_PATH_PARAM)
+    if isinstance(job, str):
+        parts = [p for p in job.split("/") if p]
+        if len(parts) >= 3 and parts[0] in ("eval", "bench"):
+            return parts[2]
+    return None
+
+
+def _checkpoint_name(path: Any) -> str | None:
+    """``seg-t-demo`` of ``models/seg-t-demo.pth``; ``seg_tiny_mask`` of ``seg_tiny_mask/checkpoint.pth``."""
+    if not isinstance(path, str) or not path:
+        return None
+    p = Path(path)
+    return (p.parent.name or p.stem) if p.stem.lower() in _GENERIC_STEMS else p.stem
+
+
+def job_times(record: Mapping[str, Any], path: Path | None = None) -> tuple[int | None, int | None]:
+    """``(start, end)`` of the job in Unix ms (see the module docstring)."""
+    end = _utc_ms(record.get("finished_utc")) or _utc_ms(record.get("created_utc"))
+    if end is None and path is not None:
+        try:
+            end = int(path.stat().st_mtime * 1000)
+        except OSError:
+            end = None
+    start = _utc_ms(record.get("started_utc"))
+    if start is None and end is not None:
+        wall = _num(record.get("wall_time_s", record.get("wall_s")))
+        start = end - int(round(wall * 1000)) if wall is not None and wall >= 0 else end
+    if start is not None and end is not None and start > end:
+        start = end
+    return start, end
+
+
+def _utc_ms(text: Any) -> int | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(round(when.timestamp() * 1000))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,14 +278,6 @@ def _get(record: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
             return default
         cur = cur[part]
     return cur
-
-
-def _first(record: Mapping[str, Any], *dotted: str, default: Any = None) -> Any:
-    for d in dotted:
-        v = _get(record, d)
-        if v is not None:
-            return v
-    return default
 
 
 def _num(value: Any) -> float | None:
@@ -248,21 +305,13 @@ def _put_series(series: dict[str, list[tuple[int, float]]], key: str, values: An
         series[key] = points
 
 
-def _named(record: Mapping[str, Any], key: str, field: str) -> Any:
-    """``record[key][field]`` when ``record[key]`` is a section, else ``record[key]``, else ``spec.<key>``."""
-    value = record.get(key)
-    if isinstance(value, Mapping):
-        value = value.get(field)
-    return value if value is not None else _get(record, f"spec.{key}")
-
-
 def _device_type(device: Any) -> Any:
     return device.split(":", 1)[0] if isinstance(device, str) else device
 
 
 def _target(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The target's name and details (``local`` when the result names none)."""
-    raw = _first(record, "target", "spec.target", "environment.target")
+    raw = record.get("target")
     if raw is None:
         return "local", {}
     if isinstance(raw, Mapping):
@@ -284,16 +333,13 @@ def _sched_text(schedule: Any) -> str:
 
 
 def _environment_params(record: Mapping[str, Any]) -> dict[str, Any]:
-    env = record.get("environment")
+    env = record["environment"]
     out: dict[str, Any] = {}
-    if isinstance(env, Mapping):
-        for k, v in flatten(env).items():
-            if k in ENV_METRIC_KEYS or k == "git_commit":
-                continue
-            out[f"version.{k}" if k in VERSION_KEYS else f"env.{k}"] = v
-        commit = env.get("git_commit")
-    else:
-        commit = None
+    for k, v in flatten(env).items():
+        if k in ENV_METRIC_KEYS or k == "git_commit":
+            continue
+        out[f"version.{k}" if k in VERSION_KEYS else f"env.{k}"] = v
+    commit = env.get("git_commit")
     if commit:
         out["git_commit"], out["git_commit_source"] = commit, "result"
     else:
@@ -319,22 +365,8 @@ def _local_git_commit() -> str | None:
 
 
 def _artifacts(record: Mapping[str, Any], path: Path, strict: bool) -> tuple[list[Path], list[str]]:
-    listed: list[str] = []
-
-    def add(value: Any) -> None:
-        if isinstance(value, Mapping):
-            value = value.get("path")
-        if isinstance(value, (str, os.PathLike)) and str(value) and str(value) not in listed:
-            listed.append(str(value))
-
-    add(record.get("per_class_csv"))
-    arts = record.get("artifacts")
-    if isinstance(arts, Mapping):
-        for v in arts.values():
-            add(v)
-    elif isinstance(arts, (list, tuple)):
-        for v in arts:
-            add(v)
+    """The files a record lists (its per-class CSV), found as given, beside the JSON or in the cwd."""
+    listed = [str(v) for v in (record.get("per_class_csv"),) if isinstance(v, str) and v]
     found, missing = [], []
     for text in listed:
         p = Path(text).expanduser()
@@ -355,113 +387,97 @@ def _artifacts(record: Mapping[str, Any], path: Path, strict: bool) -> tuple[lis
 
 
 class _Eval:
+    """An ``mpm.eval/1`` record (validated: every field read here exists)."""
+
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.r = record
 
     def identity(self) -> dict[str, Any]:
         r = self.r
-        method = r.get("method")
+        method = r["method"]
         target, _ = _target(r)
-        ckpt = r.get("checkpoint") if isinstance(r.get("checkpoint"), Mapping) else {}
+        ckpt = r["checkpoint"] or {}
         return {
             "kind": "eval",
-            "dataset": _named(r, "dataset", "name"),
-            "split": _first(r, "dataset.split", "spec.split", "split"),
-            "model": _named(r, "model", "name"),
-            "checkpoint_sha256": (ckpt.get("sha256") or None) if ckpt else _get(r, "spec.checkpoint_sha256"),
-            "method": _named(r, "method", "method") or "none",
-            "schedule": _first(r, "method.schedule", "spec.schedule", "schedule", default=[]),
-            "method_kwargs": _method_kwargs(method) or _get(r, "spec.method_kwargs", {}),
-            "batch_policy": _first(r, "method.batch_policy", "spec.batch_policy", "batch_policy"),
-            "batch_size": _first(r, "run.batch_size", "spec.batch_size", "batch_size"),
-            "backend": _first(r, "backend", "spec.backend", "environment.attention_backend"),
-            "dtype": _first(r, "dtype", "spec.dtype", "environment.dtype"),
-            "device": _device_type(_first(r, "device", "spec.device", "environment.device")),
-            "limit": _first(r, "limit", "images.limit", "spec.limit"),
-            "crop": _get(r, "protocol.crop"),
-            "stride": _get(r, "protocol.stride"),
-            "test_scale": _get(r, "protocol.test_scale"),
+            "dataset": r["dataset"]["name"],
+            "split": r["dataset"]["split"],
+            "model": r["model"]["name"],
+            "checkpoint_sha256": ckpt.get("sha256") or None,
+            "method": method["method"],
+            "schedule": method["schedule"],
+            "method_kwargs": _method_kwargs(method),
+            "batch_policy": method["batch_policy"],
+            "batch_size": r["run"]["batch_size"],
+            "backend": r["backend"],
+            "dtype": r["dtype"],
+            "device": _device_type(r["device"]),
+            "limit": r["limit"],
+            "crop": r["protocol"]["crop"],
+            "stride": r["protocol"]["stride"],
+            "test_scale": r["protocol"]["test_scale"],
             "target": target,
         }
 
     def params(self) -> dict[str, Any]:
         r = self.r
-        out: dict[str, Any] = {"schema": r.get("schema")}
+        out: dict[str, Any] = {"schema": r["schema"]}
         _, target_details = _target(r)
         out.update(target_details)
-        if isinstance(r.get("dataset"), Mapping):
-            out.update(flatten(r["dataset"], "dataset", skip=("name", "split", "class_names")))
-        if isinstance(r.get("model"), Mapping):
-            out.update(flatten(r["model"], "model", skip=("name",)))
-        if isinstance(r.get("checkpoint"), Mapping):
+        out.update(flatten(r["dataset"], "dataset", skip=("name", "split", "class_names")))
+        out.update(flatten(r["model"], "model", skip=("name",)))
+        if r["checkpoint"]:
             ck = r["checkpoint"]
             out["checkpoint"] = ck.get("path")
             out.update(flatten({k: v for k, v in ck.items() if k not in ("path", "sha256")}, "checkpoint"))
-        if isinstance(r.get("method"), Mapping):
-            for k, v in _method_kwargs(r["method"]).items():
-                out[f"method.{k}"] = v
-        if isinstance(r.get("protocol"), Mapping):
-            out.update(flatten(r["protocol"], "protocol", skip=("crop", "stride", "test_scale")))
-        if isinstance(r.get("run"), Mapping):
-            out.update(flatten(r["run"], "run", skip=("batch_size", "forwards", "windows")))
-        if isinstance(r.get("images"), Mapping):
-            out["images_total"] = r["images"].get("total")
-            out["images_evaluated"] = r["images"].get("evaluated")
-        if isinstance(r.get("spec"), Mapping):  # a result written with an explicit spec section
-            out.update(flatten(r["spec"], "spec"))
-        out["created_utc"] = r.get("created_utc")
+        for k, v in _method_kwargs(r["method"]).items():
+            out[f"method.{k}"] = v
+        out.update(flatten(r["protocol"], "protocol", skip=("crop", "stride", "test_scale")))
+        out.update(flatten(r["run"], "run", skip=("batch_size", "forwards", "windows")))
+        out["images_total"] = r["images"]["total"]
+        out["images_evaluated"] = r["images"]["evaluated"]
+        for key in ("created_utc", "started_utc", "finished_utc"):
+            out[key] = r.get(key)
         return out
 
     def partial(self) -> bool:
-        r = self.r
-        if "partial" in r:
-            return bool(r["partial"])
-        if isinstance(r.get("images"), Mapping) and "partial" in r["images"]:
-            return bool(r["images"]["partial"])
-        return _first(r, "limit", "spec.limit") is not None
+        return bool(self.r["partial"])
 
     def metrics(self) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
         r = self.r
         m: dict[str, float] = {}
         s: dict[str, list[tuple[int, float]]] = {}
         for key in ("mIoU", "aAcc", "mAcc"):
-            _put(m, key, _get(r, f"metrics.{key}"))
-        g = r.get("gflops")
-        if isinstance(g, Mapping):
-            _put(m, "gflops", g.get("per_window"))
-            _put(m, "gflops_dense", g.get("dense_per_window"))
-            _put(m, "gflops_ratio_to_dense", g.get("ratio_to_dense"))
-            _put(m, "gflops_per_image", g.get("per_image"))
-            _put(m, "gflops_per_image_std", g.get("per_image_std"))
-            _put(m, "gflops_padded", g.get("padded_per_window"))
-            for part, v in (g.get("breakdown_per_window") or {}).items():
-                _put(m, f"gflops_{part}", v)
-        else:
-            _put(m, "gflops", g)
-        tok = r.get("tokens") if isinstance(r.get("tokens"), Mapping) else {}
-        _put(m, "tokens_full", _first(tok, "image_tokens.mean", "full"))
-        steps = tok.get("steps") if isinstance(tok.get("steps"), list) else []
-        means = tok.get("after_step_mean")
-        if means is None and steps:
-            means = [st.get("mean") for st in steps]
-        _put_series(s, "tokens_after_step", means)
+            _put(m, key, r["metrics"][key])
+        g = r["gflops"]
+        _put(m, "gflops", g.get("per_window"))
+        _put(m, "gflops_dense", g.get("dense_per_window"))
+        _put(m, "gflops_ratio_to_dense", g.get("ratio_to_dense"))
+        _put(m, "gflops_per_image", g.get("per_image"))
+        _put(m, "gflops_per_image_std", g.get("per_image_std"))
+        _put(m, "gflops_padded", g.get("padded_per_window"))
+        for part, v in (g.get("breakdown_per_window") or {}).items():
+            _put(m, f"gflops_{part}", v)
+        tok = r["tokens"]
+        full = _num(tok["image_tokens"].get("mean"))
+        _put(m, "tokens_full", full)
+        steps = tok["steps"]
+        _put_series(s, "tokens_after_step", tok["after_step_mean"])
         if steps:
             _put_series(s, "tokens_after_step_std", [st.get("std") for st in steps])
             _put_series(s, "tokens_kept_fraction", [st.get("kept_fraction") for st in steps])
-            per_block = _tokens_per_block(steps, _num(_first(tok, "image_tokens.mean", "full")),
-                                          _get(r, "model.config.depth"))
+            per_block = _tokens_per_block(steps, full, r["model"]["config"]["depth"])
             if per_block:
                 s["tokens_in_block"] = per_block
-        _put(m, "images_per_s", r.get("images_per_s"))
-        _put(m, "wall_time_s", r.get("wall_time_s"))
-        _put(m, "images_evaluated", _get(r, "images.evaluated"))
+        _put(m, "images_per_s", r["images_per_s"])
+        _put(m, "wall_time_s", r["wall_time_s"])
+        _put(m, "images_evaluated", r["images"]["evaluated"])
         return m, s
 
-    def run_name(self, ident: Mapping[str, str]) -> str:
-        sched = _sched_text(_first(self.r, "method.schedule", "spec.schedule", "schedule"))
+    def run_name(self, ident: Mapping[str, str], model_name: str | None = None) -> str:
+        sched = _sched_text(self.r["method"]["schedule"])
         method = ident["method"] + (f"({sched})" if sched else "")
-        name = (f"eval {ident['dataset']}/{ident['split']} {ident['model']} {method} bs{ident['batch_size']} "
-                f"{ident['backend']} {ident['dtype']} {ident['device']}")
+        name = (f"eval {ident['dataset']}/{ident['split']} {model_name or ident['model']} {method} "
+                f"bs{ident['batch_size']} {ident['backend']} {ident['dtype']} {ident['device']}")
         if ident.get("limit") not in (None, "null"):
             name += f" limit{ident['limit']}"
         return name
@@ -489,9 +505,11 @@ def _tokens_per_block(steps: list, full: float | None, depth: Any) -> list[tuple
 
 
 class _Bench:
+    """An ``mpm.bench/1`` record (validated by ``bench.schema.json``)."""
+
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.r = record
-        self.spec = record.get("spec") if isinstance(record.get("spec"), Mapping) else {}
+        self.spec = record["spec"]
 
     def identity(self) -> dict[str, Any]:
         target, _ = _target(self.r)
@@ -506,51 +524,44 @@ class _Bench:
 
     def params(self) -> dict[str, Any]:
         r = self.r
-        out: dict[str, Any] = {"schema": r.get("schema")}
+        out: dict[str, Any] = {"schema": r["schema"]}
         _, target_details = _target(r)
         out.update(target_details)
-        if isinstance(r.get("method"), Mapping):
-            for k, v in _method_kwargs(r["method"]).items():
-                out[f"method.{k}"] = v
-        if isinstance(r.get("model"), Mapping):
-            out.update(flatten(r["model"], "model"))
-        if isinstance(r.get("image_source"), Mapping):
-            out.update(flatten(r["image_source"], "image_source"))
-        out["timing_iterations"] = _get(r, "timing.iterations")
+        for k, v in _method_kwargs(r["method"]).items():
+            out[f"method.{k}"] = v
+        out.update(flatten(r["model"], "model"))
+        out.update(flatten(r["image_source"], "image_source"))
+        out["timing_iterations"] = r["timing"]["iterations"]
+        for key in ("started_utc", "finished_utc"):
+            out[key] = r.get(key)
         return out
 
     def partial(self) -> bool:
-        if "partial" in self.r:
-            return bool(self.r["partial"])
-        return _first(self.r, "limit", "spec.limit") is not None
+        return bool(self.r.get("partial", False))
 
     def metrics(self) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
         r = self.r
         m: dict[str, float] = {}
         s: dict[str, list[tuple[int, float]]] = {}
-        timing = r.get("timing") if isinstance(r.get("timing"), Mapping) else {}
+        timing = r["timing"]
         for key in ("median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"):
             _put(m, f"latency_{key}", timing.get(key))
-        _put(m, "images_per_s", timing.get("images_per_s"))
-        _put(m, "per_image_ms", timing.get("per_image_ms"))
-        for key, v in (r.get("breakdown_ms") or {}).items():
-            name = key if key.endswith("_ms") else f"{key}_ms"
-            _put(m, f"breakdown_{name}", v)
-        tok = r.get("tokens") if isinstance(r.get("tokens"), Mapping) else {}
+        _put(m, "images_per_s", timing["images_per_s"])
+        _put(m, "per_image_ms", timing["per_image_ms"])
+        for key, v in r["breakdown_ms"].items():
+            _put(m, f"breakdown_{key}" if key.endswith("_ms") else f"breakdown_{key}_ms", v)
+        tok = r["tokens"]
         _put(m, "tokens_full", tok.get("full"))
         for stat in ("mean", "std", "min", "max"):
             _put_series(s, "tokens_after_step" if stat == "mean" else f"tokens_after_step_{stat}",
                         tok.get(f"after_step_{stat}"))
-        g = r.get("gflops")
-        _put(m, "gflops", g.get("total", g.get("per_window")) if isinstance(g, Mapping) else g)
-        _put(m, "wall_s", r.get("wall_s"))
+        _put(m, "gflops", r["gflops"])
+        _put(m, "wall_s", r["wall_s"])
         return m, s
 
-    def run_name(self, ident: Mapping[str, str]) -> str:
-        sched = _sched_text(self.spec.get("schedule"))
-        method = ident.get("method", "none") + (f"({sched})" if sched else "")
-        model = ident.get("model", "?")
-        if "/" in model:
-            model = Path(model).parent.name or Path(model).name
-        return (f"bench {model} {method} bs{ident.get('batch_size', '?')} {ident.get('backend', '?')} "
-                f"{ident.get('dtype', '?')} {ident.get('device', '?')}")
+    def run_name(self, ident: Mapping[str, str], model_name: str | None = None) -> str:
+        sched = _sched_text(self.spec["schedule"])
+        method = ident["method"] + (f"({sched})" if sched else "")
+        model = model_name or _checkpoint_name(self.r["model"].get("checkpoint")) or ident["model"]
+        return (f"bench {model} {method} bs{ident['batch_size']} {ident['backend']} "
+                f"{ident['dtype']} {ident['device']}")

@@ -16,7 +16,8 @@ Concurrency. On a fresh SQLite database every process that opens it runs the sch
 migration, and processes that start together race on it (and on creating experiments:
 a run once landed in "Default"). So the store is set up exactly once, by
 :func:`init_store` (``mpm track init``, the pipeline's first rule), which creates and
-migrates the database and creates the experiments under an exclusive ``fcntl`` lock on
+migrates the database and creates the experiments (marked model-training experiments, so
+MLflow 3's UI opens them on their runs) under an exclusive ``fcntl`` lock on
 ``<db>.lock`` (two concurrent inits are safe: the second finds everything done). Jobs
 never create a database or an experiment: :func:`open_experiment` fails with a message
 naming the missing piece and the command that creates it. Every write of a job to a
@@ -49,6 +50,8 @@ __all__ = [
     "DEFAULT_STORE_DIR",
     "DEFAULT_TRACKING_URI",
     "ENV_TRACKING_URI",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "Store",
     "TrackingError",
     "init_store",
@@ -67,6 +70,10 @@ DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
 ENV_TRACKING_URI = "MPM_TRACKING_URI"
 #: seconds a process waits for the store lock before giving up
 DEFAULT_LOCK_TIMEOUT_S = 600.0
+#: the experiment tag MLflow 3's UI reads to pick an experiment's view, and the value of
+#: model-training experiments (runs table with metric columns; "genai_development" opens traces)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingError(MPMError, RuntimeError):
@@ -324,19 +331,27 @@ def _upgrade_sqlite(store: Store) -> None:
 
 
 def _ensure_experiment(client, store: Store, name: str) -> str:
+    """Create experiment ``name`` (or restore it) and mark it a model-training experiment; its id.
+
+    The kind (tag :data:`EXPERIMENT_KIND_TAG`) makes MLflow 3's UI open the experiment on its
+    runs table, not on the GenAI (traces) view; a kind already set (e.g. chosen in the UI) is kept.
+    """
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             return client.create_experiment(name, artifact_location=store.artifact_location(name),
-                                            tags={"mpm.created_by": "mpm track init"})
+                                            tags={"mpm.created_by": "mpm track init",
+                                                  EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as err:  # created meanwhile by another client of the same server
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise TrackingError(f"cannot create experiment {name!r} in {store.uri}: {_short(err)}") from err
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older mpm
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 

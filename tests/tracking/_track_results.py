@@ -63,7 +63,7 @@ def eval_record(folder: Path, *, miou: float = 38.1, limit: int | None = 8, meth
 
 
 def bench_record(*, median_ms: float = 40.0, batch_size: int = 32, target=None, method: str = "mpm") -> dict:
-    """A mpm.bench/1 record (as mpm.benchmarking.bench.run_point returns)."""
+    """A complete mpm.bench/1 record (as mpm.benchmarking.bench.run_point returns; valid by bench.schema.json)."""
     rec = {
         "schema": "mpm.bench/1",
         "spec": {"images": "data/bench", "model": "T", "num_classes": 150, "crop": None, "method": method,
@@ -72,7 +72,8 @@ def bench_record(*, median_ms: float = 40.0, batch_size: int = 32, target=None, 
                  "iters": 50, "breakdown_iters": 10, "pool_batches": 4, "seed": 0},
         "method": {"method": method, "schedule": [2, 5], "batch_policy": "exact"},
         "model": {"weights": "random-init", "seed": 0, "size": "T",
-                  "config": {"depth": 12, "embed_dim": 192, "num_heads": 3}},
+                  "config": {"depth": 12, "embed_dim": 192, "num_heads": 3, "num_classes": 150, "patch_size": 16,
+                             "image_size": [512, 512]}},
         "environment": {**ENV, "device": "cuda:0", "device_name": "NVIDIA H100", "cuda": "12.8",
                         "soc_temp_before_c": 41.0, "soc_temp_after_c": 55.5, "throttled": None},
         "timing": {"iterations": 50, "median_ms": median_ms, "mean_ms": median_ms + 1, "p10_ms": median_ms - 2,
@@ -83,7 +84,8 @@ def bench_record(*, median_ms: float = 40.0, batch_size: int = 32, target=None, 
         "tokens": {"full": 1024, "after_step_mean": [700.0, 520.0], "after_step_std": [10.0, 15.0],
                    "after_step_min": [650.0, 480.0], "after_step_max": [760.0, 570.0]},
         "gflops": 3.21,
-        "image_source": {"source": "data/bench", "files": 8, "digest": "cd" * 8},
+        "image_source": {"source": "data/bench", "images_available": 8, "images_used": 128, "repeated": True,
+                         "crop": [512, 512], "file_list_sha256_16": "cd" * 8},
         "wall_s": 5.0,
     }
     if target is not None:

@@ -1,9 +1,20 @@
 # Stage 5: every evaluation and benchmark job becomes an MLflow run (idempotent: a re-run updates
 # the job's run, found by its job key), children of one parent run per pipeline invocation.
 # The store is created and migrated once, before any job starts (no race on a fresh SQLite file).
+# The parent run is RUNNING while the invocation runs and ends FINISHED (onsuccess) or FAILED
+# (onerror); Snakemake runs none of these handlers for a dry run or when nothing is to be done.
 
 import datetime
 import os
+
+_INVOCATION_KEY = []  # this invocation's parent key (set by onstart, read by onsuccess / onerror)
+
+
+def end_parent_run(status):
+    """`mpm track finish` of this invocation's parent run (a no-op when onstart made none)."""
+    for key in _INVOCATION_KEY:
+        shell(f"mpm track finish --uri {shlex.quote(TRACKING_URI)} --experiment {shlex.quote(config['experiment'])} "
+              f"--key {key} --status {status}")
 
 
 onstart:
@@ -15,6 +26,15 @@ onstart:
         f"--param configfile={shlex.quote(','.join(map(str, workflow.overwrite_configfiles)) or 'config/demo.yaml')} > /dev/null"
     )
     Path(INVOCATION).write_text(f"{key}\n")
+    _INVOCATION_KEY.append(key)
+
+
+onsuccess:
+    end_parent_run("FINISHED")
+
+
+onerror:
+    end_parent_run("FAILED")
 
 
 rule track_result:
