@@ -7,11 +7,12 @@ file written atomically:
 
 ``main_{dataset}_{model}``
     per dataset and model: every method and schedule with mIoU, ΔmIoU against dense, GFLOPs
-    per image, images/s with FlashAttention-2 off (backend ``math``) and on (``fa2``) on the GPU
-    target at the table's batch size, and the speedups over dense;
+    per image, images/s of backends ``math`` and ``fa2`` on the GPU target at the table's batch size
+    (columns "FA2 off" / "FA2 on" on a CUDA device, else named by device and backend as run, e.g.
+    "CPU math"), and the speedups over dense;
 ``cross_platform``
-    per model and method: the GPU target's images/s FA2 off/on and the CPU target's per-image
-    latency at batch 1 and 2 (ms/image), with speedups;
+    per model and method: the GPU target's images/s and the CPU target's per-image latency at
+    batch 1 and 2 (ms/image), with speedups;
 ``ablation_schedules``
     MPM's insertion schedules: tokens left after each insertion, GFLOPs, mIoU, ΔmIoU, speedups;
 
@@ -52,14 +53,14 @@ import pandas as pd
 
 from mpm.errors import ConfigError
 from mpm.io import write_json_atomic, write_text_atomic
-from mpm.tables.bench import bench_target
+from mpm.tables.bench import CUDA_BACKEND_LABELS, backend_label, bench_target
 
 EVAL_SCHEMA = "mpm.eval/1"
 BENCH_SCHEMA = "mpm.bench/1"
 INDEX_SCHEMA = "mpm.tables/1"
 
-#: backends of the "FA2 off" and "FA2 on" columns
-FA2_BACKENDS = (("FA2 off", "math"), ("FA2 on", "fa2"))
+#: backends of the throughput columns of the GPU target ("FA2 off" and "FA2 on" on a CUDA device)
+GPU_BACKENDS = tuple(CUDA_BACKEND_LABELS)
 #: row order of method families, and their display names
 METHOD_ORDER = {"none": 0, "mpm": 1, "tome": 2, "algm": 3}
 METHOD_NAMES = {"none": "none", "mpm": "MPM", "tome": "ToMe", "algm": "ALGM"}
@@ -558,8 +559,8 @@ class _Group:
 class Paper:
     """Every table and figure of one set of results.
 
-    ``gpu_target``: target whose FA2 off/on throughput at ``batch_size`` fills the tables (``None``:
-    the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
+    ``gpu_target``: target whose images/s of backends math and fa2 (FA2 off/on) at ``batch_size`` fill
+    the tables (``None``: the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
     per-image latency at ``cpu_batch_sizes`` (backend ``cpu_backend``) fills the cross-platform
     table (``None``: the only CPU target, if exactly one).
     """
@@ -576,8 +577,8 @@ class Paper:
         self._check_eval_duplicates()
         self.gpu_target = gpu_target or self._auto_target("cuda", "GPU")
         self.cpu_target = cpu_target or self._auto_target("cpu", "CPU")
-        self.gpu_columns = [c for c in (self._column(self.gpu_target, backend, self.batch_size, "ips", label)
-                                        for label, backend in FA2_BACKENDS) if c is not None]
+        self.gpu_columns = [c for c in (self._column(self.gpu_target, backend, self.batch_size, "ips")
+                                        for backend in GPU_BACKENDS) if c is not None]
         self.cpu_columns = [c for c in (self._column(self.cpu_target, cpu_backend, bs, "ms", f"b{bs}")
                                         for bs in self.cpu_batch_sizes) if c is not None]
         self.groups = self._groups()
@@ -595,7 +596,11 @@ class Paper:
                                  f"no {what} columns")
         return None
 
-    def _column(self, target: str | None, backend: str, batch_size: int, kind: str, label: str) -> TimingColumn | None:
+    def _column(self, target: str | None, backend: str, batch_size: int, kind: str,
+                label: str | None = None) -> TimingColumn | None:
+        """The column of ``target``'s results with ``backend`` at ``batch_size``, or None. ``label``: default
+        the backend as run (:func:`~mpm.tables.bench.backend_label`). A backend the target has no result of
+        at any batch size was not asked for: no column, no warning."""
         if not target or self.tp.empty:
             return None
         of_target = self.tp[self.tp["target"] == target]
@@ -604,11 +609,16 @@ class Paper:
                                  f"{', '.join(sorted(set(self.tp['target'].dropna()))) or 'none'})")
             return None
         sel = of_target[(of_target["backend"] == backend) & (of_target["batch_size"] == batch_size)]
+        if sel.empty and not (of_target["backend"] == backend).any():
+            return None
         if sel.empty:
             have = sorted({f"{b} bs{s}" for b, s in zip(of_target["backend"], of_target["batch_size"])})
             self.warnings.append(f"target {target!r}: no results with backend {backend} at batch {batch_size} "
                                  f"(found: {', '.join(have)})")
             return None
+        if label is None:
+            kinds = set(sel["device_kind"])
+            label = backend_label(backend, kinds.pop() if len(kinds) == 1 else "mixed")
         return TimingColumn(sel, target=target, backend=backend, batch_size=batch_size, kind=kind, label=label,
                             allow_mixed=self.allow_mixed, warnings=self.warnings)
 
@@ -737,7 +747,7 @@ class Paper:
         return tables
 
     def cross_platform_table(self) -> Table | None:
-        """Per model and method: GPU images/s FA2 off/on and CPU ms per image, with speedups."""
+        """Per model and method: GPU images/s (FA2 off/on) and CPU ms per image, with speedups."""
         columns = self.gpu_columns + self.cpu_columns
         if not columns:
             return None

@@ -177,6 +177,24 @@ def test_random_init_timings_join_by_size_and_crop_and_are_stated(make_eval, mak
     assert any("no timing of this model" in n for n in table.notes)
 
 
+def test_columns_are_named_by_what_ran_and_unasked_backends_are_not_warned_about(make_eval, make_bench) -> None:
+    """The demo: the "GPU" target is this host's CPU, timed with math only, at batch 1 and 2."""
+    res = load_results([])
+    res.evals = [make_eval("none", [], 95.0, 8.0), make_eval("mpm", [2, 5], 94.9, 5.7, tokens=[180, 140])]
+    cpu = {"target": "local", "device": "AMD EPYC", "dtype": "float32", "kind": "cpu", "threads": 1}
+    res.benches = [make_bench(m, s, "math", ips, batch=b, **cpu)
+                   for m, s, ips, b in (("none", [], 16.0, 2), ("mpm", [2, 5], 20.0, 2), ("none", [], 15.0, 1))]
+    paper = Paper(res, gpu_target="local", cpu_target="local", batch_size=2)
+    (table,) = paper.main_tables()
+    assert "img/s CPU math (local: AMD EPYC)" in table.frame.columns
+    assert table.frame["speedup CPU math"].tolist() == pytest.approx([1.0, 1.25])
+    assert not any("FA2" in str(c) for c in table.frame.columns)
+    assert not any("fa2" in w for w in paper.warnings), paper.warnings  # fa2 was never run: nothing to warn about
+    # a backend that ran, but not at the table's batch size, is still warned about
+    paper = Paper(res, gpu_target="local", cpu_target="local", batch_size=4)
+    assert any("no results with backend math at batch 4" in w for w in paper.warnings)
+
+
 def test_synthetic_data_is_stated_in_the_caption(make_eval, make_bench) -> None:
     res = load_results([])
     res.evals = [make_eval("none", [], 90.0, 8.0, dataset="synthetic", synthetic=True)]
