@@ -16,7 +16,8 @@ file written atomically:
 ``ablation_schedules``
     MPM's insertion schedules: tokens left after each insertion, GFLOPs, mIoU, ΔmIoU, speedups;
 
-each as Markdown, LaTeX (booktabs, rendered here: no jinja2 needed) and CSV, plus the figures of
+each as Markdown, LaTeX (booktabs, rendered here: no jinja2 needed), CSV and a standalone HTML page
+(what ``snakemake --report`` shows), plus the figures of
 :mod:`mpm.tables.figures` (speed–accuracy Pareto front and tokens entering each encoder block
 per dataset and model, PNG and PDF) and an index (``index.json``) of what was written.
 
@@ -42,6 +43,7 @@ schedule, batch policy and parameters).
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -1004,9 +1006,37 @@ def render_csv(table: Table) -> str:
     return table.frame.to_csv(index=False, lineterminator="\n")
 
 
+_HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color:#222}"
+    "caption{caption-side:top;text-align:left;font-weight:600;margin-bottom:.5em}"
+    "table{border-collapse:collapse}th,td{padding:.25em .6em;border-bottom:1px solid #ddd}"
+    "th{border-bottom:2px solid #444;text-align:left;vertical-align:bottom}td.n,th.n{text-align:right}"
+    "td.n{font-variant-numeric:tabular-nums}tbody tr:hover{background:#f3f6fa}ul{color:#555;max-width:70em}"
+)
+
+
+def render_html(table: Table) -> str:
+    """A standalone HTML page: the caption, the table (numbers right-aligned, as in Markdown), the notes."""
+    cols = [str(c) for c in table.frame.columns]
+    numeric = [_numeric(table.frame[c]) for c in table.frame.columns]
+
+    def cell(tag: str, text: str, num: bool) -> str:
+        cls = ' class="n"' if num else ""
+        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", c, n) for c, n in zip(cols, numeric))
+    body = "\n".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(row, numeric)) + "</tr>"
+                     for row in _cells(table, "—"))
+    notes = ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>") if table.notes else ""
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(table.name)}"
+            f"</title><style>{_HTML_STYLE}</style></head><body>\n<table><caption>{html.escape(table.caption)}"
+            f"</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n{notes}\n</body></html>\n")
+
+
 def write_table(table: Table, folder: str | Path) -> list[Path]:
-    """``NAME.md``, ``NAME.tex`` and ``NAME.csv`` under ``folder``, each written atomically."""
+    """``NAME.md``, ``NAME.tex``, ``NAME.csv`` and ``NAME.html`` under ``folder``, each written atomically."""
     folder = Path(folder)
     return [write_text_atomic(folder / f"{table.name}.md", render_markdown(table)),
             write_text_atomic(folder / f"{table.name}.tex", render_latex(table)),
-            write_text_atomic(folder / f"{table.name}.csv", render_csv(table))]
+            write_text_atomic(folder / f"{table.name}.csv", render_csv(table)),
+            write_text_atomic(folder / f"{table.name}.html", render_html(table))]

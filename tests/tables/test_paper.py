@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mpm.errors import ConfigError
@@ -19,6 +20,7 @@ from mpm.tables.paper import (
     cell_text,
     eval_frame,
     load_results,
+    render_html,
     render_latex,
     schedule_text,
     timing_frame,
@@ -193,6 +195,21 @@ def test_columns_are_named_by_what_ran_and_unasked_backends_are_not_warned_about
     # a backend that ran, but not at the table's batch size, is still warned about
     paper = Paper(res, gpu_target="local", cpu_target="local", batch_size=4)
     assert any("no results with backend math at batch 4" in w for w in paper.warnings)
+
+
+def test_html_page_of_each_table(standard, tmp_path) -> None:
+    """What `snakemake --report` shows: the caption, every cell as in Markdown, the notes, text escaped."""
+    written = build_paper(standard, tmp_path / "t", tmp_path / "f", gpu_target="h100", cpu_target="rpi5",
+                          figures=False)
+    for entry in written["tables"]:
+        assert str(tmp_path / "t" / f"{entry['name']}.html") in entry["files"]
+    page = (tmp_path / "t" / "main_ade20k_seg_t_mask.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<caption>Seg-T/16 (seg_t_mask) on ade20k" in page
+    assert '<td class="n">125.0</td>' in page and '<td class="n">-0.50</td>' in page and "<td>MPM</td>" in page
+    assert "<li>GFLOPs: per image as evaluated" in page
+    table = Table("x", "a < b & c", pd.DataFrame({"m": ["<i>"]}), ["n > 1"])
+    page = render_html(table)
+    assert "a &lt; b &amp; c" in page and "<td>&lt;i&gt;</td>" in page and "n &gt; 1" in page
 
 
 def test_synthetic_data_is_stated_in_the_caption(make_eval, make_bench) -> None:

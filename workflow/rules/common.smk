@@ -13,7 +13,8 @@ DATA = config["data_root"]
 RESULTS = config["results"]
 TRACKING_URI = config.get("tracking_uri", f"sqlite:///{RESULTS}/mlruns/mlflow.db")
 INVOCATION = f"{RESULTS}/mlruns/invocation.key"
-TABLES_DONE = f"{RESULTS}/tables/index.json"
+TABLES = f"{RESULTS}/tables"
+FIGURES = f"{RESULTS}/figures"
 
 
 def label_space(model):
