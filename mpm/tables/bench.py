@@ -8,6 +8,18 @@ from typing import Iterable
 
 import pandas as pd
 
+#: what a throughput column is called after the backend that ran on a CUDA device (FlashAttention-2 off
+#: or on); on any other device it is called after the device and backend as run, e.g. ``CPU math``
+CUDA_BACKEND_LABELS = {"math": "FA2 off", "fa2": "FA2 on"}
+
+
+def backend_label(backend: str, device_kind: str) -> str:
+    """``FA2 off`` / ``FA2 on`` for ``math`` / ``fa2`` on ``cuda``, else e.g. ``CPU math``."""
+    if device_kind == "cuda" and backend in CUDA_BACKEND_LABELS:
+        return CUDA_BACKEND_LABELS[backend]
+    return f"{(device_kind or 'device').upper()} {backend}"
+
+
 #: column order of :func:`bench_frame`
 BENCH_COLUMNS = [
     "device", "weights", "model", "method", "schedule", "batch_policy", "batch_size", "backend", "dtype",
@@ -84,9 +96,9 @@ def fa2_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
     table = pd.DataFrame({
         "GFLOPs": off["gflops"].combine_first(on["gflops"]),
         "tokens": off["tokens_after_steps"].combine_first(on["tokens_after_steps"]),
-        "img/s FA2 off": off["images_per_s"],
+        f"img/s {CUDA_BACKEND_LABELS['math']}": off["images_per_s"],
         "speedup off": off["speedup"],
-        "img/s FA2 on": on["images_per_s"],
+        f"img/s {CUDA_BACKEND_LABELS['fa2']}": on["images_per_s"],
         "speedup on": on["speedup"],
         "merge ms (on)": on["merge_ms"],
     })

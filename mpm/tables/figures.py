@@ -21,6 +21,9 @@ import pandas as pd  # noqa: E402
 #: colour and marker of each method family
 STYLE = {"none": ("black", "s"), "mpm": ("tab:blue", "o"), "tome": ("tab:orange", "^"), "algm": ("tab:green", "D")}
 _OTHER = ("tab:gray", "x")
+#: least span of the mIoU axis (points): differences far below a point are noise on most benchmarks,
+#: and an axis fitted to them would magnify them
+MIN_MIOU_SPAN = 2.0
 #: where each method merges when a record does not say (eval records list every step's site)
 MERGE_SITE = {"mpm": "before_block", "tome": "after_attention", "algm": "after_attention"}
 
@@ -39,10 +42,25 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def value_limits(values: Sequence[float], min_span: float, pad: float = 0.1) -> tuple[float, float] | None:
+    """Axis limits covering ``values`` with ``pad`` (a fraction of the span) on each side, widened about
+    their centre to at least ``min_span``; None without a finite value."""
+    vals = [float(v) for v in values if not _nan(v) and math.isfinite(float(v))]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    margin = (hi - lo) * pad
+    lo, hi = lo - margin, hi + margin
+    if hi - lo < min_span:
+        centre = (lo + hi) / 2
+        lo, hi = centre - min_span / 2, centre + min_span / 2
+    return lo, hi
+
+
 def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_is_better: bool = False,
                           note: str | None = None):
     """mIoU against speed (``x``; images/s, or GFLOPs with ``lower_is_better``), one point per method and
-    schedule, and the Pareto front of the full runs.
+    schedule, and the Pareto front of the full runs. The mIoU axis spans at least :data:`MIN_MIOU_SPAN`.
 
     ``data`` has the columns ``x``, ``mIoU``, ``label``, ``method_name``, ``partial`` and ``extent``.
     Partial runs (image limits) are drawn hollow and kept off the front, unless every run is partial
@@ -75,6 +93,9 @@ def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_
         ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="partial run (off the front)")
     if lower_is_better:
         ax.invert_xaxis()
+    limits = value_limits(pts["mIoU"], MIN_MIOU_SPAN)
+    if limits:
+        ax.set_ylim(*limits)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title + suffix + (f"\n{note}" if note else ""), fontsize=9)

@@ -7,15 +7,17 @@ file written atomically:
 
 ``main_{dataset}_{model}``
     per dataset and model: every method and schedule with mIoU, ΔmIoU against dense, GFLOPs
-    per image, images/s with FlashAttention-2 off (backend ``math``) and on (``fa2``) on the GPU
-    target at the table's batch size, and the speedups over dense;
+    per image, images/s of backends ``math`` and ``fa2`` on the GPU target at the table's batch size
+    (columns "FA2 off" / "FA2 on" on a CUDA device, else named by device and backend as run, e.g.
+    "CPU math"), and the speedups over dense;
 ``cross_platform``
-    per model and method: the GPU target's images/s FA2 off/on and the CPU target's per-image
-    latency at batch 1 and 2 (ms/image), with speedups;
+    per model and method: the GPU target's images/s and the CPU target's per-image latency at
+    batch 1 and 2 (ms/image), with speedups;
 ``ablation_schedules``
     MPM's insertion schedules: tokens left after each insertion, GFLOPs, mIoU, ΔmIoU, speedups;
 
-each as Markdown, LaTeX (booktabs, rendered here: no jinja2 needed) and CSV, plus the figures of
+each as Markdown, LaTeX (booktabs, rendered here: no jinja2 needed), CSV and a standalone HTML page
+(what ``snakemake --report`` shows), plus the figures of
 :mod:`mpm.tables.figures` (speed–accuracy Pareto front and tokens entering each encoder block
 per dataset and model, PNG and PDF) and an index (``index.json``) of what was written.
 
@@ -41,6 +43,7 @@ schedule, batch policy and parameters).
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -52,14 +55,14 @@ import pandas as pd
 
 from mpm.errors import ConfigError
 from mpm.io import write_json_atomic, write_text_atomic
-from mpm.tables.bench import bench_target
+from mpm.tables.bench import CUDA_BACKEND_LABELS, backend_label, bench_target
 
 EVAL_SCHEMA = "mpm.eval/1"
 BENCH_SCHEMA = "mpm.bench/1"
 INDEX_SCHEMA = "mpm.tables/1"
 
-#: backends of the "FA2 off" and "FA2 on" columns
-FA2_BACKENDS = (("FA2 off", "math"), ("FA2 on", "fa2"))
+#: backends of the throughput columns of the GPU target ("FA2 off" and "FA2 on" on a CUDA device)
+GPU_BACKENDS = tuple(CUDA_BACKEND_LABELS)
 #: row order of method families, and their display names
 METHOD_ORDER = {"none": 0, "mpm": 1, "tome": 2, "algm": 3}
 METHOD_NAMES = {"none": "none", "mpm": "MPM", "tome": "ToMe", "algm": "ALGM"}
@@ -558,8 +561,8 @@ class _Group:
 class Paper:
     """Every table and figure of one set of results.
 
-    ``gpu_target``: target whose FA2 off/on throughput at ``batch_size`` fills the tables (``None``:
-    the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
+    ``gpu_target``: target whose images/s of backends math and fa2 (FA2 off/on) at ``batch_size`` fill
+    the tables (``None``: the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
     per-image latency at ``cpu_batch_sizes`` (backend ``cpu_backend``) fills the cross-platform
     table (``None``: the only CPU target, if exactly one).
     """
@@ -576,8 +579,8 @@ class Paper:
         self._check_eval_duplicates()
         self.gpu_target = gpu_target or self._auto_target("cuda", "GPU")
         self.cpu_target = cpu_target or self._auto_target("cpu", "CPU")
-        self.gpu_columns = [c for c in (self._column(self.gpu_target, backend, self.batch_size, "ips", label)
-                                        for label, backend in FA2_BACKENDS) if c is not None]
+        self.gpu_columns = [c for c in (self._column(self.gpu_target, backend, self.batch_size, "ips")
+                                        for backend in GPU_BACKENDS) if c is not None]
         self.cpu_columns = [c for c in (self._column(self.cpu_target, cpu_backend, bs, "ms", f"b{bs}")
                                         for bs in self.cpu_batch_sizes) if c is not None]
         self.groups = self._groups()
@@ -595,7 +598,11 @@ class Paper:
                                  f"no {what} columns")
         return None
 
-    def _column(self, target: str | None, backend: str, batch_size: int, kind: str, label: str) -> TimingColumn | None:
+    def _column(self, target: str | None, backend: str, batch_size: int, kind: str,
+                label: str | None = None) -> TimingColumn | None:
+        """The column of ``target``'s results with ``backend`` at ``batch_size``, or None. ``label``: default
+        the backend as run (:func:`~mpm.tables.bench.backend_label`). A backend the target has no result of
+        at any batch size was not asked for: no column, no warning."""
         if not target or self.tp.empty:
             return None
         of_target = self.tp[self.tp["target"] == target]
@@ -604,11 +611,16 @@ class Paper:
                                  f"{', '.join(sorted(set(self.tp['target'].dropna()))) or 'none'})")
             return None
         sel = of_target[(of_target["backend"] == backend) & (of_target["batch_size"] == batch_size)]
+        if sel.empty and not (of_target["backend"] == backend).any():
+            return None
         if sel.empty:
             have = sorted({f"{b} bs{s}" for b, s in zip(of_target["backend"], of_target["batch_size"])})
             self.warnings.append(f"target {target!r}: no results with backend {backend} at batch {batch_size} "
                                  f"(found: {', '.join(have)})")
             return None
+        if label is None:
+            kinds = set(sel["device_kind"])
+            label = backend_label(backend, kinds.pop() if len(kinds) == 1 else "mixed")
         return TimingColumn(sel, target=target, backend=backend, batch_size=batch_size, kind=kind, label=label,
                             allow_mixed=self.allow_mixed, warnings=self.warnings)
 
@@ -737,7 +749,7 @@ class Paper:
         return tables
 
     def cross_platform_table(self) -> Table | None:
-        """Per model and method: GPU images/s FA2 off/on and CPU ms per image, with speedups."""
+        """Per model and method: GPU images/s (FA2 off/on) and CPU ms per image, with speedups."""
         columns = self.gpu_columns + self.cpu_columns
         if not columns:
             return None
@@ -994,9 +1006,37 @@ def render_csv(table: Table) -> str:
     return table.frame.to_csv(index=False, lineterminator="\n")
 
 
+_HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color:#222}"
+    "caption{caption-side:top;text-align:left;font-weight:600;margin-bottom:.5em}"
+    "table{border-collapse:collapse}th,td{padding:.25em .6em;border-bottom:1px solid #ddd}"
+    "th{border-bottom:2px solid #444;text-align:left;vertical-align:bottom}td.n,th.n{text-align:right}"
+    "td.n{font-variant-numeric:tabular-nums}tbody tr:hover{background:#f3f6fa}ul{color:#555;max-width:70em}"
+)
+
+
+def render_html(table: Table) -> str:
+    """A standalone HTML page: the caption, the table (numbers right-aligned, as in Markdown), the notes."""
+    cols = [str(c) for c in table.frame.columns]
+    numeric = [_numeric(table.frame[c]) for c in table.frame.columns]
+
+    def cell(tag: str, text: str, num: bool) -> str:
+        cls = ' class="n"' if num else ""
+        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", c, n) for c, n in zip(cols, numeric))
+    body = "\n".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(row, numeric)) + "</tr>"
+                     for row in _cells(table, "—"))
+    notes = ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>") if table.notes else ""
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(table.name)}"
+            f"</title><style>{_HTML_STYLE}</style></head><body>\n<table><caption>{html.escape(table.caption)}"
+            f"</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n{notes}\n</body></html>\n")
+
+
 def write_table(table: Table, folder: str | Path) -> list[Path]:
-    """``NAME.md``, ``NAME.tex`` and ``NAME.csv`` under ``folder``, each written atomically."""
+    """``NAME.md``, ``NAME.tex``, ``NAME.csv`` and ``NAME.html`` under ``folder``, each written atomically."""
     folder = Path(folder)
     return [write_text_atomic(folder / f"{table.name}.md", render_markdown(table)),
             write_text_atomic(folder / f"{table.name}.tex", render_latex(table)),
-            write_text_atomic(folder / f"{table.name}.csv", render_csv(table))]
+            write_text_atomic(folder / f"{table.name}.csv", render_csv(table)),
+            write_text_atomic(folder / f"{table.name}.html", render_html(table))]

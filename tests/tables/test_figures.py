@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from mpm.tables.figures import (
+    MIN_MIOU_SPAN,
     pareto_front,
     save_figure,
     speed_accuracy_figure,
@@ -62,3 +64,24 @@ def test_save_figure_is_reproducible(tmp_path) -> None:
     a = save_figure(speed_accuracy_figure(data, xlabel="x", title="t"), tmp_path / "a", "p")
     b = save_figure(speed_accuracy_figure(data, xlabel="x", title="t"), tmp_path / "b", "p")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def _points(mious: list[float]) -> pd.DataFrame:
+    n = len(mious)
+    return pd.DataFrame({"x": [float(i + 1) for i in range(n)], "mIoU": mious, "label": [f"m{i}" for i in range(n)],
+                         "method_name": ["mpm"] * n, "partial": [False] * n, "extent": ["full"] * n})
+
+
+def test_pareto_miou_axis_has_a_minimum_span() -> None:
+    """The demo's seven methods lie within 0.35 points: the axis must not blow that up to its full height."""
+    import matplotlib.pyplot as plt
+
+    fig = speed_accuracy_figure(_points([95.06, 95.03, 95.05, 95.00, 94.73]), xlabel="x", title="t")
+    lo, hi = fig.axes[0].get_ylim()
+    plt.close(fig)
+    assert MIN_MIOU_SPAN == 2.0 and hi - lo == pytest.approx(2.0)
+    assert (lo + hi) / 2 == pytest.approx((94.73 + 95.06) / 2)  # centred on the points
+    fig = speed_accuracy_figure(_points([30.0, 40.0]), xlabel="x", title="t")  # a wide spread keeps its own axis
+    lo, hi = fig.axes[0].get_ylim()
+    plt.close(fig)
+    assert lo < 30.0 and hi > 40.0 and hi - lo < 14.0

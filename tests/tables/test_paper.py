@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mpm.errors import ConfigError
@@ -19,6 +20,7 @@ from mpm.tables.paper import (
     cell_text,
     eval_frame,
     load_results,
+    render_html,
     render_latex,
     schedule_text,
     timing_frame,
@@ -175,6 +177,39 @@ def test_random_init_timings_join_by_size_and_crop_and_are_stated(make_eval, mak
     (table,) = Paper(res, gpu_target="h100").main_tables()
     assert "speedup FA2 off" not in table.frame.columns
     assert any("no timing of this model" in n for n in table.notes)
+
+
+def test_columns_are_named_by_what_ran_and_unasked_backends_are_not_warned_about(make_eval, make_bench) -> None:
+    """The demo: the "GPU" target is this host's CPU, timed with math only, at batch 1 and 2."""
+    res = load_results([])
+    res.evals = [make_eval("none", [], 95.0, 8.0), make_eval("mpm", [2, 5], 94.9, 5.7, tokens=[180, 140])]
+    cpu = {"target": "local", "device": "AMD EPYC", "dtype": "float32", "kind": "cpu", "threads": 1}
+    res.benches = [make_bench(m, s, "math", ips, batch=b, **cpu)
+                   for m, s, ips, b in (("none", [], 16.0, 2), ("mpm", [2, 5], 20.0, 2), ("none", [], 15.0, 1))]
+    paper = Paper(res, gpu_target="local", cpu_target="local", batch_size=2)
+    (table,) = paper.main_tables()
+    assert "img/s CPU math (local: AMD EPYC)" in table.frame.columns
+    assert table.frame["speedup CPU math"].tolist() == pytest.approx([1.0, 1.25])
+    assert not any("FA2" in str(c) for c in table.frame.columns)
+    assert not any("fa2" in w for w in paper.warnings), paper.warnings  # fa2 was never run: nothing to warn about
+    # a backend that ran, but not at the table's batch size, is still warned about
+    paper = Paper(res, gpu_target="local", cpu_target="local", batch_size=4)
+    assert any("no results with backend math at batch 4" in w for w in paper.warnings)
+
+
+def test_html_page_of_each_table(standard, tmp_path) -> None:
+    """What `snakemake --report` shows: the caption, every cell as in Markdown, the notes, text escaped."""
+    written = build_paper(standard, tmp_path / "t", tmp_path / "f", gpu_target="h100", cpu_target="rpi5",
+                          figures=False)
+    for entry in written["tables"]:
+        assert str(tmp_path / "t" / f"{entry['name']}.html") in entry["files"]
+    page = (tmp_path / "t" / "main_ade20k_seg_t_mask.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<caption>Seg-T/16 (seg_t_mask) on ade20k" in page
+    assert '<td class="n">125.0</td>' in page and '<td class="n">-0.50</td>' in page and "<td>MPM</td>" in page
+    assert "<li>GFLOPs: per image as evaluated" in page
+    table = Table("x", "a < b & c", pd.DataFrame({"m": ["<i>"]}), ["n > 1"])
+    page = render_html(table)
+    assert "a &lt; b &amp; c" in page and "<td>&lt;i&gt;</td>" in page and "n &gt; 1" in page
 
 
 def test_synthetic_data_is_stated_in_the_caption(make_eval, make_bench) -> None:

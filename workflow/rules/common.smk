@@ -6,47 +6,15 @@ import shlex
 from pathlib import Path
 
 from mpm.data.datasets import get_spec
-from mpm.benchmarking.targets import load_targets
-from mpm.data.zoo import checkpoint_path, get_entry
+from mpm.data.zoo import checkpoint_path
 from mpm.merging import available_methods
 
 DATA = config["data_root"]
 RESULTS = config["results"]
 TRACKING_URI = config.get("tracking_uri", f"sqlite:///{RESULTS}/mlruns/mlflow.db")
-TARGETS_CONFIG = config.get("targets_config", "config/targets.yaml")
 INVOCATION = f"{RESULTS}/mlruns/invocation.key"
-TABLES_DONE = f"{RESULTS}/tables/index.json"
-VIT_DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
-
-
-def _check_config():
-    """Cross-references the schema cannot express; errors name the key."""
-    for name, m in config["models"].items():
-        if m["dataset"] not in config["datasets"]:
-            raise ValueError(f"config models.{name}.dataset: {m['dataset']!r} is not a key of datasets")
-        if m["source"] == "zoo":
-            get_entry(m.get("zoo", ""))  # raises naming the entry
-        if m["source"] == "file" and not m.get("path"):
-            raise ValueError(f"config models.{name}: source 'file' needs a 'path'")
-        if m["source"] == "train-demo" and config["datasets"][m["dataset"]]["source"] != "synthetic":
-            raise ValueError(f"config models.{name}: train-demo needs a synthetic dataset")
-    for method, spec in config["methods"].items():
-        if method not in available_methods():
-            raise ValueError(f"config methods.{method}: not a registered merge method ({', '.join(available_methods())})")
-        for sched, entry in spec["schedules"].items():
-            for model in entry.get("models", []) if isinstance(entry, dict) else []:
-                if model not in config["models"]:
-                    raise ValueError(f"config methods.{method}.schedules.{sched}.models: unknown model {model!r}")
-    for i, point in enumerate(config["benchmark"]["points"]):
-        for model in point.get("models", []):
-            if model not in config["models"]:
-                raise ValueError(f"config benchmark.points[{i}].models: unknown model {model!r}")
-        for method in point.get("methods", []):
-            if method not in config["methods"]:
-                raise ValueError(f"config benchmark.points[{i}].methods: unknown method {method!r}")
-
-
-_check_config()
+TABLES = f"{RESULTS}/tables"
+FIGURES = f"{RESULTS}/figures"
 
 
 def label_space(model):
@@ -58,8 +26,6 @@ def variants(model):
     """(method, schedule name) pairs that apply to ``model``."""
     out = []
     for method, spec in config["methods"].items():
-        if method not in available_methods():
-            raise ValueError(f"config methods.{method}: not a registered merge method ({', '.join(available_methods())})")
         for sched, entry in spec["schedules"].items():
             if isinstance(entry, dict) and model not in entry.get("models", [model]):
                 continue
@@ -68,8 +34,7 @@ def variants(model):
 
 
 def schedule_blocks(method, schedule):
-    entry = config["methods"][method]["schedules"][schedule]
-    blocks = entry["blocks"] if isinstance(entry, dict) else entry
+    blocks = schedule_entry(method, schedule)[0]
     return "all" if blocks == "all" else ",".join(str(b) for b in blocks)
 
 
@@ -139,18 +104,6 @@ def bench_point(target, model):
 def tracking_markers():
     results = eval_results() + bench_results()
     return [f"{RESULTS}/tracking/{Path(r).relative_to(RESULTS).with_suffix('')}.json" for r in results]
-
-
-def bench_targets():
-    return sorted({p["target"] for p in config["benchmark"]["points"]})
-
-
-_TARGETS = load_targets(TARGETS_CONFIG if Path(TARGETS_CONFIG).exists() else None)
-for _t in bench_targets():
-    if _t not in _TARGETS:
-        raise ValueError(f"config benchmark.points: target {_t!r} is not declared in {TARGETS_CONFIG}")
-SSH_TARGETS = [t for t in bench_targets() if _TARGETS[t].type == "ssh"]
-HOST_TARGETS = [t for t in bench_targets() if _TARGETS[t].type != "ssh"]
 
 
 def bench_resources():

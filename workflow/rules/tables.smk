@@ -1,4 +1,5 @@
-# Stage 6: the paper's tables (Markdown, LaTeX, CSV) and figures, from every result of the run.
+# Stage 6: the paper's tables (Markdown, LaTeX, CSV, HTML) and figures, from every result of the run;
+# `snakemake --report` shows the figures and the tables' HTML pages.
 
 
 rule tables:
@@ -6,15 +7,19 @@ rule tables:
         evals=eval_results(),
         benches=bench_results(),
     output:
-        index=TABLES_DONE,
+        tables=report(
+            directory(TABLES),
+            patterns=["{name}.html"],
+            category="Tables",
+            caption="../report/tables.rst",
+        ),
         figures=report(
-            directory(f"{RESULTS}/figures"),
+            directory(FIGURES),
             patterns=["{name}.png"],
             category="Figures",
             caption="../report/figures.rst",
         ),
     params:
-        tables=lambda w, output: os.path.dirname(output.index),
         gpu=config["tables"].get("gpu_target", ""),
         cpu=config["tables"].get("cpu_target", ""),
         batch=config["tables"].get("batch_size", 32),
@@ -27,10 +32,10 @@ rule tables:
         f"{RESULTS}/logs/tables.log",
     shell:
         "mpm tables --eval-results {input.evals} --bench-results {input.benches} "
-        "--out-tables {params.tables} --out-figures {output.figures} "
-        "--gpu-target {params.gpu} --cpu-target {params.cpu} --batch-size {params.batch} --index {output.index} "
-        "> {log} 2>&1 && "
-        "mpm track artifacts {params.tables}/*.md {params.tables}/*.tex {params.tables}/*.csv --artifact-path tables "
+        "--out-tables {output.tables} --out-figures {output.figures} "
+        "--gpu-target {params.gpu} --cpu-target {params.cpu} --batch-size {params.batch} "
+        "--index {output.tables}/index.json > {log} 2>&1 && "
+        "mpm track artifacts {output.tables}/*.md {output.tables}/*.tex {output.tables}/*.csv --artifact-path tables "
         "--uri {params.uri} --experiment {params.experiment} --key \"$(cat {params.invocation} 2>/dev/null || echo manual)\" "
         ">> {log} 2>&1 && "
         "mpm track artifacts {output.figures}/*.png {output.figures}/*.pdf --artifact-path figures "
