@@ -80,7 +80,7 @@ def run_point_onnx(spec) -> dict:
     from mpm.benchmarking.bench import build_model, result_record
     from mpm.benchmarking.images import load_batch_images
     from mpm.benchmarking.onnx_export import export_dense, export_segments
-    from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options
+    from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, thread_pool_kind
     from mpm.benchmarking.timing import SectionTimer, time_calls
     from mpm.environment import soc_temperature_c
     from mpm.models.flops import flops_of_run
@@ -115,12 +115,13 @@ def run_point_onnx(spec) -> dict:
                               f"{type(err).__name__}: {err}") from err
         export_s = time.perf_counter() - t0
         if dense:
-            graph = Graph(Path(tmp) / "model.onnx", session_options(spec.threads), providers)
+            options = session_options(spec.threads)
+            graph = Graph(Path(tmp) / "model.onnx", options, providers)
             run = lambda images, timer=None: (graph(images=images)["logits"], None, [])  # noqa: E731
-            used = graph.session.get_providers()
+            used, pool_kind = graph.session.get_providers(), thread_pool_kind(options)
         else:
             seg = SegmentedModel.load(tmp, threads=spec.threads, providers=providers)
-            used = seg.providers
+            used, pool_kind = seg.providers, seg.thread_pool
 
             def run(images, timer=None):
                 out = seg(images, timer)
@@ -181,6 +182,7 @@ def run_point_onnx(spec) -> dict:
             "export_s": round(export_s, 3),
             "graph_optimization": "ORT_ENABLE_ALL",
             "intra_op_threads": spec.threads,
+            "thread_pool": pool_kind,
             "max_abs_diff_vs_torch": diff,
             "maps_equal": maps_equal if not dense else None,
         },

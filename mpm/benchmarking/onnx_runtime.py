@@ -32,18 +32,52 @@ def _no_timer(name: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def session_options(threads: int | None = None, spinning: bool = True):
-    """ORT session options: all graph optimisations, ``threads`` intra-op threads, one inter-op thread."""
+#: intra-op size of this process's global ORT thread pool once made (0: ORT's default), None before
+_GLOBAL_POOL: list[int | None] = [None]
+
+
+def shared_thread_pool(threads: int | None) -> bool:
+    """Make every later session of this process share one pool of ``threads`` intra-op threads.
+
+    A segmented model runs several sessions one after the other; with a pool per session
+    their idle threads would spin beside the running one's. ORT makes the global pool
+    once per process, before the first session: returns False (sessions then get their
+    own pools) when that is past or the pool has another size.
+    """
+    import onnxruntime as ort
+
+    want = int(threads or 0)
+    if _GLOBAL_POOL[0] is None:
+        try:
+            ort.set_global_thread_pool_sizes(want, 1)
+        except Exception:  # sessions exist already (env made without global pools)
+            _GLOBAL_POOL[0] = -1
+            return False
+        _GLOBAL_POOL[0] = want
+    return _GLOBAL_POOL[0] == want
+
+
+def session_options(threads: int | None = None, spinning: bool = True, shared: bool | None = None):
+    """ORT session options: all graph optimisations, ``threads`` intra-op threads, one inter-op thread;
+    the process's shared pool where it has that size (``shared=None``: try to make it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
+    if shared is None:
+        shared = shared_thread_pool(threads)
+    if shared:
+        options.use_per_session_threads = False
+    elif threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def thread_pool_kind(options) -> str:
+    return "per-session" if options.use_per_session_threads else "shared"
 
 
 class Graph:
@@ -96,6 +130,7 @@ class SegmentedModel:
             raise ConfigError(f"{root}: not an mpm segmented ONNX export (format {manifest.get('format')!r})")
         self.manifest, self.root = manifest, root
         options = session_options(threads, spinning)
+        self.thread_pool = thread_pool_kind(options)
         self.segments = [Graph(root / s["file"], options, providers) for s in manifest["segments"]]
         scores: dict[str, Graph] = {}
         self.sites: list[Site] = []
