@@ -332,3 +332,20 @@ def test_edge_ratio_spread():
     stats = edge.ratio_stats([10.0, 12.0, 11.0], [5.0, 12.0, 10.0])
     assert stats["median"] == pytest.approx(1.1) and stats["spread"] == [1.0, 2.0] and not stats["significant"]
     assert edge.ratio_stats([10.0, 12.0], [5.0, 8.0])["significant"]
+
+
+def test_ssh_target_runs_merging_in_onnxruntime(sshd, images, tmp_path, capsys):
+    """The Pi path: the ssh runner ships the source, the remote `mpm bench --runtime onnxruntime` exports MPM's
+    segments there and times them (the 'remote' is this machine's sshd on 127.0.0.1)."""
+    config = sshd.write_config(tmp_path / "targets.yaml", box=sshd.target())
+    out = tmp_path / "ssh-onnx.json"
+    rc = bench_main(["--targets-config", str(config), "--target", "box", "--runtime", "onnxruntime",
+                     "--images", str(images), "--model", "T", "--num-classes", "3", "--crop", "96",
+                     "--method", "mpm", "--schedule", "2,5", "--iters", "2", "--warmup", "1", "--breakdown-iters", "1",
+                     "--pool-batches", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert validate_result(result) == []
+    assert result["target"]["type"] == "ssh" and "onnxruntime" in result["target"]["remote_versions"]
+    assert result["runtime"]["name"] == "onnxruntime" and result["runtime"]["maps_equal"] is True
+    assert len(result["tokens"]["after_step_mean"]) == 2
