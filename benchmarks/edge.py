@@ -201,7 +201,7 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "cpu_count": usable, "machine": platform.machine(), "hostname": platform.node(),
             "python": platform.python_version(), "torch": package_version("torch"), "timm": package_version("timm"),
             "numpy": package_version("numpy"), "onnx": package_version("onnx"),
-            "onnxruntime": package_version("onnxruntime"), "git_commit": git_commit()}
+            "onnxruntime": package_version("onnxruntime"), "git_commit": git_commit(ROOT)}
 
 
 def run_workers(args, work: Path) -> list[dict]:
