@@ -182,7 +182,7 @@ class SegmentedModel:
         """Forward of (B, 3, H, W) float32 normalised images with the method's merging."""
         timer = timer or _no_timer
         images = self._check(images)
-        b, p, n = images.shape[0], self.num_prefix, self.num_tokens
+        b, n = images.shape[0], self.num_tokens
         index = np.broadcast_to(np.arange(n, dtype=np.int64), (b, n)).copy()
         lengths = np.full(b, n, dtype=np.int64)
         size = np.ones((b, n), np.float32) if self.uses_size or self.biased else None
