@@ -4,12 +4,13 @@
 #   bash setup.sh [--venv DIR] [--with-onnx] [--no-apt] [--governor] [--force]
 #
 # Creates a virtual environment (default ~/mpm-venv) with the CPU aarch64 torch/torchvision wheels
-# from PyPI, timm, numpy, pillow, pyyaml (and onnxruntime + onnx with --with-onnx), checks that they
-# import, and prints the `targets:` entry to declare on the machine that drives the benchmarks.
+# from PyPI, timm, numpy, pillow, pyyaml (and onnxruntime + onnx with --with-onnx: then an export and an
+# ONNX Runtime session are tried too), checks that they import, and prints the `targets:` entry to
+# declare on the machine that drives the benchmarks.
 # The mpm package itself is NOT installed: the ssh runner ships its source with every job.
 #
 #   --venv DIR    where to create the environment (default: $MPM_VENV or ~/mpm-venv)
-#   --with-onnx   also install onnxruntime and onnx (for --runtime onnxruntime)
+#   --with-onnx   also install onnxruntime and onnx (for --runtime onnxruntime, with merging too)
 #   --no-apt      do not apt-get install python3-venv and the vcgencmd tools (no sudo needed)
 #   --governor    set the CPU frequency governor to `performance` now (until reboot; needs sudo)
 #   --force       run on a machine that is not aarch64 (for testing the script elsewhere)
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --no-apt) APT=0; shift ;;
     --governor) GOVERNOR=1; shift ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,12 +79,13 @@ if [ "$WITH_ONNX" = 1 ]; then
 fi
 
 say "checking the environment"
-"$VENV/bin/python" - <<'EOF'
-import importlib, importlib.util, platform, sys
+MPM_WITH_ONNX="$WITH_ONNX" "$VENV/bin/python" - <<'EOF'
+import importlib, importlib.util, os, platform, sys
 import torch
 mods = ["torch", "torchvision", "timm", "numpy", "PIL", "yaml"]
+with_onnx = os.environ.get("MPM_WITH_ONNX") == "1"
 for name in ("onnxruntime", "onnx"):
-    if importlib.util.find_spec(name):
+    if with_onnx or importlib.util.find_spec(name):
         mods.append(name)
 for name in mods:
     mod = importlib.import_module(name)
@@ -91,6 +93,28 @@ for name in mods:
 x = torch.randn(64, 64)
 assert torch.allclose((x @ x.T), (x @ x.T).T, atol=1e-4)
 print(f"  python {platform.python_version()} on {platform.machine()}, torch threads {torch.get_num_threads()}")
+if "onnxruntime" in mods:
+    # a two-node graph through the exporter and a session: what --runtime onnxruntime does, in small
+    import tempfile
+    import warnings
+    import numpy as np
+    import onnxruntime as ort
+    lin = torch.nn.Linear(8, 4).eval()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = f"{tmp}/check.onnx"
+        kw = dict(input_names=["x"], output_names=["y"], dynamic_axes={"x": {1: "tokens"}, "y": {1: "tokens"}},
+                  opset_version=17)
+        try:
+            torch.onnx.export(lin, (torch.randn(1, 3, 8),), path, dynamo=False, **kw)
+        except TypeError:  # a torch without the dynamo switch
+            torch.onnx.export(lin, (torch.randn(1, 3, 8),), path, **kw)
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        x = np.random.rand(1, 5, 8).astype(np.float32)
+        with torch.no_grad():
+            ref = lin(torch.from_numpy(x)).numpy()
+        assert np.abs(sess.run(None, {"x": x})[0] - ref).max() < 1e-5, "onnxruntime disagrees with torch"
+    print(f"  onnxruntime providers {', '.join(ort.get_available_providers())}; export + session check passed")
 EOF
 
 if [ "$GOVERNOR" = 1 ]; then

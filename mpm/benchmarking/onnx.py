@@ -1,42 +1,43 @@
-"""Optional ONNX Runtime path for ``mpm bench --runtime onnxruntime`` (dense model only).
+"""``mpm bench --runtime onnxruntime``: one benchmark point timed in ONNX Runtime.
 
-The model is exported with ``torch.onnx.export`` (the TorchScript exporter, opset 17,
-static shapes: the point's batch size and crop) to a temporary file and timed
-with an ONNX Runtime session on the same inputs as the PyTorch path; the result
-has the ``mpm.bench/1`` layout with ``runtime.name = "onnxruntime"``.
+* **dense** (``--method none``): the model exported as one static graph
+  (``images`` -> ``logits``, :func:`~mpm.benchmarking.onnx_export.export_dense`).
+* **merging** (every method with an ONNX Runtime path: MPM, ToMe, ALGM): the model
+  exported as segments between its merge sites with a dynamic token axis, the merge
+  steps between the sessions (score graph in ONNX Runtime, O(N) rest in NumPy), so
+  token counts are computed for each image as in PyTorch
+  (:mod:`~mpm.benchmarking.onnx_export`, :mod:`~mpm.benchmarking.onnx_runtime`).
 
-Scope: **method ``none`` only.** Merging has data-dependent shapes: how many
-mutual pairs an image has (MPM), how many pairs the batch's poorest image allows
-(``batch-min``), ToMe's and ALGM's selections all depend on the pixels. A traced
-export would freeze the counts of the example batch into the graph and silently
-compute something else for other images, so a merge method raises
-:class:`~mpm.errors.ConfigError` instead. Only ``float32`` on the CPU provider (or
-CUDA where onnxruntime-gpu provides it); no per-section breakdown (``null``), no
-token counts. The export is checked against PyTorch on the first batch
-(``runtime.max_abs_diff_vs_torch``).
+The export goes to a temporary folder and is checked against PyTorch on every batch of
+the pool before timing: ``runtime.max_abs_diff_vs_torch`` (logits) and
+``runtime.maps_equal`` (the composed merge maps; a difference, from a near-tie, is warned about). The
+result has the ``mpm.bench/1`` layout with ``runtime.name = "onnxruntime"``; token
+counts are those of the ONNX Runtime run; the breakdown splits segments (encoder),
+merge steps (score graphs + NumPy) and the decoder session (the unmerge gather
+included, so ``unmerge_ms`` is null). Only ``float32``, attention ``math`` or ``sdpa``,
+batch policy ``exact`` above batch size 1.
 
-Needs the ``onnx`` extra: ``pip install "mpm[onnx]"`` (onnxruntime; on a
-Raspberry Pi 5 ``envs/rpi5/setup.sh --with-onnx``).
+Needs the ``onnx`` extra (onnxruntime, and onnx for the exporter): ``pip install
+"mpm[onnx]"`` (on a Raspberry Pi 5 ``envs/rpi5/setup.sh --with-onnx``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
-import warnings
 from pathlib import Path
-from typing import Any
 
+from mpm.benchmarking.onnx_export import EXPORTER, OPSET, check_exportable
 from mpm.errors import ConfigError
 
-OPSET = 17
+#: packages the ONNX Runtime path imports (onnx: torch.onnx.export writes the graphs with it)
+PACKAGES = ("onnxruntime", "onnx")
 
 
 def _import_onnxruntime():
-    import importlib.util
-
-    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
-    if missing:  # onnx: torch.onnx.export writes the graph with it
+    missing = [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
         raise ConfigError(f"--runtime onnxruntime needs the {' and '.join(missing)} package(s) "
                           "(pip install 'mpm[onnx]', or envs/rpi5/setup.sh --with-onnx on a Pi)")
     import onnxruntime
@@ -44,124 +45,145 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def check_onnx_spec(spec) -> None:
-    """Refuse what the ONNX path cannot measure faithfully (see the module docstring)."""
-    if spec.method.lower() != "none" or spec.schedule:
-        raise ConfigError(f"--runtime onnxruntime covers only the dense model (--method none): merge method "
-                          f"{spec.method!r} has data-dependent token counts that a traced ONNX graph would freeze")
+def _method(spec, depth: int | None = None):
+    from mpm.merging import build_method
+
+    return build_method(spec.method, spec.schedule, depth=depth, batch_policy=spec.batch_policy,
+                        **spec.method_kwargs)
+
+
+def check_onnx_spec(spec, depth: int | None = None) -> None:
+    """Refuse, before any import or export, what the ONNX Runtime path cannot measure faithfully."""
     if spec.dtype != "float32":
         raise ConfigError(f"--runtime onnxruntime runs float32 only, not {spec.dtype}")
-    if spec.backend not in ("math", "sdpa"):
-        raise ConfigError(f"--runtime onnxruntime exports the math or sdpa attention, not {spec.backend!r}")
+    if isinstance(spec.schedule, str) and depth is None:
+        depth = 12  # "all" needs a depth to build the method; only the method's kind is checked here
+    check_exportable(_method(spec, depth), spec.backend, spec.batch_size, spec.dtype)
 
 
-def export_onnx(model, example, path: str | Path, backend: str = "math") -> float:
-    """Export the dense ``model`` for inputs shaped like ``example``; return the seconds it took."""
-    import torch
-
-    from mpm.merging import build_method
-
-    class Dense(torch.nn.Module):
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, images):
-            return self.inner(images, method=build_method("none"), backend=backend)
-
-    start = time.perf_counter()
-    kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], opset_version=OPSET,
-                                  do_constant_folding=True)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(Dense(model), (example,), str(path), dynamo=False, **kwargs)
-        except TypeError as err:  # torch without the dynamo switch
-            if "dynamo" not in str(err):
-                raise
-            torch.onnx.export(Dense(model), (example,), str(path), **kwargs)
-    return time.perf_counter() - start
-
-
-def run_point_onnx(spec) -> dict:
-    """Measure one dense point with ONNX Runtime; the result dict (schema ``mpm.bench/1``)."""
-    ort = _import_onnxruntime()
-    check_onnx_spec(spec)
-    import numpy as np
-    import torch
-
-    from mpm.benchmarking.bench import build_model, result_record
-    from mpm.environment import soc_temperature_c
-    from mpm.benchmarking.images import load_batch_images
-    from mpm.benchmarking.timing import time_calls
-    from mpm.merging import build_method
-    from mpm.models.flops import flops_of_run
-
-    device = torch.device(spec.device)
+def _providers(ort, device) -> list[str]:
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ConfigError("--runtime onnxruntime --device cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
                               f"available: {', '.join(ort.get_available_providers())}")
-        providers = ["CUDAExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
+        return ["CUDAExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def run_point_onnx(spec) -> dict:
+    """Measure one point with ONNX Runtime; the result dict (schema ``mpm.bench/1``)."""
+    check_onnx_spec(spec)
+    ort = _import_onnxruntime()
+    import numpy as np
+    import torch
+
+    from mpm.benchmarking.bench import build_model, result_record
+    from mpm.benchmarking.images import load_batch_images
+    from mpm.benchmarking.onnx_export import export_dense, export_segments
+    from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, thread_pool_kind
+    from mpm.benchmarking.timing import SectionTimer, time_calls
+    from mpm.environment import soc_temperature_c
+    from mpm.models.flops import flops_of_run
+
+    device = torch.device(spec.device)
+    providers = _providers(ort, device)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     temp_before = soc_temperature_c()
     model, weights = build_model(spec)
     model = model.float().eval()
+    method = _method(spec, model.config.depth)
+    method.validate(model.config.depth)
+    dense = not method.schedule or method.name == "none"
     crop = tuple(spec.crop) if spec.crop else tuple(model.config.image_size)
-    method = build_method("none")
     pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)
     with torch.inference_mode():
         inputs = list(model.normalize(pool.float()).split(spec.batch_size))
     arrays = [np.ascontiguousarray(x.numpy()) for x in inputs]
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if spec.threads:
-        options.intra_op_num_threads = spec.threads
-        options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory(prefix="mpm-onnx-") as tmp:
-        path = Path(tmp) / "model.onnx"
+        t0 = time.perf_counter()
         try:
-            export_s = export_onnx(model, inputs[0].clone(), path, spec.backend)
+            if dense:
+                export_dense(model, inputs[0].clone(), Path(tmp) / "model.onnx", spec.backend)
+            else:
+                export_segments(model, method, inputs[0].clone(), tmp, spec.backend)
+        except ConfigError:
+            raise
         except Exception as err:  # the exporter raises many types; say what failed
-            raise ConfigError(f"ONNX export of the {weights.get('size')} model failed: "
+            raise ConfigError(f"ONNX export of the {weights.get('size')} model with {method.name} failed: "
                               f"{type(err).__name__}: {err}") from err
-        session = ort.InferenceSession(str(path), options, providers=providers)
-        name = session.get_inputs()[0].name
+        export_s = time.perf_counter() - t0
+        if dense:
+            options = session_options(spec.threads)
+            graph = Graph(Path(tmp) / "model.onnx", options, providers)
+            run = lambda images, timer=None: (graph(images=images)["logits"], None, [])  # noqa: E731
+            used, pool_kind = graph.session.get_providers(), thread_pool_kind(options)
+        else:
+            seg = SegmentedModel.load(tmp, threads=spec.threads, providers=providers)
+            used, pool_kind = seg.providers, seg.thread_pool
+
+            def run(images, timer=None):
+                out = seg(images, timer)
+                return out.logits, out.index, out.tokens_left
+
+        # check every batch of the pool against PyTorch before timing
+        diff, differ, counts, flops = 0.0, 0, [], []
+        with torch.inference_mode():
+            for x, arr in zip(inputs, arrays):
+                logits, index, left = run(arr)
+                ref, enc = model(x, method=method, backend=spec.backend, return_encoder=True)
+                diff = max(diff, float((torch.from_numpy(logits) - ref.float()).abs().max()))
+                if index is not None:
+                    differ += not np.array_equal(index, enc.index.numpy())
+                    counts.append(np.stack(left, 1).astype(np.float64))
+                flops.extend(flops_of_run(model, x, method, enc, reduction="none"))
+        maps_equal = differ == 0
+        if not maps_equal:  # recorded, not fatal: the timing is still that of this method
+            import sys
+
+            print(f"mpm bench: warning: the merge maps of {method.name} in ONNX Runtime differ from PyTorch's on "
+                  f"{differ} of {len(inputs)} batches (near-ties in the similarities; runtime.maps_equal = false)",
+                  file=sys.stderr)
 
         def forward(i: int, timer=None):
-            return session.run(None, {name: arrays[i % len(arrays)]})
+            return run(arrays[i % len(arrays)], timer)
 
         t0 = time.perf_counter()
         times = time_calls(forward, torch.device("cpu"), spec.warmup, spec.iters)
         wall = time.perf_counter() - t0
-        ort_out = forward(0)[0]
-        used_providers = session.get_providers()
-    with torch.inference_mode():
-        ref = model(inputs[0], method=method, backend=spec.backend)
-        diff = float((torch.from_numpy(ort_out) - ref.float()).abs().max())
-        flops = []
-        for batch in inputs:
-            _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
-            flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
+        if dense:
+            breakdown = {"embed_and_encoder_ms": None, "merge_ms": None, "unmerge_ms": None, "decoder_ms": None}
+        else:
+            sections = SectionTimer(torch.device("cpu"))
+            for i in range(spec.breakdown_iters):
+                forward(i, sections)
+                sections.calls += 1
+            breakdown = sections.breakdown()
+            breakdown["embed_and_encoder_ms"] = sections.totals.get("encoder", 0.0) / max(sections.calls, 1)
+            breakdown["unmerge_ms"] = None  # inside the decoder session
     patch = model.config.patch_size
+    full = (crop[0] // patch) * (crop[1] // patch)
+    tokens = {"full": full, "after_step_mean": [], "after_step_std": []}
+    if counts:
+        allc = np.concatenate(counts, 0)
+        tokens.update(after_step_mean=allc.mean(0).tolist(), after_step_std=allc.std(0).tolist(),
+                      after_step_min=allc.min(0).tolist(), after_step_max=allc.max(0).tolist())
     return result_record(
-        spec, method, model, weights, device, times,
-        breakdown={"embed_and_encoder_ms": None, "merge_ms": None, "unmerge_ms": None, "decoder_ms": None},
-        tokens={"full": (crop[0] // patch) * (crop[1] // patch), "after_step_mean": [], "after_step_std": []},
-        flops=flops, source=source, wall=wall, temp_before=temp_before,
+        spec, method, model, weights, device, times, breakdown=breakdown, tokens=tokens, flops=flops,
+        source=source, wall=wall, temp_before=temp_before,
         runtime={
             "name": "onnxruntime",
             "version": ort.__version__,
-            "providers": used_providers,
+            "providers": used,
             "opset": OPSET,
-            "exporter": "torch.onnx.export (TorchScript)",
+            "exporter": EXPORTER,
+            "graphs": "one static graph" if dense else "segments between merge sites, dynamic token axis",
             "export_s": round(export_s, 3),
             "graph_optimization": "ORT_ENABLE_ALL",
             "intra_op_threads": spec.threads,
+            "thread_pool": pool_kind,
             "max_abs_diff_vs_torch": diff,
+            "maps_equal": maps_equal if not dense else None,
         },
     )

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="YAML file with a top-level `targets:` map (default config/targets.yaml if it exists; "
                         "`local` is always available)")
     t.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
-                   help="torch (default) or onnxruntime (dense model only: --method none)")
+                   help="torch (default) or onnxruntime (float32; merging methods run as segments between "
+                        "their merge sites, token counts per image as in PyTorch)")
     t.add_argument("--cooldown-max-temp", type=float, default=None, metavar="C",
                    help="wait until the SoC is at or below C °C before the point (overrides the target's cooldown)")
     t.add_argument("--cooldown-poll", type=positive_number, default=None, metavar="S",

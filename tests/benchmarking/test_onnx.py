@@ -1,31 +1,254 @@
-"""The optional ONNX Runtime path (dense model only); skipped without onnxruntime."""
+"""The ONNX Runtime path: dense graph, segmented export with MPM / ToMe / ALGM, NumPy merge steps.
+
+onnx and onnxruntime come with the ``dev`` extra (the README's install line), so nothing
+here is skipped: a missing package fails the tests that need it, and the tests of the
+"missing package" message simulate the absence instead of depending on it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from mpm.benchmarking.bench import validate_result
 from mpm.benchmarking.onnx import check_onnx_spec
+from mpm.benchmarking.onnx_merge import ALGMGlobalStep, ALGMLocalStep, MPMStep, ToMeStep, plan_steps
 from mpm.cli.bench import main as bench_main
 from mpm.errors import ConfigError
+from mpm.merging import build_method
+from mpm.merging.algm import global_adaptive_matching, local_window_matching, window_index, window_similarity
+from mpm.merging.base import MergeMethod
+from mpm.merging.mpm import best_partners, merge_pairs, mutual_pairs
+from mpm.merging.tome import bipartite_scores, bipartite_soft_matching, merge_wavg
+from mpm.models import SegmenterConfig, build_segmenter
+
+REPO = Path(__file__).resolve().parents[2]
+CROP = 96  # 6x6 = 36 tokens: merges differ from image to image, exports take seconds
 
 
-def test_merging_methods_are_refused(images, make_spec):
-    # checked before anything is imported or exported: works without onnxruntime too
-    with pytest.raises(ConfigError, match="covers only the dense model"):
-        check_onnx_spec(make_spec(images, method="mpm", schedule=(2, 5)))
-    with pytest.raises(ConfigError, match="covers only the dense model"):
-        check_onnx_spec(make_spec(images, method="mpm", schedule=(2, 5), batch_policy="batch-min"))
+# --------------------------------------------------------------------------- #
+# what is refused, before anything is exported
+# --------------------------------------------------------------------------- #
+
+
+def test_spec_checks(images, make_spec):
+    for method, schedule in (("mpm", (2, 5)), ("tome", (0, 1, 2)), ("algm", (0, 4)), ("none", ())):
+        check_onnx_spec(make_spec(images, method=method, schedule=schedule))
+    check_onnx_spec(make_spec(images, method="mpm", schedule=(2, 5), batch_policy="batch-min"))  # = exact at bs 1
     with pytest.raises(ConfigError, match="float32 only"):
         check_onnx_spec(make_spec(images, method="none", schedule=(), dtype="float16"))
-    check_onnx_spec(make_spec(images, method="none", schedule=()))
+    with pytest.raises(ConfigError, match="not backend 'fa2'"):
+        check_onnx_spec(make_spec(images, method="mpm", schedule=(2, 5), backend="fa2"))
+    with pytest.raises(ConfigError, match="mpm with batch policy 'batch-min' at batch size 2"):
+        check_onnx_spec(make_spec(images, method="mpm", schedule=(2, 5), batch_policy="batch-min", batch_size=2))
+
+
+def test_method_without_onnx_path_is_refused(images, make_spec, monkeypatch):
+    from mpm.merging import base
+
+    class Halve(MergeMethod):
+        name = "halve"
+
+    monkeypatch.setitem(base._REGISTRY, "halve", Halve)
+    with pytest.raises(ConfigError) as err:
+        check_onnx_spec(make_spec(images, method="halve", schedule=(3,)))
+    message = str(err.value)
+    assert "\n" not in message and "'halve' has no ONNX Runtime path" in message and "mpm" in message
+
+
+def test_cli_refuses_what_onnx_cannot_run(images, tmp_path, capsys):
+    out = tmp_path / "onnx.json"
+    rc = bench_main(["--runtime", "onnxruntime", "--images", str(images), "--method", "mpm", "--backend", "fa2",
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert err.count("\n") == 1 and "not backend 'fa2'" in err and "Traceback" not in err
+
+
+def test_cli_names_missing_packages(images, tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "onnxruntime" else real(name, *a, **k))
+    out = tmp_path / "onnx.json"
+    rc = bench_main(["--runtime", "onnxruntime", "--images", str(images), "--method", "mpm", "--model", "T",
+                     "--num-classes", "3", "--crop", "64", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "needs the onnxruntime package(s)" in err and "mpm[onnx]" in err
+
+
+# --------------------------------------------------------------------------- #
+# the NumPy steps against the PyTorch merges, on the same inputs
+# --------------------------------------------------------------------------- #
+
+
+def _tokens(n: int, c: int = 8, seed: int = 0) -> torch.Tensor:
+    """(1, n, c) tokens with exact duplicates (ties) among them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, n, c, generator=g)
+    for dst, src in ((5, 2), (9, 2), (11, 7)):
+        if dst < n:
+            x[0, dst] = x[0, src]
+    return x
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 24])
+def test_mpm_step_equals_torch(n):
+    x = _tokens(n)
+    best, score = best_partners(x)
+    ref = merge_pairs(x, best, mutual_pairs(best, score))
+    merged, index, size = MPMStep().apply(x[0].numpy(), None, {"best": best[0].numpy(), "score": score[0].numpy()})
+    assert np.array_equal(index, ref.index[0].numpy()) and size is None
+    assert np.array_equal(merged, ref.x[0].numpy())  # the same float operations: bit for bit
+
+
+@pytest.mark.parametrize("n,r", [(17, 5), (24, 12), (24, 40), (3, 1)])
+def test_tome_step_equals_torch(n, r):
+    x = _tokens(n)
+    metric = _tokens(n, 4, seed=1)
+    size = torch.rand(1, n, generator=torch.Generator().manual_seed(2)) + 0.5
+    m = bipartite_soft_matching(metric, r)
+    ref_x, ref_size = merge_wavg(m.merge, x, size)
+    node_max, node_idx = bipartite_scores(metric)
+    merged, index, new_size = ToMeStep(r=r).apply(x[0].numpy(), size[0].numpy(),
+                                                  {"node_max": node_max[0].numpy(), "node_idx": node_idx[0].numpy()})
+    assert np.array_equal(index, m.index[0].numpy())
+    np.testing.assert_allclose(merged, ref_x[0].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new_size, ref_size[0].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("grid,threshold", [((6, 6), 0.2), ((5, 7), -1.0), ((4, 4), 0.99)])
+def test_algm_local_step_equals_torch(grid, threshold):
+    n = grid[0] * grid[1]
+    x = _tokens(n)
+    windows = window_index(grid)
+    m = local_window_matching(x, grid, threshold)
+    ref_x, _ = merge_wavg(m.merge, x, None)
+    sim = window_similarity(x, windows)
+    step = ALGMLocalStep(threshold, windows.tolist(), "tokens", 4)
+    merged, index, _ = step.apply(x[0].numpy(), None, {"window_sim": sim[0].numpy()})
+    assert np.array_equal(index, m.index[0].numpy())
+    np.testing.assert_allclose(merged, ref_x[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer,threshold", [(5, None), (1, None), (3, 0.1)])
+def test_algm_global_step_equals_torch(layer, threshold):
+    x = _tokens(30)
+    size = torch.rand(1, 30, generator=torch.Generator().manual_seed(3)) + 0.5
+    m = global_adaptive_matching(x, layer, threshold=threshold)
+    ref_x, _ = merge_wavg(m.merge, x, size)
+    node_max, node_idx = bipartite_scores(x)
+    step = ALGMGlobalStep(layer, threshold)
+    merged, index, _ = step.apply(x[0].numpy(), size[0].numpy(),
+                                  {"node_max": node_max[0].numpy(), "node_idx": node_idx[0].numpy()})
+    assert np.array_equal(index, m.index[0].numpy())
+    np.testing.assert_allclose(merged, ref_x[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_plan_follows_the_method():
+    steps = plan_steps(build_method("algm", (0, 4), local_threshold=0.9), (4, 4))
+    assert [(b, site, type(s).__name__) for b, site, s in steps] == [
+        (0, "after_attention", "ALGMLocalStep"), (4, "after_attention", "ALGMGlobalStep")]
+    assert steps[0][2].threshold == 0.9 and steps[1][2].layer == 5 and len(steps[0][2].windows) == 4
+    tome = plan_steps(build_method("tome", (1, 3), r=[4, 2]))
+    assert [s.r for _, _, s in tome] == [4, 2] and all(s.metric == "keys" for _, _, s in tome)
+    assert plan_steps(build_method("none")) == []
+
+
+# --------------------------------------------------------------------------- #
+# segmented export in ONNX Runtime against the PyTorch forward
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    torch.manual_seed(0)
+    model = build_segmenter(SegmenterConfig.preset("T", 4, image_size=(CROP, CROP)))
+    g = torch.Generator().manual_seed(1)
+    ims = []
+    for i in range(4):  # smooth colour fields, more noise from image to image: different merge counts
+        base = torch.rand(1, 3, 4, 4, generator=g) * 255
+        im = torch.nn.functional.interpolate(base, size=(CROP, CROP), mode="bilinear")
+        ims.append(im + torch.rand(1, 3, CROP, CROP, generator=g) * 12 * i)
+    return model, model.normalize(torch.cat(ims))
+
+
+METHODS = {
+    "mpm": lambda: build_method("mpm", (2, 5)),
+    "mpm-early": lambda: build_method("mpm", (0, 1, 3)),
+    "tome": lambda: build_method("tome", (0, 1, 2, 3, 4, 5), r=4),
+    "tome-prop-attn": lambda: build_method("tome", (1, 4), r=[6, 3], prop_attn=True),
+    "algm": lambda: build_method("algm", (0, 4), local_threshold=0.5),
+    "algm-keys": lambda: build_method("algm", (0, 4), local_threshold=0.5, metric="keys"),
+}
+
+
+@pytest.mark.parametrize("name,batch", [(name, 1) for name in METHODS]  # padded batches: one of each kind
+                         + [("mpm", 2), ("tome-prop-attn", 2), ("algm", 2)])
+def test_segments_match_torch(model_and_images, tmp_path, name, batch):
+    from mpm.benchmarking.onnx_export import export_segments
+    from mpm.benchmarking.onnx_runtime import SegmentedModel
+
+    model, x = model_and_images
+    method = METHODS[name]()
+    manifest = export_segments(model, method, x[:batch], tmp_path, backend="math")
+    assert len(manifest["segments"]) == len(method.schedule) + 1
+    seg = SegmentedModel.load(tmp_path, threads=1)
+    counts = []
+    for i in range(0, x.shape[0], batch):
+        out = seg(x[i:i + batch].numpy())
+        with torch.inference_mode():
+            ref, enc = model(x[i:i + batch], method=method, backend="math", return_encoder=True)
+        assert np.array_equal(out.index, enc.index.numpy()), f"{name}: merge maps differ on images {i}.."
+        assert [t.tolist() for t in out.tokens_left] == [t.tolist() for t in enc.tokens_left]
+        assert float(np.abs(out.logits - ref.numpy()).max()) < 1e-4
+        counts.append(tuple(int(c) for t in out.tokens_left for c in t))
+    if not name.startswith("tome"):  # ToMe removes r per block; the others depend on the image
+        assert len(set(counts)) > 1, f"{name}: every image kept the same counts {counts}"
+
+
+def test_oracle_keeps_the_counts(model_and_images, tmp_path):
+    from mpm.benchmarking.onnx_export import export_segments
+    from mpm.benchmarking.onnx_runtime import SegmentedModel
+    from mpm.benchmarking.oracle import SliceOracle
+
+    model, x = model_and_images
+    method = build_method("mpm", (2, 5))
+    export_segments(model, method, x[:1], tmp_path)
+    seg = SegmentedModel.load(tmp_path, threads=1)
+    out = seg(x[:1].numpy())
+    oracle = SliceOracle(method)
+    oracle.set_counts([int(t[0]) for t in out.tokens_left])
+    with torch.inference_mode():
+        logits, enc = model(x[:1], method=oracle, backend="math", return_encoder=True)
+    assert [int(t[0]) for t in enc.tokens_left] == [int(t[0]) for t in out.tokens_left]
+
+    class Spy:  # what the oracle feeds the second segment
+        def __init__(self, graph) -> None:
+            self.graph, self.sizes = graph, []
+
+        def __call__(self, **feeds):
+            self.sizes.append(feeds["tokens"].shape[1])
+            return self.graph(**feeds)
+
+    spy = seg.segments[1] = Spy(seg.segments[1])
+    assert seg.oracle(x[:1].numpy(), out.tokens_left, out.index).shape == logits.shape
+    assert spy.sizes == [1 + int(out.tokens_left[0][0])]
+
+
+# --------------------------------------------------------------------------- #
+# mpm bench --runtime onnxruntime
+# --------------------------------------------------------------------------- #
 
 
 def test_dense_point_with_onnxruntime(images, tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="optional extra: pip install 'mpm[onnx]'")
-    pytest.importorskip("onnx", reason="optional extra: pip install 'mpm[onnx]'")
     out = tmp_path / "onnx.json"
     rc = bench_main(["--runtime", "onnxruntime", "--images", str(images), "--model", "T", "--num-classes", "3",
                      "--crop", "64", "--method", "none", "--threads", "1", "--iters", "3", "--warmup", "1",
@@ -40,9 +263,89 @@ def test_dense_point_with_onnxruntime(images, tmp_path, capsys):
     assert result["tokens"] == {"full": 16, "after_step_mean": [], "after_step_std": []}
 
 
-def test_cli_refuses_merging_with_onnxruntime(images, tmp_path, capsys):
+@pytest.mark.parametrize("method,extra", [("mpm", ["--schedule", "2,5"]),
+                                          ("tome", ["--schedule", "0,1,2", "--method-arg", "r=8"])])
+def test_merging_point_with_onnxruntime(images, tmp_path, capsys, method, extra):
     out = tmp_path / "onnx.json"
-    rc = bench_main(["--runtime", "onnxruntime", "--images", str(images), "--method", "mpm", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert rc == 2 and not out.exists()
-    assert "covers only the dense model" in err or "needs the onnxruntime package" in err
+    rc = bench_main(["--runtime", "onnxruntime", "--images", str(images), "--model", "T", "--num-classes", "3",
+                     "--crop", "96", "--method", method, *extra, "--threads", "1", "--iters", "2", "--warmup", "1",
+                     "--breakdown-iters", "1", "--pool-batches", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert validate_result(result) == []
+    runtime = result["runtime"]
+    assert runtime["maps_equal"] is True and runtime["max_abs_diff_vs_torch"] < 1e-4
+    assert runtime["graphs"].startswith("segments")
+    assert len(result["tokens"]["after_step_mean"]) == len(result["method"]["schedule"])
+    assert result["tokens"]["after_step_mean"][-1] < result["tokens"]["full"]
+    assert result["breakdown_ms"]["merge_ms"] > 0 and result["breakdown_ms"]["unmerge_ms"] is None
+
+
+# --------------------------------------------------------------------------- #
+# benchmarks/edge.py, tiny
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_edge_benchmark_rows(tmp_path):
+    out = tmp_path / "edge"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "edge.py"), "--out", str(out), "--models", "T",
+           "--threads", "1", "--crop", "64", "--num-classes", "3", "--rounds", "2", "--iters", "1", "--warmup", "0",
+           "--num-images", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "edge.json").read_text())
+    rows = result["rows"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnxruntime"]
+    for row in rows:
+        for key in ("runtime", "model", "method", "threads", "cpu", "dense_ms", "oracle_ms", "method_ms", "speedup",
+                    "oracle_speedup", "spread", "max_abs_diff_vs_torch", "maps_equal"):
+            assert key in row, key
+        assert row["model"] == "Seg-T/16" and row["method"] == "mpm(2,5)" and row["threads"] == 1
+        lo, hi = row["spread"]["speedup"]
+        assert lo <= row["speedup"] <= hi and row["significant"]["speedup"] == (not lo <= 1 <= hi)
+        assert len(row["per_round_ms"]["dense"]) == 2
+    assert rows[1]["maps_equal"] is True and rows[1]["max_abs_diff_vs_torch"] < 1e-4
+    assert rows[0]["maps_equal"] is None and len(result["runs"]) == 1
+
+
+def _edge_module():
+    spec = importlib.util.spec_from_file_location("edge_bench", REPO / "benchmarks" / "edge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edge_rows_of_other_machines_are_kept():
+    edge = _edge_module()
+    row = lambda cpu, threads, ms: {"cpu": cpu, "cpu_count": 2, "runtime": "torch", "model": "Seg-T/16",  # noqa: E731
+                                    "method": "mpm(2,5)", "threads": threads, "dense_ms": ms}
+    old = edge.merge_rows(None, [row("A", 1, 1.0), row("A", 4, 2.0)], {"command": "first"})
+    new = edge.merge_rows(old, [row("B", 1, 3.0), row("A", 1, 4.0)], {"command": "second"})
+    assert [(r["cpu"], r["threads"], r["dense_ms"]) for r in new["rows"]] == [("A", 4, 2.0), ("B", 1, 3.0),
+                                                                               ("A", 1, 4.0)]
+    assert [r["command"] for r in new["runs"]] == ["first", "second"] and new["schema"] == edge.SCHEMA
+
+
+def test_edge_ratio_spread():
+    edge = _edge_module()
+    stats = edge.ratio_stats([10.0, 12.0, 11.0], [5.0, 12.0, 10.0])
+    assert stats["median"] == pytest.approx(1.1) and stats["spread"] == [1.0, 2.0] and not stats["significant"]
+    assert edge.ratio_stats([10.0, 12.0], [5.0, 8.0])["significant"]
+
+
+def test_ssh_target_runs_merging_in_onnxruntime(sshd, images, tmp_path, capsys):
+    """The Pi path: the ssh runner ships the source, the remote `mpm bench --runtime onnxruntime` exports MPM's
+    segments there and times them (the 'remote' is this machine's sshd on 127.0.0.1)."""
+    config = sshd.write_config(tmp_path / "targets.yaml", box=sshd.target())
+    out = tmp_path / "ssh-onnx.json"
+    rc = bench_main(["--targets-config", str(config), "--target", "box", "--runtime", "onnxruntime",
+                     "--images", str(images), "--model", "T", "--num-classes", "3", "--crop", "96",
+                     "--method", "mpm", "--schedule", "2,5", "--iters", "2", "--warmup", "1", "--breakdown-iters", "1",
+                     "--pool-batches", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert validate_result(result) == []
+    assert result["target"]["type"] == "ssh" and "onnxruntime" in result["target"]["remote_versions"]
+    assert result["runtime"]["name"] == "onnxruntime" and result["runtime"]["maps_equal"] is True
+    assert len(result["tokens"]["after_step_mean"]) == 2
