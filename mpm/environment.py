@@ -48,7 +48,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
     env = os.environ.get("MPM_GIT_COMMIT")
     if env:
         return env
-    root = Path(path) if path else Path(__file__).resolve().parents[2]
+    root = Path(path) if path else Path(__file__).resolve().parents[1]
     return _run(["git", "-C", str(root), "rev-parse", "HEAD"])
 
 
