@@ -96,8 +96,12 @@ def register(subparsers) -> None:
     p.add_argument("--artifact-path", default=None, metavar="DIR", help="folder inside the run's artifacts")
     p.set_defaults(func=run_artifacts)
 
-    p = sub.add_parser("ui-command", help="print the command that opens the MLflow UI on the store")
+    p = sub.add_parser("ui-command", help="print the command that opens the MLflow UI on the store, and the page to open",
+                       description="Print the command that serves the MLflow UI on the store, then (as a shell "
+                                   "comment) the page to open: the experiment's runs, grouped by kind, with the "
+                                   "headline metrics as columns (MLflow 3 would open its GenAI pages).")
     p.add_argument("--uri", default=None, help=uri_help)
+    p.add_argument("--experiment", default=None, metavar="NAME", help="open this experiment's runs (default: the list)")
     p.add_argument("--artifact-root", default=None, metavar="DIR", help="as given to `mpm track init`")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -210,9 +214,16 @@ def run_finish(args) -> int:
 
 
 def run_ui_command(args) -> int:
-    from mpm.tracking.store import format_command, ui_command
+    from mpm.tracking.store import format_command, open_experiment, resolve_store, ui_command, ui_url
 
     print(format_command(ui_command(args.uri, artifact_root=args.artifact_root, host=args.host, port=args.port)))
+    store = resolve_store(args.uri, args.artifact_root)
+    exp_id = None
+    if args.experiment:
+        store.require_initialised()
+        exp_id = open_experiment(store.client(), store, args.experiment)
+    base = store.uri if store.kind == "server" else f"http://{args.host}:{int(args.port)}"
+    print(f"# then open {ui_url(base, exp_id)}")
     return 0
 
 

@@ -403,7 +403,7 @@ def _claim(client, parent_id: str, name: str, token: str) -> str | None:
     try:
         client.log_param(parent_id, name, token)
         return None
-    except MlflowException as err:
+    except MlflowException:
         try:
             holder = client.get_run(parent_id).data.params.get(name)
         except MlflowException:

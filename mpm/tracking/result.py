@@ -84,6 +84,9 @@ JOB_PATH_PARAM = "pipeline.job"
 #: checkpoint file names that say nothing about the model: the folder names it instead
 _GENERIC_STEMS = frozenset({"checkpoint", "model", "weights", "best", "last", "latest", "final"})
 _METHOD_BASE_KEYS = ("method", "schedule", "batch_policy")
+#: the metrics shown as columns of the UI's runs view (:func:`mpm.tracking.store.runs_view_state`)
+VIEW_METRICS = ("mIoU", "gflops_per_image", "tokens_full", "images_per_s", "per_image_ms", "latency_median_ms",
+                "gflops")
 
 
 @dataclass

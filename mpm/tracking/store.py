@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -52,14 +53,18 @@ __all__ = [
     "ENV_TRACKING_URI",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
+    "RUNS_VIEW_KEY",
+    "RUNS_VIEW_TAG",
     "Store",
     "TrackingError",
     "init_store",
     "open_experiment",
     "resolve_store",
     "server_command",
+    "runs_view_state",
     "store_lock",
     "ui_command",
+    "ui_url",
 ]
 
 #: the folder of the default store
@@ -74,6 +79,10 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 #: model-training experiments (runs table with metric columns; "genai_development" opens traces)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: the runs view :func:`ui_url` opens: MLflow's UI keeps a shared view state as the experiment
+#: tag ``mlflow.sharedViewState.<key>`` and opens it for a URL with ``viewStateShareKey=<key>``
+RUNS_VIEW_KEY = "mpm-runs"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 
 
 class TrackingError(MPMError, RuntimeError):
@@ -331,28 +340,47 @@ def _upgrade_sqlite(store: Store) -> None:
 
 
 def _ensure_experiment(client, store: Store, name: str) -> str:
-    """Create experiment ``name`` (or restore it) and mark it a model-training experiment; its id.
+    """Create experiment ``name`` (or restore it), a model-training experiment with mpm's runs view; its id.
 
-    The kind (tag :data:`EXPERIMENT_KIND_TAG`) makes MLflow 3's UI open the experiment on its
-    runs table, not on the GenAI (traces) view; a kind already set (e.g. chosen in the UI) is kept.
+    The kind (tag :data:`EXPERIMENT_KIND_TAG`) makes MLflow 3's UI treat the experiment as model
+    training, not GenAI (a kind already set, e.g. chosen in the UI, is kept); the runs view
+    (:data:`RUNS_VIEW_TAG`, :func:`runs_view_state`) is what :func:`ui_url` opens.
     """
     from mlflow.exceptions import MlflowException
 
+    view = json.dumps(runs_view_state(), sort_keys=True)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             return client.create_experiment(name, artifact_location=store.artifact_location(name),
                                             tags={"mpm.created_by": "mpm track init",
-                                                  EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                                  EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: view})
         except MlflowException as err:  # created meanwhile by another client of the same server
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise TrackingError(f"cannot create experiment {name!r} in {store.uri}: {_short(err)}") from err
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older mpm
+    tags = exp.tags or {}
+    if EXPERIMENT_KIND_TAG not in tags:  # made by an older mpm
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if tags.get(RUNS_VIEW_TAG) != view:
+        client.set_experiment_tag(exp.experiment_id, RUNS_VIEW_TAG, view)
     return exp.experiment_id
+
+
+def runs_view_state() -> dict:
+    """The runs table ``mpm track ui-command`` opens, as MLflow's UI stores a shared view.
+
+    Runs grouped by ``mpm.kind`` (pipeline, eval, bench; groups open, so the jobs are not folded
+    under their parent run), oldest first, with the headline metrics as columns
+    (:data:`mpm.tracking.result.VIEW_METRICS`).
+    """
+    from mpm.tracking.result import VIEW_METRICS
+
+    return {"orderByKey": "attributes.start_time", "orderByAsc": True,
+            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "mpm.kind"}]},
+            "selectedColumns": [f"metrics.`{m}`" for m in VIEW_METRICS]}
 
 
 def open_experiment(client, store: Store, name: str) -> str:
@@ -399,6 +427,19 @@ def ui_command(uri: str | os.PathLike | None = None, *, artifact_root: str | os.
         return ["python", "-m", "webbrowser", "-t", store.uri]
     return ["mlflow", "ui", "--backend-store-uri", store.uri, "--default-artifact-root",
             str(store.artifact_root), "--host", host, "--port", str(int(port))]
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The page to open in the UI at ``base`` (``http://HOST:PORT``): an experiment's runs in mpm's view.
+
+    MLflow 3.17's UI opens every experiment on its GenAI pages unless the sidebar switch (or
+    ``workflowType=machine_learning``) says "Model training"; ``viewStateShareKey`` applies
+    :func:`runs_view_state`. Without an experiment: the experiment list, on model training.
+    """
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
 
 
 def server_command(uri: str | os.PathLike | None = None, *, artifacts_destination: str | os.PathLike | None = None,

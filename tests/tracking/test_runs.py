@@ -3,6 +3,8 @@ and parent runs that end with the invocation (RUNNING until then, FINISHED or FA
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from _track_results import bench_record, eval_record, write
 
@@ -10,7 +12,7 @@ from mpm.cli import main
 from mpm.tracking import TrackingError, ensure_parent_run, find_runs, init_store, track_result
 from mpm.tracking.log import finish_parent_run
 from mpm.tracking.result import _utc_ms
-from mpm.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from mpm.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RUNS_VIEW_TAG, ui_url
 
 
 def test_experiments_are_model_training_experiments(tmp_path):
@@ -27,6 +29,27 @@ def test_experiments_are_model_training_experiments(tmp_path):
     init_store(uri, ["new", "old", "chosen"])
     assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    # the runs view the UI URL opens: jobs grouped by kind (not folded under the parent), metric columns
+    view = json.loads(client.get_experiment(old).tags[RUNS_VIEW_TAG])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "mpm.kind"}]
+    assert {"metrics.`mIoU`", "metrics.`images_per_s`", "metrics.`latency_median_ms`"} <= set(view["selectedColumns"])
+    assert ui_url("http://127.0.0.1:5000/", old) == (f"http://127.0.0.1:5000/#/experiments/{old}/runs?"
+                                                     "workflowType=machine_learning&viewStateShareKey=mpm-runs")
+
+
+def test_the_installed_mlflow_ui_reads_what_the_view_sets():
+    """The names ui_url and the runs view rely on, in the installed MLflow UI's JavaScript."""
+    from pathlib import Path
+
+    import mlflow
+
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    if not js.is_dir():
+        pytest.skip(f"this mlflow has no built UI ({js})")
+    text = "\n".join(p.read_text(errors="replace") for p in js.glob("*.js"))
+    for name in ("mlflow.sharedViewState.", "viewStateShareKey", '"workflowType"', '"machine_learning"',
+                 '"selectedColumns"', '"groupBy"', "mlflow.experimentKind", '"custom_model_development"'):
+        assert name in text, name
 
 
 def test_runs_start_and_end_with_their_jobs(session_store, client, tmp_path):
@@ -90,6 +113,9 @@ def test_parent_runs_while_the_invocation_runs_then_ends(session_store, client, 
     assert f"parent run {parent} (inv-run) in experiment misc: FAILED" in capsys.readouterr().out
     info = client.get_run(parent).info
     assert info.status == "FAILED" and info.end_time >= info.start_time
+    assert main(["track", "ui-command", "--uri", uri, "--experiment", "misc", "--port", "5066"]) == 0
+    exp_id = client.get_experiment_by_name("misc").experiment_id
+    assert capsys.readouterr().out.splitlines()[1] == f"# then open {ui_url('http://127.0.0.1:5066', exp_id)}"
     assert main(["track", "finish", "--uri", uri, "--experiment", "misc", "--key", "inv-none"]) == 2
     assert "no parent run with key 'inv-none'" in capsys.readouterr().err
     with pytest.raises(TrackingError, match="expected one of FINISHED, FAILED, KILLED"):
