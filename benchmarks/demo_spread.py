@@ -90,6 +90,9 @@ def git_state() -> dict:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != ROOT:  # not a checkout of its own (a copy inside another one)
+        return {"commit": None, "dirty": None}
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if commit is None else bool(dirty)}
