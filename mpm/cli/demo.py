@@ -8,8 +8,7 @@ from pathlib import Path
 
 #: the demo recipe's defaults, for --help only (they live in mpm.evaluation.train_demo.TrainDemoConfig;
 #: importing it here would load torch for every `mpm` command)
-_HELP_DEFAULTS = {"seed": 0, "max_seconds": 240, "threads": 2, "steps": 300, "batch_size": 8, "train_crop": 128,
-                  "lr": 1e-3}
+_HELP_DEFAULTS = {"seed": 0, "threads": 2, "steps": 300, "batch_size": 8, "train_crop": 128, "lr": 6e-4}
 
 
 def register(subparsers) -> None:
@@ -25,9 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--data-root", required=True, help="root of the prepared synthetic set")
     parser.add_argument("--out", required=True, help="checkpoint to write (sidecar: OUT.json)")
     parser.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
-    parser.add_argument("--max-seconds", type=float, default=d["max_seconds"],
-                        help="safety limit on training time; the step budget normally ends training first "
-                             f"(default {d['max_seconds']}; 0 = none)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="abort with an error, writing nothing, if training takes longer than this "
+                             "(default: no limit). Training always runs all --steps: it never stops early")
     parser.add_argument("--threads", type=int, default=d["threads"],
                         help=f"torch CPU threads (default {d['threads']})")
     parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {d['steps']})")
@@ -45,13 +44,13 @@ def run(args) -> int:
     try:
         recipe = {k: v for k, v in (("batch_size", args.batch_size), ("train_crop", args.train_crop),
                                     ("lr", args.lr)) if v is not None}
-        side = train_demo(args.data_root, args.out, seed=args.seed, max_seconds=args.max_seconds or None,
+        side = train_demo(args.data_root, args.out, seed=args.seed, time_limit=args.time_limit,
                           threads=args.threads or None, steps=args.steps, progress=args.progress, **recipe)
     except KeyboardInterrupt:
         print("mpm train-demo: interrupted, nothing written", file=sys.stderr)
         return 130
     wall = side["wall_time_s"]
-    print(f"trained {side['model']['architecture']} for {side['steps_done']} steps "
-          f"({side['stopped_by']}) in {wall['train']:.0f} s; final loss {side['loss']['mean_last_10pct']:.4f}")
+    print(f"trained {side['model']['architecture']} for {side['steps_done']} of {side['training']['steps']} steps "
+          f"in {wall['train']:.0f} s; final loss {side['loss']['mean_last_10pct']:.4f}")
     print(f"wrote {args.out} and {Path(args.out).name}.json (synthetic demo model)")
     return 0

@@ -85,3 +85,47 @@ def test_bad_settings(data_root, tmp_path):
     with pytest.raises(ConfigError):
         train_demo(data_root, tmp_path / "x.pth", no_such_option=1, progress=False)
     assert not (tmp_path / "x.pth").exists()
+
+
+class _SlowClock:
+    """A ``time`` stand-in whose clock jumps 1000 s at each read: any hidden time cap would trip."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1000.0
+        return self.now
+
+
+def test_no_time_cap(data_root, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("mpm.evaluation.train_demo")  # the package re-exports the function's name
+    monkeypatch.setattr(module, "time", _SlowClock())  # hours "pass" between steps
+    out = tmp_path / "slow.pth"
+    side = train_demo(data_root, out, seed=0, progress=False, log=lambda msg: None, **{**FAST, "steps": 7})
+    assert side["steps_done"] == 7 == side["training"]["steps"] and side["stopped_by"] == "steps"
+    assert len(side["loss"]["curve"]) == 4 and side["loss"]["curve"][-1]["step"] == 6
+    assert "max_seconds" not in side["training"] and not hasattr(TrainDemoConfig(), "max_seconds")
+    assert out.is_file() and sidecar_path(out).is_file()
+
+
+def test_time_limit_aborts_and_writes_nothing(data_root, tmp_path, capsys):
+    from mpm.evaluation.train_demo import TrainTimeLimit
+
+    out = tmp_path / "limited.pth"
+    with pytest.raises(TrainTimeLimit, match=r"time limit of 1e-09 s after 1 of 5 steps; aborted"):
+        train_demo(data_root, out, seed=0, progress=False, log=lambda msg: None, time_limit=1e-9, **FAST)
+    assert list(tmp_path.iterdir()) == []
+    # the CLI: one line, exit status 2, an earlier checkpoint left as it was
+    out.write_bytes(b"earlier")
+    rc = main(["train-demo", "--data-root", str(data_root), "--out", str(out), "--steps", "5", "--batch-size", "2",
+               "--train-crop", "32", "--threads", "1", "--time-limit", "1e-9", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("mpm train-demo: error: train-demo: training passed the time limit of 1e-09 s")
+    assert "not written" in err[-1] and "steps only" in err[-1]
+    assert out.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["limited.pth"]
+    with pytest.raises(ConfigError, match="time_limit"):
+        train_demo(data_root, out, progress=False, time_limit=0, **FAST)
