@@ -66,9 +66,14 @@ _validate_schema()
 VIT_DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
 
 
+def method_arg_items(method):
+    """A method's ``args`` as the jobs' ``--method-arg KEY=VALUE`` items."""
+    return [f"{k}={v}" for k, v in config["methods"][method].get("args", {}).items()]
+
+
 def method_kwargs(method):
-    """The parameters a job's merge method gets: ``args`` through the `mpm` CLI's --method-arg parser."""
-    return parse_method_args([f"{k}={v}" for k, v in config["methods"][method].get("args", {}).items()])
+    """The parameters a job's merge method gets: its --method-arg items through the `mpm` CLI's parser."""
+    return parse_method_args(method_arg_items(method))
 
 
 def schedule_entry(method, schedule):
