@@ -41,7 +41,7 @@ def schedule_blocks(method, schedule):
 def method_args(method):
     """``--method-arg k=v`` options and the batch policy of a method."""
     spec = config["methods"][method]
-    args = [f"--method-arg {shlex.quote(f'{k}={v}')}" for k, v in spec.get("args", {}).items()]
+    args = [f"--method-arg {shlex.quote(item)}" for item in method_arg_items(method)]
     args.append(f"--batch-policy {spec.get('batch_policy', 'exact')}")
     return " ".join(args)
 

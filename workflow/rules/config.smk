@@ -66,9 +66,14 @@ _validate_schema()
 VIT_DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
 
 
+def method_arg_items(method):
+    """A method's ``args`` as the jobs' ``--method-arg KEY=VALUE`` items."""
+    return [f"{k}={v}" for k, v in config["methods"][method].get("args", {}).items()]
+
+
 def method_kwargs(method):
-    """The parameters a job's merge method gets: ``args`` through the `mpm` CLI's --method-arg parser."""
-    return parse_method_args([f"{k}={v}" for k, v in config["methods"][method].get("args", {}).items()])
+    """The parameters a job's merge method gets: its --method-arg items through the `mpm` CLI's parser."""
+    return parse_method_args(method_arg_items(method))
 
 
 def schedule_entry(method, schedule):
@@ -192,18 +197,19 @@ HOST_TARGETS = [t for t in bench_targets() if _TARGETS[t].type != "ssh"]
 
 
 def _check_device_caps():
-    """One timing per device: the scheduler must cap resource bench_<target> at 1 for every target timed.
+    """One timing per device: the scheduler must cap resource bench_<target> at 1 for every timed target
+    of type local or ssh (this host, a board).
 
     The caps are in the workflow profile, workflow/profiles/default (Snakemake loads it for
-    workflow/Snakefile; --workflow-profile replaces it, --resources replaces its caps). Under a cluster
-    executor a SLURM target needs none (every job gets its own allocation); inside a job nothing is
-    scheduled, so nothing is checked there.
+    workflow/Snakefile; --workflow-profile replaces it, --resources replaces its caps). A SLURM target is
+    left to its allocation (the executor is not known while the workflow is parsed; the default profile
+    caps it too, for runs inside one allocation). Inside a job nothing is scheduled: nothing to check.
     """
     if workflow.exec_mode != ExecMode.DEFAULT:
         return
     missing = []
     for t in bench_targets():
-        if _TARGETS[t].type == "slurm" and not workflow.local_exec:
+        if _TARGETS[t].type == "slurm":
             continue
         cap = workflow.global_resources.get(f"bench_{t}")
         if cap is None or cap.value != 1:
