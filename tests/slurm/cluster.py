@@ -216,6 +216,9 @@ class SlurmCluster:
         out = self._run(["squeue", "-h", "-o", "%i", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING"]).stdout
         return out.split()
 
+    def scancel(self, job_id: str | int) -> None:
+        self._run(["scancel", str(job_id)], check=True)
+
     def job(self, job_id: str | int) -> dict[str, str]:
         """``scontrol show job`` of one job as a dict (JobState, StartTime, EndTime, NodeList, Partition...)."""
         out = self._run(["scontrol", "show", "job", "-o", str(job_id)], check=True).stdout

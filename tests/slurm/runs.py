@@ -109,3 +109,9 @@ class DagRun:
 def slurm_run_id(output: str) -> str:
     """The run id the SLURM executor names its jobs with (``--job-name``), from snakemake's output."""
     return re.search(r"SLURM run ID: (\S+)", output).group(1)
+
+
+def rule_of(job: dict) -> str:
+    """The rule a SLURM job ran: the executor's comment is ``rule_<name>[_wildcards_...]``."""
+    m = re.match(r"^rule_(\w+?)(_wildcards_|$)", job.get("Comment", ""))
+    return m.group(1) if m else ""

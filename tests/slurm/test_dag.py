@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 from compare import differences
-from runs import CI_PROFILE, snakemake
+from runs import CI_PROFILE, rule_of, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the DAG runs in the first test's set-up
 
@@ -28,11 +28,6 @@ def job_stats(output: str) -> Counter:
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-def rule_of(job: dict) -> str:
-    """The rule a SLURM job ran: the plugin's comment is ``rule_<name>[_wildcards_...]``."""
-    return re.match(r"^rule_(\w+?)(_wildcards_|$)", job["Comment"]).group(1)
 
 
 def when(text: str) -> dt.datetime:
