@@ -67,6 +67,9 @@ class SlurmCluster:
     #: seconds a finished job stays visible to squeue/scontrol (the plugin's squeue status needs >= 3x its poll)
     min_job_age_s: int = 3600
     max_time_min: int = 60
+    #: ``"h100:1"``: the node declares that many GPUs of that type, backed by /dev/null (no device:
+    #: for testing what SLURM accepts, never for running CUDA). None: no GRES at all (the default)
+    fake_gpus: str | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -149,8 +152,15 @@ class SlurmCluster:
             "KillWait": 5,
             "SlurmdParameters": "config_overrides",  # the declared CPUs/memory, whatever the host reports
         }
+        gres = ""
+        if self.fake_gpus:
+            gpu_type, count = self.fake_gpus.split(":")
+            lines["GresTypes"] = "gpu"
+            gres = f" Gres=gpu:{gpu_type}:{count}"
+            (self.conf.parent / "gres.conf").write_text(
+                f"AutoDetect=off\nNodeName={NODE} Name=gpu Type={gpu_type} File=/dev/null Count={count}\n")
         text = "".join(f"{k}={v}\n" for k, v in lines.items())
-        text += (f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN\n"
+        text += (f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb}{gres} State=UNKNOWN\n"
                  f"PartitionName={self.partition} Nodes={NODE} Default=YES MaxTime={self.max_time_min} State=UP\n")
         self.conf.write_text(text)
 

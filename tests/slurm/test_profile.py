@@ -7,11 +7,14 @@ else is the file as committed: a typo in a key or a value SLURM refuses fails he
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import pytest
 import yaml
-from runs import DOC_PROFILE, REPO, slurm_env, slurm_run_id, snakemake, write_config
+from cluster import PACKAGES, SlurmCluster, missing_binaries
+from runs import DOC_PROFILE, REPO, rule_of, slurm_env, slurm_run_id, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -67,3 +70,45 @@ def test_documented_profile_submits_a_job(slurm_cluster, tracking_server, tmp_pa
     assert job["MinMemoryNode"] == f"{defaults['mem_mb']}M"
     hours, minutes = divmod(defaults["runtime"], 60)
     assert re.fullmatch(rf"0?{hours}:{minutes:02d}:00", job["TimeLimit"]), job["TimeLimit"]
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    """A second one-node cluster whose node declares one h100 (backed by /dev/null) and the CPUs and
+    memory the profile's GPU rules ask for: only whether SLURM accepts those requests is under test."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"SLURM is not installed: {', '.join(missing)} not found (apt-get install -y {' '.join(PACKAGES)})")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("gpu-slurm") / "cluster", cpus=16, memory_mb=64000,
+                           fake_gpus="h100:1")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_documented_gpu_rules_are_accepted_by_slurm(ci_dag, gpu_cluster, tracking_server, tmp_path):
+    """The GPU rules' resources (gres, --exclusive, 16 CPUs, 64000 MB) as SLURM sees them.
+
+    ``bench`` (a CPU timing, placed on the GPU node as the profile says) runs and records its
+    allocation; ``evaluate`` with ``device: cuda`` is submitted with the profile's gres and nothing
+    beside it (the rule's own ``gpu`` resource would add ``--gpus=1``, which SLURM refuses next to a
+    typed gres), then fails in its command: this node has no CUDA device behind its h100.
+    """
+    profile = site_profile(tmp_path / "profile")
+    results = tmp_path / "results"
+    shutil.copytree(ci_dag.results / "models", results / "models", copy_function=shutil.copy2)
+    config = write_config(tmp_path / "ci.yaml", ci_dag.data, results, evaluation__device="cuda")
+    evaluation = results / "eval/synthetic/seg-t-demo/none/dense.json"
+    bench = results / "bench/local/seg-t-demo/none/dense/bs1-math-float32.json"
+    run = snakemake([str(evaluation), str(bench), "--profile", str(profile), "--configfile", str(config)],
+                    slurm_env(gpu_cluster, tracking_server), log=tmp_path / "run.log")
+    assert "SLURM sbatch failed" not in run.output, run.output[-3000:]
+    jobs = {rule_of(j): j for j in gpu_cluster.all_jobs() if j["JobName"] == slurm_run_id(run.output)}
+    assert set(jobs) == {"bench", "evaluate"}
+    for job in jobs.values():
+        assert "gpu:h100:1" in job["TresPerNode"] and job["NumCPUs"] == "16" and job["MinMemoryNode"] == "64000M"
+    assert jobs["bench"]["JobState"] == "COMPLETED" and jobs["bench"]["OverSubscribe"] == "NO"  # --exclusive
+    assert json.loads(bench.read_text())["target"]["slurm"]["job_id"] == jobs["bench"]["JobId"]
+    assert run.returncode != 0 and jobs["evaluate"]["JobState"] == "FAILED" and not evaluation.exists()
