@@ -96,8 +96,27 @@ _TYPE_KEYS = {
     "ssh": frozenset({"host", "python", "work_dir", "user", "port", "key", "known_hosts", "connect_timeout",
                       "run_timeout", "ssh_options", "keep_job_dir"}),
 }
+#: the SLURM job's environment variables recorded with a timing run inside an allocation (:func:`slurm_allocation`)
+SLURM_ALLOCATION_ENV = {
+    "job_id": "SLURM_JOB_ID",
+    "partition": "SLURM_JOB_PARTITION",
+    "node": "SLURMD_NODENAME",
+    "nodelist": "SLURM_JOB_NODELIST",
+    "cluster": "SLURM_CLUSTER_NAME",
+    "cpus_on_node": "SLURM_CPUS_ON_NODE",
+    "step_id": "SLURM_STEP_ID",
+}
 _GRES = re.compile(r"^[a-zA-Z0-9_]+(:[a-zA-Z0-9_.]+)?:\d+$")
 _RUNTIME = re.compile(r"^(\d+|(\d+(\.\d+)?[dhms])+|(\d+-)?\d+(:\d+){0,2})$")
+
+
+def slurm_allocation(environ: Mapping[str, str] | None = None) -> dict[str, str | None] | None:
+    """The SLURM allocation this process runs in (job id, partition, node...), read from the variables
+    SLURM sets in a job (:data:`SLURM_ALLOCATION_ENV`); ``None`` outside a job."""
+    env = os.environ if environ is None else environ
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    return {key: env.get(var) or None for key, var in SLURM_ALLOCATION_ENV.items()}
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,8 @@ class Target:
     """What every target has."""
 
     type: ClassVar[str] = "local"
+    #: the point runs in this process's host (so a SLURM allocation around it is recorded)
+    runs_here: ClassVar[bool] = True
     name: str
     device: str = "cpu"
     threads: int | None = None
@@ -117,6 +138,9 @@ class Target:
         d = {"name": self.name, "type": self.type, "device": self.device, "threads": self.threads}
         if self.cooldown:
             d["cooldown"] = self.cooldown.to_dict()
+        allocation = slurm_allocation() if self.runs_here else None
+        if allocation:
+            d["slurm"] = allocation
         return d
 
     def resource_name(self) -> str:
@@ -161,6 +185,7 @@ class SSHTarget(Target):
     """A machine reached over SSH (a Raspberry Pi 5): the job is shipped, run there and fetched back."""
 
     type: ClassVar[str] = "ssh"
+    runs_here: ClassVar[bool] = False
     host: str = ""
     python: str = "python3"
     work_dir: str = "~/mpm-bench"

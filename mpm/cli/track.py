@@ -116,6 +116,10 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=run_server_command)
 
+    from mpm.cli import track_server  # `mpm track server`: a server for jobs on other hosts
+
+    track_server.register(sub)
+
 
 def parse_pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``."""

@@ -1,4 +1,7 @@
 # Stage 1: downloads (datasets and checkpoints), resumable and checksum-verified.
+# Local rules: on a cluster they run on the submitting host (compute nodes often have no internet).
+
+localrules: fetch_dataset, fetch_checkpoint
 
 
 rule fetch_dataset:
