@@ -21,6 +21,7 @@ from mpm.benchmarking.images import load_batch_images
 from mpm.benchmarking.timing import SectionTimer, summarize, time_calls
 from mpm.errors import ConfigError
 from mpm.merging import build_method
+from mpm.merging.base import MergeMethod
 from mpm.models import SegmenterConfig, build_segmenter, check_backend
 from mpm.models.flops import FlopReport, flops_of_run
 
@@ -214,3 +215,60 @@ def validate_result(result: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
             for e in sorted(validator.iter_errors(result), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+class SliceOracle(MergeMethod):
+    """The cost floor of a merged model at a method's token counts.
+
+    At each merge site of ``reference`` every image keeps the first ``counts[k][b]``
+    of its image tokens: no similarity, no averaging, counts known on the host
+    (set :attr:`counts` before each forward). Its time is what any merge method
+    reaching those counts at those sites could at best achieve; the unmerge to the
+    full grid is kept, as every merged model needs it.
+
+    Args:
+        reference: the method whose sites (and site kind) the oracle takes.
+        counts: per site, per image, the image tokens kept.
+    """
+
+    name = "oracle"
+    uses_size = False
+
+    def __init__(self, reference: MergeMethod, counts: list[list[int]] | None = None) -> None:
+        super().__init__(reference.schedule, "exact")
+        self.site = reference.site  # type: ignore[misc]
+        self.reference = reference
+        self.counts: list[list[int]] = counts or []
+        self._cache: dict[tuple, tuple] = {}
+
+    def static_plan(self, block: int, st, num_prefix: int, packed: bool):
+        """The fast runner's protocol for host-known counts: (RowPlan, output Layout), cached per counts."""
+        from mpm.merging.mpm import RowPlan
+        from mpm.models.encoder import Layout
+
+        k = self.schedule.index(block)
+        if k >= len(self.counts) or len(self.counts[k]) != st.batch:
+            raise ConfigError(f"oracle: no token counts for site {k} and a batch of {st.batch} (set .counts)")
+        counts = tuple(int(c) for c in self.counts[k])
+        key = (k, counts, st.layout, packed)
+        hit = self._cache.get(key)
+        if hit is None:
+            dev = st.x.device
+            slots = st.layout.slots - num_prefix
+            kept = torch.tensor(counts, dtype=torch.long, device=dev)
+            j = torch.arange(slots, device=dev)
+            dest = torch.minimum(j, kept[:, None] - 1).clamp_(min=0)
+            lens = [num_prefix + c for c in counts]
+            if packed:
+                layout = Layout(st.layout.slots, True, sum(lens) + 1, False)
+            else:
+                longest = max(lens)
+                layout = Layout(longest, False, st.batch * longest, min(lens) == longest)
+            hit = self._cache[key] = (RowPlan(dest, None, j < kept[:, None], kept), layout)
+        return hit
+
+    def merge(self, x, ctx):  # pragma: no cover - the oracle runs in the fast runner only
+        raise ConfigError("the slice oracle runs through SegmenterRunner only")
+
+    def describe(self) -> dict:
+        return {"method": "oracle", "schedule": list(self.schedule), "of": self.reference.describe()}
