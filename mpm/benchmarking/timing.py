@@ -134,3 +134,63 @@ class SectionTimer:
             "unmerge_ms": self.totals.get("unmerge", 0.0) / n,
             "decoder_ms": self.totals.get("decoder", 0.0) / n,
         }
+
+
+def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0) -> float:
+    """Mean ms per call of ``fn(offset + i)`` over ``iters`` back-to-back calls (events on CUDA)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for i in range(iters):
+            fn(offset + i)
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / iters
+    t0 = time.perf_counter()
+    for i in range(iters):
+        fn(offset + i)
+    return (time.perf_counter() - t0) * 1000.0 / iters
+
+
+def interleaved(variants: dict[str, Callable[[int], object]], device: torch.device, iters: int, repeats: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Time the variants in turn (a, b, c, a, b, c, ...): ``repeats`` blocks of ``iters`` calls each.
+
+    Machine load that drifts over the run then hits every variant alike, and the
+    per-repeat ratios (:func:`ratio_stats`) show how much the comparison moves.
+    Returns ms per call, one entry per repeat, per variant.
+    """
+    for fn in variants.values():
+        for i in range(warmup):
+            fn(i)
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            out[name].append(time_block(fn, device, iters))
+    return out
+
+
+@dataclass
+class Ratio:
+    """A speed ratio over interleaved repeats: its median and its spread (min, max)."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        """False when the spread crosses 1.0 (noise could explain the difference)."""
+        return not (self.low <= 1.0 <= self.high)
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "low": self.low, "high": self.high, "significant": self.significant}
+
+
+def ratio_stats(numerator_ms: list[float], denominator_ms: list[float]) -> Ratio:
+    """Per-repeat ``numerator / denominator`` (e.g. dense ms / method ms = speedup), as a :class:`Ratio`."""
+    if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
+        raise ValueError("ratio_stats needs two equally long, non-empty lists of repeats")
+    r = [a / b for a, b in zip(numerator_ms, denominator_ms)]
+    return Ratio(statistics.median(r), min(r), max(r))

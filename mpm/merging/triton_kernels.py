@@ -39,9 +39,13 @@ except ImportError:  # pragma: no cover - CPU-only installs
     tl = None
 
 
+#: set False to take the plain PyTorch twins everywhere (checks and A/B timings)
+enabled = True
+
+
 def available(t: Tensor) -> bool:
     """Whether the kernels can run on ``t``'s device (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
-    if triton is None:
+    if triton is None or not enabled:
         return False
     if t.is_cuda:
         return True
@@ -74,8 +78,8 @@ if triton is not None:
             sq_m += tl.sum(a * a, axis=1)
         best_val = tl.full([BLOCK_M], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
-        n_loop = tl.where(pid_m * BLOCK_M < n, n, 0)  # programs past the image's rows do nothing
-        for n0 in range(0, n_loop, BLOCK_N):
+        n_loop = tl.where(pid_m * BLOCK_M < n, n, n - n)  # programs past the image's rows do nothing
+        for n0 in range(n - n, n_loop, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < n
             rows_n = (row0 + offs_n).to(tl.int64) * stride_x
@@ -85,7 +89,10 @@ if triton is not None:
                 kk = k0 + offs_k
                 a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
                 bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
-                acc = tl.dot(a, bt, acc, input_precision=PRECISION)
+                if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
+                    acc = tl.dot(a, bt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, bt, acc)
                 btf = bt.to(tl.float32)
                 sq_n += tl.sum(btf * btf, axis=0)
             s = acc * (1.0 / tl.maximum(tl.sqrt(sq_n), 1e-12))[None, :]
@@ -157,13 +164,14 @@ if triton is not None:
         if PACKED:
             tl.store(CU + b, out_start.to(tl.int32))
             if b == B - 1:
+                end = total - total + R_OUT  # int64, like total (Python ints may arrive as constants)
                 tl.store(CU + B, total.to(tl.int32))
-                tl.store(CU + B + 1, R_OUT.to(tl.int32))
-                for r0 in range(total, R_OUT, PAD_BLOCK):  # pad rows copy row 0 (finite)
+                tl.store(CU + B + 1, end.to(tl.int32))
+                for r0 in range(total, end, PAD_BLOCK):  # pad rows copy row 0 (finite)
                     r = r0 + tl.arange(0, PAD_BLOCK)
-                    tl.store(SRC1 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < R_OUT)
+                    tl.store(SRC1 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < end)
                     if HAS_PARTNER:
-                        tl.store(SRC2 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < R_OUT)
+                        tl.store(SRC2 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < end)
         else:
             r = out_start + P + m + j  # this image's pad rows copy its first row
             pad = (P + m + j) < L_OUT

@@ -277,6 +277,7 @@ class SegmenterRunner:
         self._keys = self._merge_kind() in ("inline", "eager")
         self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
         self._graphs: _GraphCache | None = None
+        self._simulate_graphs = False  # tests: graphs mode on the CPU, replay = re-run (tests/models/test_runner.py)
 
     # ---- the program ---------------------------------------------------- #
 
@@ -327,11 +328,10 @@ class SegmenterRunner:
     def __call__(self, images: Tensor, timer: SectionTimer | None = None, return_encoder: bool = False):
         """Class logits (B, K, H, W) of normalised images (B, 3, H, W), as :meth:`Segmenter.forward`."""
         timer = timer or _no_timer
-        if self.mode == "graphs":
-            if images.device.type != "cuda":
+        if self.mode == "graphs" and self._graphs is None:
+            if images.device.type != "cuda" and not self._simulate_graphs:
                 raise ConfigError(f"execution mode 'graphs' needs a CUDA device, got {images.device}")
-            if self._graphs is None:
-                self._graphs = _GraphCache(self, images)
+            self._graphs = (_SimulatedGraphs if images.device.type != "cuda" else _GraphCache)(self, images)
         h, w = images.shape[-2:]
         p = self.model.patch_size
         ph, pw = math.ceil(h / p) * p, math.ceil(w / p) * p
@@ -491,7 +491,7 @@ class _GraphCache:
                  + runner.num_prefix)
         self.float_cap = (b * n_all + n_all + 64) * max(cfg.embed_dim, cfg.decoder_dim or cfg.embed_dim)
         self.int_cap = b * (n_all + 2) + 64
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def put(self, owner, name: str, t: Tensor) -> Tensor:
         """Copy ``t`` into the mailbox ``(owner, name)``; returns the mailbox view."""
@@ -519,19 +519,42 @@ class _GraphCache:
                     outs = {n: self.put(k, n, t) for n, t in outs.items()}
                 return outs, new_host
 
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.stream):
-                for _ in range(2):  # warm-up: lazy initialisation, Triton compilation, cuBLAS workspaces
-                    body()
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outs, new_host = body()
-            entry = self.entries[key] = (graph, outs, new_host)
+            entry = self.entries[key] = self._capture(body)
         graph, outs, new_host = entry
         graph.replay()
         return outs, new_host
 
+    def _capture(self, body):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for _ in range(2):  # warm-up: lazy initialisation, Triton compilation, cuBLAS workspaces
+                body()
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs, new_host = body()
+        return graph, outs, new_host
+
     @property
     def num_graphs(self) -> int:
         return len(self.entries)
+
+
+class _SimulatedGraphs(_GraphCache):
+    """Graph semantics on the CPU (tests only): a "replay" re-runs the captured piece on the
+    tensors it was captured with and writes into the outputs of the capture, as a CUDA graph
+    reads and writes fixed addresses."""
+
+    class _Replay:
+        def __init__(self, body, outs) -> None:
+            self.body, self.outs = body, outs
+
+        def replay(self) -> None:
+            fresh, _ = self.body()
+            for name, t in fresh.items():
+                if self.outs[name].data_ptr() != t.data_ptr():
+                    self.outs[name].copy_(t)
+
+    def _capture(self, body):
+        outs, new_host = body()
+        return self._Replay(body, outs), outs, new_host
