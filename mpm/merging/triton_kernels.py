@@ -39,8 +39,8 @@ except ImportError:  # pragma: no cover - CPU-only installs
     tl = None
 
 
-#: set False to take the plain PyTorch twins everywhere (checks and A/B timings)
-enabled = True
+#: set False (or MPM_TRITON=0) to take the plain PyTorch twins everywhere (checks and A/B timings)
+enabled = os.environ.get("MPM_TRITON", "1") != "0"
 
 
 def available(t: Tensor) -> bool:
