@@ -28,6 +28,7 @@ from mpm.merging.mpm import plan_from_partners  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 
 FAILURES = 0
+QUICK = "--quick" in sys.argv
 
 
 def check(ok: bool, text: str) -> None:
@@ -107,10 +108,14 @@ def runner_checks(dev: torch.device) -> None:
     x32 = smooth_images(4, 512, 0).to(dev)
     cases = [("none", (), {}), ("mpm", (2, 5), {}), ("mpm", (1, 3, 5), {}), ("tome", tuple(range(12)), {"r": 40}),
              ("algm", (), {})]
+    combos = ((torch.float32, ("math", "sdpa")), (torch.float16, ("math", "sdpa", "fa2")))
+    if QUICK:
+        cases = [c for c in cases if c[1] != (1, 3, 5)]
+        combos = ((torch.float32, ("math",)), (torch.float16, ("math", "fa2")))
     with torch.inference_mode():
         for name, sched, kwargs in cases:
             method = build_method(name, sched, **kwargs)
-            for dtype, backends in ((torch.float32, ("math", "sdpa")), (torch.float16, ("math", "sdpa", "fa2"))):
+            for dtype, backends in combos:
                 m = model.to(dtype)
                 xs = x32.to(dtype)
                 for backend in backends:
@@ -201,7 +206,7 @@ def plain_checks(dev: torch.device) -> None:
 def main() -> int:
     assert torch.cuda.is_available(), "needs CUDA"
     dev = torch.device("cuda")
-    which = sys.argv[1:] or ["kernels", "runner", "plain"]
+    which = [a for a in sys.argv[1:] if not a.startswith("--")] or ["kernels", "runner", "plain"]
     if "kernels" in which:
         kernel_checks(dev)
     if "runner" in which:

@@ -79,7 +79,7 @@ def image_pool(kind: str, count: int, crop: int, synthetic_dir: Path) -> tuple[t
     if not folder.is_dir():
         from mpm.data.synthetic import generate
 
-        generate(synthetic_dir, 0, 64, 640)
+        generate(synthetic_dir, 0, 32, 512)
     pool, source = load_batch_images(folder, count, (crop, crop))
     return pool, source, "synthetic"
 
@@ -248,43 +248,50 @@ def main() -> int:
     synth = Path(args.synthetic_dir or Path(tempfile.gettempdir()) / "mpm-speed-synth")
     env = describe_environment(device, None, str(dtype).removeprefix("torch."))
     env["git_commit"] = env.get("git_commit") or os.environ.get("MPM_GIT_COMMIT")
-    rows: list[dict] = []
-    t_start = time.time()
-    for size in models:
-        torch.manual_seed(0)
-        model = build_segmenter(SegmenterConfig.preset(size, 150)).to(device=device, dtype=dtype).eval()
-        crop = CROP[size]
-        for kind in image_kinds:
-            for batch in batches:
-                if kind == "synthetic" and str(batch) not in args.synthetic_batches.split(","):
+    # groups in order of priority (a run cut short keeps the most important rows):
+    # real photos first, FA2 before math, batch 32 before batch 1, eager before graphs
+    groups = []
+    for kind in image_kinds:
+        for batch in batches:
+            if kind == "synthetic" and str(batch) not in args.synthetic_batches.split(","):
+                continue
+            for backend in backends:
+                if batch == 1 and cuda and backend not in args.batch1_backends.split(","):
                     continue
-                count = batch if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
-                pool, source, label = image_pool(kind, count, crop, synth)
-                names = [m for m in methods if kind == "photos" or m in args.synthetic_methods.split(",")]
-                for backend in backends:
-                    if batch == 1 and cuda and backend not in args.batch1_backends.split(","):
-                        continue
+                for size in models:
                     for mode in modes:
                         for thr in threads:
-                            if thr:
-                                torch.set_num_threads(thr)
-                            extra = {"device": env["device_name"] if cuda else "cpu",
-                                     "device_name": env["device_name"], "cpu": cpu_model(),
-                                     "threads": thr, "dtype": str(dtype).removeprefix("torch."),
-                                     "torch": torch.__version__, "git_commit": env["git_commit"]}
-                            t0 = time.time()
-                            group = run_group(model, size, label, pool, source, batch, backend, mode, names, device,
-                                              dtype, args.repeats, extra)
-                            rows.extend(group)
-                            print(f"[{time.time() - t_start:6.0f}s] {label} Seg-{size} bs{batch} {backend} {mode} "
-                                  f"thr={thr}: {time.time() - t0:.1f}s  " + "  ".join(
-                                      f"{r['method']} {r['speedup']:.2f} (oracle {r['oracle_speedup']:.2f})"
-                                      for r in group), flush=True)
-                            _write(out.with_name(out.stem + ".partial.json"), rows)  # a failure loses nothing
-        del model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+                            names = [m for m in methods if kind == "photos" or m in args.synthetic_methods.split(",")]
+                            groups.append((kind, batch, backend, size, mode, thr, names))
+    order = {"photos": 0, "synthetic": 1}
+    groups.sort(key=lambda g: (order[g[0]], g[2] != "fa2", g[1] == 1, models.index(g[3]), modes.index(g[4])))
+    rows: list[dict] = []
+    t_start = time.time()
+    built: dict[str, torch.nn.Module] = {}
+    pools: dict[tuple, tuple] = {}
+    for kind, batch, backend, size, mode, thr, names in groups:
+        if size not in built:
+            torch.manual_seed(0)
+            built[size] = build_segmenter(SegmenterConfig.preset(size, 150)).to(device=device, dtype=dtype).eval()
+        model = built[size]
+        count = batch if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
+        if (kind, count, CROP[size]) not in pools:
+            pools[(kind, count, CROP[size])] = image_pool(kind, count, CROP[size], synth)
+        pool, source, label = pools[(kind, count, CROP[size])]
+        if thr:
+            torch.set_num_threads(thr)
+        extra = {"device": env["device_name"] if cuda else "cpu", "device_name": env["device_name"],
+                 "cpu": cpu_model(), "threads": thr, "dtype": str(dtype).removeprefix("torch."),
+                 "torch": torch.__version__, "git_commit": env["git_commit"]}
+        t0 = time.time()
+        group = run_group(model, size, label, pool, source, batch, backend, mode, names, device, dtype,
+                          args.repeats, extra)
+        rows.extend(group)
+        print(f"[{time.time() - t_start:6.0f}s] {label} Seg-{size} bs{batch} {backend} {mode} thr={thr}: "
+              f"{time.time() - t0:.1f}s  " + "  ".join(
+                  f"{r['method']} {r['speedup']:.2f} (oracle {r['oracle_speedup']:.2f}, m/o {r['vs_oracle']:.2f}, "
+                  f"share {r['merge_unmerge_share'] or 0:.3f})" for r in group), flush=True)
+        _write(out.with_name(out.stem + ".partial.json"), rows)  # a failure loses nothing
     _write(out, rows)
     out.with_name(out.stem + ".partial.json").unlink(missing_ok=True)
     print_table(rows)

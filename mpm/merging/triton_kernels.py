@@ -58,7 +58,8 @@ def _pow2(n: int) -> int:
 
 if triton is not None:
 
-    @triton.jit
+    # ints that vary between calls are not specialised (one compilation per configuration, not per value)
+    @triton.jit(do_not_specialize=["stride_x", "stride_o", "P", "C"])
     def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, P, C,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                              PRECISION: tl.constexpr):
@@ -107,7 +108,7 @@ if triton is not None:
         tl.store(BEST + out, best_idx.to(tl.int64), mask=mask_m)
         tl.store(SCORE + out, score, mask=mask_m)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride"])
     def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, BLOCK: tl.constexpr):
         b = tl.program_id(0)
         n = tl.load(NIMG + b)
@@ -130,7 +131,7 @@ if triton is not None:
         tl.store(SURV + base + j, surv.to(tl.int8), mask=valid)
         tl.store(OUTLEN + b, tl.sum(surv.to(tl.int64), axis=0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride", "B", "P", "L_OUT", "R_OUT"])
     def _sources_kernel(DEST, PARTNER, SURV, NIMG, IN_START, OUTLEN, stride, SRC1, SRC2, OUT_START, OUT_LENGTH, CU,
                         B, P, L_OUT, R_OUT, PACKED: tl.constexpr, HAS_PARTNER: tl.constexpr, BLOCK: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, PAD_BLOCK: tl.constexpr):
@@ -182,7 +183,7 @@ if triton is not None:
         tl.store(OUT_START + b, out_start)
         tl.store(OUT_LENGTH + b, m + P)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_x", "stride_o", "R", "C"])
     def _gather_mean_kernel(X, stride_x, SRC1, SRC2, OUT, stride_o, R, C, HAS2: tl.constexpr,
                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
