@@ -23,6 +23,7 @@ from mpm.errors import ConfigError
 from mpm.merging import build_method
 from mpm.merging.base import MergeMethod
 from mpm.models import SegmenterConfig, build_segmenter, check_backend
+from mpm.models.segmenter import MODES
 from mpm.models.flops import FlopReport, flops_of_run
 
 SCHEMA = "mpm.bench/1"
@@ -49,6 +50,8 @@ class BenchSpec:
     batch_policy: str = "exact"
     batch_size: int = 1
     backend: str = "sdpa"
+    #: "eager" or "graphs" (CUDA graphs, :class:`mpm.models.segmenter.SegmenterRunner`)
+    mode: str = "eager"
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
@@ -117,6 +120,10 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     device = torch.device(spec.device)
     dtype = DTYPES[spec.dtype]
     check_backend(spec.backend, device, dtype)
+    if spec.mode not in MODES:
+        raise ConfigError(f"unknown execution mode {spec.mode!r}; expected one of {', '.join(MODES)}")
+    if spec.mode == "graphs" and device.type != "cuda":
+        raise ConfigError(f"execution mode 'graphs' (CUDA graphs) needs a CUDA device, got {spec.device}")
     temp_before = soc_temperature_c()
     model, weights = build_model(spec)
     model = model.to(device=device, dtype=dtype).eval()
@@ -126,30 +133,41 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     method.validate(model.config.depth)
 
     pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)
+    runner = model.runner(method, spec.backend, spec.mode)
     with torch.inference_mode():
         inputs = model.normalize(pool.to(device=device, dtype=dtype)).split(spec.batch_size)
+        for x in inputs:  # graphs: capture every batch's graphs before the timing
+            runner(x)
 
         def forward(i: int, timer=None):
-            return model(inputs[i % len(inputs)], method=method, backend=spec.backend, timer=timer)
+            return runner(inputs[i % len(inputs)], timer=timer)
 
         t0 = time.perf_counter()
         times = time_calls(forward, device, spec.warmup, spec.iters)
         wall = time.perf_counter() - t0
 
+        # under graphs the sections run as graphs of their own (cut around merges, unmerge, decoder)
+        timed = model.runner(method, spec.backend, spec.mode, split=True) if spec.mode == "graphs" else runner
         sections = SectionTimer(device)
-        for i in range(spec.breakdown_iters):
-            forward(i, sections)
-            sections.calls += 1
+        for i in range(spec.breakdown_iters + (len(inputs) if spec.mode == "graphs" else 0)):
+            if i >= len(inputs) or spec.mode != "graphs":
+                sections.calls += 1
+                timed(inputs[i % len(inputs)], timer=sections)
+            else:
+                timed(inputs[i])  # capture
         breakdown = sections.breakdown()
 
         counts, flops = [], []
         for batch in inputs:
-            _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
+            _, enc = runner(batch, return_encoder=True)
             counts.append(torch.stack(enc.tokens_left, 1).float().cpu() if enc.tokens_left else None)
             flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     tokens = _token_summary(counts, crop, model.config.patch_size)
+    pads = runner.pad_stats
+    execution = {"mode": spec.mode, "graphs": runner._graphs.num_graphs if runner._graphs is not None else 0,
+                 "pad_share": (sum(c - r for r, c in pads) / sum(r for r, _ in pads)) if pads else 0.0}
     return result_record(spec, method, model, weights, device, times, breakdown, tokens, flops, source, wall,
-                         temp_before)
+                         temp_before, execution=execution)
 
 
 def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.device, times: list[float],
