@@ -139,30 +139,36 @@ def row_sources(dest: Tensor, partner: Tensor | None, survivor: Tensor, n_img: T
     Returns:
         :class:`RowSources`. Prefix rows copy their input rows; output token
         ``dest[b, j]`` of a survivor ``j`` averages input tokens ``j`` and ``partner[b, j]``;
-        pad rows copy a real row (finite values).
+        pad rows copy a real row (finite values). Counts over the capacity are cut
+        (lengths clamped, nothing written out of bounds): the runner's speculative
+        capacities rely on it, and run such a forward again.
     """
     if tk.available(dest):
         return RowSources(*tk.gather_sources(dest, partner, survivor.to(torch.int8), _n(n_img, dest), in_start, kept,
                                              num_prefix, packed, slots_out, rows_out))
     b, s = dest.shape
     dev = dest.device
-    length = kept + num_prefix
-    if packed:
-        start = length.cumsum(0) - length
-        total = length.sum().reshape(1)
+    full = kept + num_prefix
+    if packed:  # back to back; rows past rows_out - 1 are cut (a count over a speculative capacity)
+        last = rows_out - 1
+        start = (full.cumsum(0) - full).clamp(max=last)
+        length = torch.minimum(full, last - start).clamp(min=0)
+        total = full.sum().clamp(max=last).reshape(1)
         cu = torch.cat([start, total, total.new_full((1,), rows_out)]).to(torch.int32)
         fill = torch.zeros(rows_out + 1, dtype=torch.long, device=dev)
     else:
         start = torch.arange(b, device=dev) * slots_out
+        length = full.clamp(max=slots_out)
         cu = None
         fill = torch.cat([in_start.repeat_interleave(slots_out, output_size=b * slots_out), in_start.new_zeros(1)])
     j = torch.arange(s, device=dev)
-    keep = survivor.bool()
+    keep = survivor.bool() & (num_prefix + dest < length[:, None])
     if n_img is not None:
         keep = keep & (j < n_img[:, None])
     target = torch.where(keep, start[:, None] + num_prefix + dest, rows_out).flatten()
     p = torch.arange(num_prefix, device=dev)
-    p_target, p_source = (start[:, None] + p).flatten(), (in_start[:, None] + p).flatten()
+    p_target = torch.where(p < length[:, None], start[:, None] + p, rows_out).flatten()
+    p_source = (in_start[:, None] + p).flatten()
     base = in_start[:, None] + num_prefix
 
     def sources(local: Tensor) -> Tensor:

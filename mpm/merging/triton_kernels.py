@@ -139,49 +139,56 @@ if triton is not None:
         n = tl.load(NIMG + b)
         m = tl.load(OUTLEN + b)
         in_start = tl.load(IN_START + b)
-        if PACKED:
+        if PACKED:  # back to back; rows past R_OUT - 1 are cut (a count over a speculative capacity)
             bs = tl.arange(0, BLOCK_B)
             lens = tl.load(OUTLEN + bs, mask=bs < B, other=0) + P
             lens = tl.where(bs < B, lens, 0)
-            out_start = tl.sum(tl.where(bs < b, lens, 0), axis=0)
-            total = tl.sum(lens, axis=0)
+            last = m - m + R_OUT - 1  # int64
+            out_start = tl.minimum(tl.sum(tl.where(bs < b, lens, 0), axis=0), last)
+            length = tl.maximum(tl.minimum(m + P, last - out_start), 0)
+            total = tl.minimum(tl.sum(lens, axis=0), last)
+            end = last + 1
         else:
             out_start = b.to(tl.int64) * L_OUT
-            total = out_start  # unused
+            length = tl.minimum(m + P, m - m + L_OUT)
+            total = out_start + length
+            end = out_start + L_OUT
         base = b.to(tl.int64) * stride
         j = tl.arange(0, BLOCK)
         valid = j < n
         surv = (tl.load(SURV + base + j, mask=valid, other=0) != 0) & valid
         dest = tl.load(DEST + base + j, mask=valid, other=0)
+        fits = surv & (P + dest < length)
         out_row = out_start + P + dest
-        tl.store(SRC1 + out_row, in_start + P + j, mask=surv)
+        tl.store(SRC1 + out_row, in_start + P + j, mask=fits)
         if HAS_PARTNER:
             partner = tl.load(PARTNER + base + j, mask=valid, other=0)
-            tl.store(SRC2 + out_row, in_start + P + partner, mask=surv)
+            tl.store(SRC2 + out_row, in_start + P + partner, mask=fits)
         p = tl.arange(0, BLOCK_P)
-        tl.store(SRC1 + out_start + p, in_start + p, mask=p < P)
+        tl.store(SRC1 + out_start + p, in_start + p, mask=(p < P) & (p < length))
         if HAS_PARTNER:
-            tl.store(SRC2 + out_start + p, in_start + p, mask=p < P)
+            tl.store(SRC2 + out_start + p, in_start + p, mask=(p < P) & (p < length))
         if PACKED:
             tl.store(CU + b, out_start.to(tl.int32))
-            if b == B - 1:
-                end = total - total + R_OUT  # int64, like total (Python ints may arrive as constants)
+            pad_from = total
+            fill_row = in_start - in_start  # pad rows copy row 0 (finite)
+            run = b == B - 1
+        else:
+            pad_from = out_start + length
+            fill_row = in_start  # this image's pad rows copy its first row
+            run = b >= 0
+        if run:
+            if PACKED:
                 tl.store(CU + B, total.to(tl.int32))
                 tl.store(CU + B + 1, end.to(tl.int32))
-                for r0 in range(total, end, PAD_BLOCK):  # pad rows copy row 0 (finite)
-                    r = r0 + tl.arange(0, PAD_BLOCK)
-                    tl.store(SRC1 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < end)
-                    if HAS_PARTNER:
-                        tl.store(SRC2 + r, tl.zeros([PAD_BLOCK], dtype=tl.int64), mask=r < end)
-        else:
-            r = out_start + P + m + j  # this image's pad rows copy its first row
-            pad = (P + m + j) < L_OUT
-            fill = tl.zeros([BLOCK], dtype=tl.int64) + in_start
-            tl.store(SRC1 + r, fill, mask=pad)
-            if HAS_PARTNER:
-                tl.store(SRC2 + r, fill, mask=pad)
+            for r0 in range(pad_from, end, PAD_BLOCK):
+                r = r0 + tl.arange(0, PAD_BLOCK)
+                fill = tl.zeros([PAD_BLOCK], dtype=tl.int64) + fill_row
+                tl.store(SRC1 + r, fill, mask=r < end)
+                if HAS_PARTNER:
+                    tl.store(SRC2 + r, fill, mask=r < end)
         tl.store(OUT_START + b, out_start)
-        tl.store(OUT_LENGTH + b, m + P)
+        tl.store(OUT_LENGTH + b, length)
 
     @triton.jit(do_not_specialize=["stride_x", "stride_o", "R", "C"])
     def _gather_mean_kernel(X, stride_x, SRC1, SRC2, OUT, stride_o, R, C, HAS2: tl.constexpr,

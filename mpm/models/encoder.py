@@ -378,14 +378,19 @@ def rows_mlp(blk: nn.Module, st: RowState) -> RowState:
     return st
 
 
-def rows_apply(st: RowState, plan, num_prefix: int, layout: Layout) -> RowState:
+def rows_apply(st: RowState, plan, num_prefix: int, layout: Layout, clamp: bool = False) -> RowState:
     """Apply a :class:`~mpm.merging.mpm.RowPlan` (B, S) into a buffer of ``layout`` (rows and capacity
-    decided on the host); the map and token counts follow. No host sync."""
+    decided on the host); the map and token counts follow. No host sync.
+
+    ``clamp``: the capacity is a guess that may be too small; keep the map inside the rows
+    (the caller checks the counts and discards such a forward)."""
     n_img = None if st.layout.uniform else st.length - num_prefix
     src = row_sources(plan.dest, plan.partner, plan.survivor, n_img, st.start, plan.kept, num_prefix,
                       layout.packed, layout.slots, layout.rows)
     x = gather_mean(st.x, src.src1, src.src2)
     index = plan.dest.gather(1, st.index)
+    if clamp:
+        index = torch.minimum(index, (src.length - num_prefix - 1).clamp(min=0)[:, None])
     return RowState(x, layout, src.start, src.length, index, src.cu_seqlens, None, st.tokens_left + [plan.kept])
 
 
@@ -422,13 +427,16 @@ def rows_fallback_merge(st: RowState, method: MergeMethod, block: int, num_prefi
                     state.tokens_left)
 
 
-def rows_unmerge(st: RowState, num_prefix: int) -> tuple[Tensor, Tensor]:
-    """Image tokens on the full grid (B, N, C) with one gather, and the prefix tokens (B, P, C)."""
+def rows_unmerge(st: RowState, num_prefix: int, clamp: bool = False) -> tuple[Tensor, Tensor]:
+    """Image tokens on the full grid (B, N, C) with one gather, and the prefix tokens (B, P, C).
+    ``clamp``: keep the gather inside the buffer (see :func:`rows_apply`)."""
     b, c = st.batch, st.x.shape[-1]
     if not st.tokens_left:
         x = st.padded()
         return x[:, num_prefix:], x[:, :num_prefix]
     rows = st.start[:, None] + num_prefix + st.index
+    if clamp:
+        rows = rows.clamp(max=st.layout.rows - 1)
     tokens = st.x.index_select(0, rows.flatten()).view(b, -1, c)
     prefix_rows = st.start[:, None] + torch.arange(num_prefix, device=st.x.device)
     return tokens, st.x.index_select(0, prefix_rows.flatten()).view(b, num_prefix, c)

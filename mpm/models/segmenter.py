@@ -206,6 +206,7 @@ class _Host:
     plan: tuple[bool, ...] | None = None  # (has_partner,) of a pending plan
     keys: bool = False
     image_hw: tuple[int, int] = (0, 0)
+    speculative: bool = False  # a capacity of this forward is a guess (maps are clamped to the rows)
 
 
 @dataclass
@@ -259,11 +260,18 @@ class SegmenterRunner:
         granularity: capacity buckets (rows, slots); default by mode.
         packed: keep merged batches packed (default: for FlashAttention-2 backends;
             with ``math``/``sdpa`` a testing path that unpacks around attention).
+        speculate: under graphs, go on with the largest capacity seen so far at each
+            step instead of waiting for the counts; they are copied to the host
+            asynchronously and checked at the end of the forward, which runs again with
+            exact reads when one did not fit (results are the same either way: pad rows
+            never reach an image). No host sync inside the forward then. Default: at
+            batch size 1 under graphs (there the pad rows cost next to nothing and the
+            waits are a large share of the forward; at batch 32 the reverse).
     """
 
     def __init__(self, model: Segmenter, method: MergeMethod | None = None, backend: str = "sdpa",
                  mode: str = "eager", split: bool = False, granularity: tuple[int, int] | None = None,
-                 packed: bool | None = None) -> None:
+                 packed: bool | None = None, speculate: bool | None = None) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown execution mode {mode!r}; expected one of {', '.join(MODES)}")
         self.model, self.backend, self.mode = model, backend, mode
@@ -276,6 +284,10 @@ class SegmenterRunner:
         self.pieces = self._pieces(split)
         self._keys = self._merge_kind() in ("inline", "eager")
         self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
+        self.speculate = speculate
+        self.respeculated = 0  # forwards run again because a count did not fit its speculative capacity
+        self._guess: dict[int, Layout] = {}
+        self._pinned: dict[int, Tensor] = {}
         self._graphs: _GraphCache | None = None
         self._simulate_graphs = False  # tests: graphs mode on the CPU, replay = re-run (tests/models/test_runner.py)
 
@@ -325,9 +337,13 @@ class SegmenterRunner:
 
     # ---- running ---------------------------------------------------------- #
 
-    def __call__(self, images: Tensor, timer: SectionTimer | None = None, return_encoder: bool = False):
+    def __call__(self, images: Tensor, timer: SectionTimer | None = None, return_encoder: bool = False,
+                 _exact: bool = False):
         """Class logits (B, K, H, W) of normalised images (B, 3, H, W), as :meth:`Segmenter.forward`."""
         timer = timer or _no_timer
+        speculate = self.mode == "graphs" and not _exact and (
+            self.speculate if self.speculate is not None else images.shape[0] == 1)
+        pending: list[tuple] = []
         if self.mode == "graphs" and self._graphs is None:
             if images.device.type != "cuda" and not self._simulate_graphs:
                 raise ConfigError(f"execution mode 'graphs' needs a CUDA device, got {images.device}")
@@ -343,7 +359,22 @@ class SegmenterRunner:
             encoder_section.enter_context(timer("encoder"))
             for k, piece in enumerate(self.pieces):
                 if piece.kind == "counts":
-                    host = self._capacity(tensors, host)
+                    if speculate and k in self._guess:
+                        kept = tensors["plan.kept"]
+                        pinned = self._pinned.get(k)
+                        if pinned is None or pinned.shape != kept.shape:
+                            pinned = self._pinned[k] = torch.empty(kept.shape, dtype=kept.dtype,
+                                                                   pin_memory=kept.is_cuda)
+                        pinned.copy_(kept, non_blocking=True)
+                        done = torch.cuda.Event() if kept.is_cuda else None
+                        if done is not None:
+                            done.record()
+                        pending.append((k, host, self._guess[k], pinned, done))
+                        host = replace(host, target=self._guess[k], speculative=True)
+                    else:
+                        host = self._capacity(tensors, host)
+                        if speculate:
+                            self._guess[k] = self._widen(self._guess.get(k), host.target)
                 elif self._graphs is None:  # eager: the ops time themselves
                     tensors, host = self._run_ops(piece.ops, tensors, host, timer, encoder_section.close)
                 else:  # graphs: a piece is timed as a whole (split=True gives merges their own pieces)
@@ -355,6 +386,15 @@ class SegmenterRunner:
                             tensors = {n: self._graphs.put((k, "eager"), n, t) for n, t in tensors.items()}
                         else:
                             tensors, host = self._graphs.run(k, piece, tensors, host, last=k == len(self.pieces) - 1)
+        for k, at, guess, pinned, done in pending:  # check the speculative capacities
+            if done is not None:
+                done.synchronize()
+            need = self._target([self.num_prefix + m for m in pinned.tolist()], at.layout)
+            if not self._fits(need, guess, sum(self.num_prefix + m for m in pinned.tolist())):
+                self._guess[k] = self._widen(guess, need)
+                self.respeculated += 1
+                return self(images, timer, return_encoder, _exact=True)
+            self.pad_stats.append((sum(self.num_prefix + m for m in pinned.tolist()), guess.rows))
         if not return_encoder:
             return tensors["logits"]
         left = [tensors[f"st.left{k}"] for k in range(sum(n.startswith("st.left") for n in tensors))]
@@ -369,20 +409,33 @@ class SegmenterRunner:
     def _capacity(self, tensors: dict[str, Tensor], host: _Host) -> _Host:
         """Read a plan's kept-token counts (the host sync) and choose the next buffer's capacity."""
         lens = [self.num_prefix + m for m in tensors["plan.kept"].tolist()]
+        target = self._target(lens, host.layout)
+        self.pad_stats.append((sum(lens), target.rows))
+        return replace(host, target=target)
+
+    def _target(self, lens: list[int], layout: Layout) -> Layout:
+        """The buffer for images of ``lens`` rows each: packed rows or padded slots rounded up to a bucket."""
         b = len(lens)
-        layout = host.layout
         g_rows, g_slots = self._buckets(b, layout)
         if self.packed:
-            total = sum(lens)
-            rows = round_up(total + 1, g_rows)  # >= 1 pad row: the pad sequence is never empty
-            target = Layout(layout.slots, True, rows, False)
-            self.pad_stats.append((total, rows))
-        else:
-            longest = max(lens)
-            slots = round_up(longest, g_slots)
-            target = Layout(slots, False, b * slots, slots == longest and min(lens) == longest)
-            self.pad_stats.append((sum(lens), b * slots))
-        return replace(host, target=target)
+            return Layout(layout.slots, True, round_up(sum(lens) + 1, g_rows), False)  # >= 1 pad row
+        longest = max(lens)
+        slots = round_up(longest, g_slots)
+        return Layout(slots, False, b * slots, slots == longest and min(lens) == longest)
+
+    @staticmethod
+    def _fits(need: Layout, guess: Layout, total: int) -> bool:
+        """Whether images needing ``need`` fit a speculative ``guess`` (the pad sequence stays within ``max_len``)."""
+        if need.packed:
+            return need.rows <= guess.rows and guess.rows - total <= guess.slots
+        return need.slots <= guess.slots
+
+    @staticmethod
+    def _widen(guess: Layout | None, need: Layout) -> Layout:
+        """The larger of two capacities, with key masks (a speculative buffer may hold padding)."""
+        if guess is None or (need.rows > guess.rows if need.packed else need.slots > guess.slots):
+            guess = need
+        return replace(guess, uniform=False)
 
     def _buckets(self, batch: int, layout: Layout) -> tuple[int, int]:
         if self.granularity is not None:
@@ -428,7 +481,7 @@ class SegmenterRunner:
                     plan = method.plan_rows(st.x, st.start, n_img, p, st.layout.slots - p, view)
             elif name == "apply":
                 with timer("merge"):
-                    st = rows_apply(st, plan, p, target)
+                    st = rows_apply(st, plan, p, target, clamp=host.speculative)
                 plan, target = None, None
             elif name == "static":
                 with timer("merge"):
@@ -447,7 +500,7 @@ class SegmenterRunner:
                 if encoder_end is not None:
                     encoder_end()
                 with timer("unmerge"):
-                    out["tokens"], out["prefix"] = rows_unmerge(st, p)
+                    out["tokens"], out["prefix"] = rows_unmerge(st, p, clamp=host.speculative)
             elif name == "decode":
                 with timer("decoder"):
                     h, w = host.image_hw
@@ -467,7 +520,8 @@ class SegmenterRunner:
             out["keys"] = keys
         stage = "logits" if "logits" in out else ("tokens" if "tokens" in out else "rows")
         new_host = _Host(stage, st.layout if st is not None else None, target,
-                         (plan.partner is not None,) if plan is not None else None, keys is not None, host.image_hw)
+                         (plan.partner is not None,) if plan is not None else None, keys is not None, host.image_hw,
+                         host.speculative)
         return out, new_host
 
 
