@@ -285,6 +285,10 @@ class SliceOracle(MergeMethod):
             hit = self._cache[key] = (RowPlan(dest, None, j < kept[:, None], kept), layout)
         return hit
 
+    def static_key(self) -> tuple:
+        """The counts as a hashable key (a CUDA graph is captured per set of counts)."""
+        return tuple(tuple(int(c) for c in site) for site in self.counts)
+
     def merge(self, x, ctx):  # pragma: no cover - the oracle runs in the fast runner only
         raise ConfigError("the slice oracle runs through SegmenterRunner only")
 

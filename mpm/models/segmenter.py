@@ -207,6 +207,7 @@ class _Host:
     keys: bool = False
     image_hw: tuple[int, int] = (0, 0)
     speculative: bool = False  # a capacity of this forward is a guess (maps are clamped to the rows)
+    static: tuple | None = None  # host-side inputs of a method with static counts (the oracle's counts)
 
 
 @dataclass
@@ -353,7 +354,8 @@ class SegmenterRunner:
         ph, pw = math.ceil(h / p) * p, math.ceil(w / p) * p
         if (ph, pw) != (h, w):
             images = F.pad(images, (0, pw - w, 0, ph - h))
-        host = _Host("images", image_hw=(h, w))
+        static_key = getattr(self.method, "static_key", None)
+        host = _Host("images", image_hw=(h, w), static=static_key() if callable(static_key) else None)
         tensors = {"images": self._graphs.put_input(images) if self._graphs else images}
         with contextlib.ExitStack() as encoder_section:
             encoder_section.enter_context(timer("encoder"))
@@ -521,7 +523,7 @@ class SegmenterRunner:
         stage = "logits" if "logits" in out else ("tokens" if "tokens" in out else "rows")
         new_host = _Host(stage, st.layout if st is not None else None, target,
                          (plan.partner is not None,) if plan is not None else None, keys is not None, host.image_hw,
-                         host.speculative)
+                         host.speculative, host.static)
         return out, new_host
 
 

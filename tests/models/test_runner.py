@@ -114,6 +114,21 @@ def test_slice_oracle_keeps_the_method_counts(model, key: str, packed: bool) -> 
         model.runner(SliceOracle(method), backend="math", packed=packed)(x)
 
 
+def test_slice_oracle_under_graphs_follows_its_counts(model) -> None:
+    """One graph per set of counts: switching counts between calls switches the slice."""
+    method = _method("mpm")
+    oracle = SliceOracle(method)
+    runner = model.runner(oracle, backend="math", mode="graphs")
+    runner._simulate_graphs = True
+    x = _images(2, 4)
+    with torch.no_grad():
+        for counts in ([[50, 40], [40, 30]], [[60, 45], [33, 30]], [[50, 40], [40, 30]]):
+            oracle.counts = counts
+            _, enc = runner(x, return_encoder=True)
+            assert [t.tolist() for t in enc.tokens_left] == counts
+    assert runner._graphs.num_graphs == 2
+
+
 def test_section_timer_sees_merge_and_unmerge(model) -> None:
     x = _images(2, 3)
     sections = SectionTimer(torch.device("cpu"))
