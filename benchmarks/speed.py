@@ -141,7 +141,8 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
             meta[name] = {"gflops": gflops(model, inputs, method, encs), "counts": counts,
                           "describe": method.describe()}
         t0 = time.time()
-        times = interleaved(variants, device, iters, repeats, warmup=len(inputs))
+        cpu_times: dict[str, list[float]] = {}
+        times = interleaved(variants, device, iters, repeats, warmup=len(inputs), cpu_ms=cpu_times)
         timing_s = time.time() - t0
         rows = []
         for name in method_names:
@@ -174,6 +175,7 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
                 "vs_oracle": vs_oracle.median, "vs_oracle_range": [vs_oracle.low, vs_oracle.high],
                 "dense_ms": med["dense"], "oracle_ms": med[f"oracle:{name}"], "method_ms": med[name],
                 "repeat_ms": {"dense": times["dense"], "oracle": times[f"oracle:{name}"], "method": times[name]},
+                **(_cpu_time_ratios(cpu_times, name) if cpu_times else {}),
                 "breakdown_ms": bd, "pad_share": pad_share, "graphs": graphs,
                 "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
                 "dense_gflops": dense_gf, "method_gflops": meta[name]["gflops"],
@@ -185,6 +187,16 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def _cpu_time_ratios(cpu_ms: dict[str, list[float]], name: str) -> dict:
+    """Process-CPU-time ratios (CPU rows): what the forward costs in CPU work, robust to other processes."""
+    speed = ratio_stats(cpu_ms["dense"], cpu_ms[name])
+    ospeed = ratio_stats(cpu_ms["dense"], cpu_ms[f"oracle:{name}"])
+    vs = ratio_stats(cpu_ms[f"oracle:{name}"], cpu_ms[name])
+    return {"cpu_time_speedup": speed.to_dict(), "cpu_time_oracle_speedup": ospeed.to_dict(),
+            "cpu_time_vs_oracle": vs.to_dict(),
+            "repeat_cpu_ms": {"dense": cpu_ms["dense"], "oracle": cpu_ms[f"oracle:{name}"], "method": cpu_ms[name]}}
 
 
 def fmt_ratio(value: float, rng: list[float], significant: bool) -> str:
@@ -205,6 +217,12 @@ def print_table(rows: list[dict]) -> None:
               f"{r['method_img_s']:8.1f} {fmt_ratio(r['speedup'], r['speedup_range'], r['speedup_significant']):>20s} "
               f"{fmt_ratio(r['oracle_speedup'], r['oracle_speedup_range'], r['oracle_speedup_significant']):>20s} "
               f"{r['ideal_speedup']:5.2f} {r['vs_oracle']:5.2f} {share} {r['pad_share']:5.3f}")
+        if "cpu_time_speedup" in r:
+            c, o, v = r["cpu_time_speedup"], r["cpu_time_oracle_speedup"], r["cpu_time_vs_oracle"]
+            print(f"{'':8s} {'':9s} {'':3s} {'':7s} {'cpu-t':6s} {'':3s} {'':6s} {'':8s} {'':8s} {'':8s} "
+                  f"{fmt_ratio(c['median'], [c['low'], c['high']], c['significant']):>20s} "
+                  f"{fmt_ratio(o['median'], [o['low'], o['high']], o['significant']):>20s} {'':5s} "
+                  f"{v['median']:5.2f}")
 
 
 def keep_freed_memory() -> bool:

@@ -136,8 +136,12 @@ class SectionTimer:
         }
 
 
-def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0) -> float:
-    """Mean ms per call of ``fn(offset + i)`` over ``iters`` back-to-back calls (events on CUDA)."""
+def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0,
+               cpu_ms: list[float] | None = None) -> float:
+    """Mean ms per call of ``fn(offset + i)`` over ``iters`` back-to-back calls (events on CUDA).
+
+    On the CPU, ``cpu_ms`` (if given) also receives the process's CPU time per call, which
+    other processes' load barely moves (a complement to wall-clock on a shared machine)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -147,19 +151,23 @@ def time_block(fn: Callable[[int], object], device: torch.device, iters: int, of
         end.record()
         torch.cuda.synchronize(device)
         return start.elapsed_time(end) / iters
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(iters):
         fn(offset + i)
-    return (time.perf_counter() - t0) * 1000.0 / iters
+    wall = (time.perf_counter() - t0) * 1000.0 / iters
+    if cpu_ms is not None:
+        cpu_ms.append((time.process_time() - c0) * 1000.0 / iters)
+    return wall
 
 
 def interleaved(variants: dict[str, Callable[[int], object]], device: torch.device, iters: int, repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, cpu_ms: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Time the variants in turn (a, b, c, a, b, c, ...): ``repeats`` blocks of ``iters`` calls each.
 
     Machine load that drifts over the run then hits every variant alike, and the
     per-repeat ratios (:func:`ratio_stats`) show how much the comparison moves.
-    Returns ms per call, one entry per repeat, per variant.
+    Returns ms per call, one entry per repeat, per variant; on the CPU ``cpu_ms`` (if given)
+    receives the process CPU time likewise.
     """
     for fn in variants.values():
         for i in range(warmup):
@@ -167,7 +175,8 @@ def interleaved(variants: dict[str, Callable[[int], object]], device: torch.devi
     out: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            out[name].append(time_block(fn, device, iters))
+            sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
+            out[name].append(time_block(fn, device, iters, cpu_ms=sink))
     return out
 
 
