@@ -32,19 +32,35 @@ def ratio(row: dict, key: str) -> str:
     return f"{row[key]:.2f}x{'' if sig else '*'} ({lo:.2f}-{hi:.2f})"
 
 
+def rate(v: float) -> str:
+    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
+
+
+def cpu_time(row: dict) -> str:
+    c = row.get("cpu_time_speedup")
+    if not c:
+        return "-"
+    v = row["cpu_time_vs_oracle"]
+    return (f"{c['median']:.2f}x{'' if c['significant'] else '*'} ({c['low']:.2f}-{c['high']:.2f}); "
+            f"/ oracle {v['median']:.2f}")
+
+
 def table(rows: list[dict]) -> str:
+    with_cpu = any("cpu_time_speedup" in r for r in rows)
     out = ["| model | batch | attention | mode | threads | method | dense img/s | method img/s | speedup (min-max) | "
-           "oracle speedup | method / oracle | FLOP-ideal | merge+unmerge | paper |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "oracle speedup | method / oracle | FLOP-ideal | merge+unmerge |" + (" CPU-time speedup |" if with_cpu else "")
+           + " paper |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_cpu else "") + "---|"]
     for r in rows:
         backend = {"fa2": "FA2", "math": "math (FA2 off)"}.get(r["backend"], r["backend"])
         paper_key = (r["method"], r["model"], r["batch_size"], "cpu" if r["device"] == "cpu" else r["backend"])
         paper = PAPER.get(paper_key)
         share = f"{100 * r['merge_unmerge_share']:.1f}%" if r["merge_unmerge_share"] is not None else "-"
         out.append(f"| {r['model']} | {r['batch_size']} | {backend} | {r['mode']} | {r.get('threads') or '-'} | "
-                   f"{r['method']} | {r['dense_img_s']:.1f} | {r['method_img_s']:.1f} | {ratio(r, 'speedup')} | "
+                   f"{r['method']} | {rate(r['dense_img_s'])} | {rate(r['method_img_s'])} | {ratio(r, 'speedup')} | "
                    f"{ratio(r, 'oracle_speedup')} | {r['vs_oracle']:.2f} | {r['ideal_speedup']:.2f}x | {share} | "
-                   f"{f'{paper[0]:.2f}x ({paper[1]})' if paper else ''} |")
+                   + (f"{cpu_time(r)} | " if with_cpu else "")
+                   + f"{f'{paper[0]:.2f}x ({paper[1]})' if paper else ''} |")
     return "\n".join(out)
 
 
