@@ -1,7 +1,13 @@
-"""Correctness checks that need a GPU: every attention backend, exact batches, fp16.
+"""Correctness checks that need a GPU: every attention backend, exact batches, fp16, the fast runner.
 
 Prints one line per check and exits non-zero if any fails. Random weights,
 synthetic images (smooth random fields, so MPM merges a varying number of tokens).
+
+Checks of the fast path (:class:`mpm.models.segmenter.SegmenterRunner`):
+
+* its Triton kernels against their PyTorch twins on random rows (packed and padded);
+* the runner (eager, then under CUDA graphs) against the plain ``model(...)`` forward,
+  for dense, MPM, ToMe, ALGM and the slice oracle.
 """
 
 from __future__ import annotations
@@ -13,9 +19,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.errors import BackendError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
+from mpm.merging import triton_kernels as tk  # noqa: E402
+from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
+from mpm.merging.mpm import plan_from_partners  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
+
+FAILURES = 0
+QUICK = "--quick" in sys.argv
+
+
+def check(ok: bool, text: str) -> None:
+    global FAILURES
+    FAILURES += not ok
+    print(f"{'ok ' if ok else 'FAIL'} {text}", flush=True)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,10 +48,124 @@ def smooth_images(b: int, size: int, seed: int) -> torch.Tensor:
     return (x + 0.1 * torch.randn(b, 3, size, size, generator=g)).clamp(-1, 1)
 
 
-def main() -> int:
-    assert torch.cuda.is_available(), "needs CUDA"
-    dev = torch.device("cuda")
-    failures = 0
+def kernel_checks(dev: torch.device) -> None:
+    """Triton kernels vs the PyTorch twins on fresh random rows."""
+    p = 1
+    for trial, dtype in enumerate((torch.float32, torch.float16, torch.float16)):
+        g = torch.Generator(device=dev).manual_seed(100 + trial)
+        b, c = 5, (192, 384, 1024)[trial]
+        n = torch.randint(2, 900, (b,), device=dev, generator=g)
+        n[0] = 1024
+        s = int(n.max())
+        lens = n + p
+        start = lens.cumsum(0) - lens
+        rows = int(lens.sum()) + 17
+        x = torch.randn(rows, c, device=dev, dtype=dtype, generator=g)
+        feats = rows_to_padded(x, start + p, s)
+        best, score = tk.best_partners_rows(x, start, n, p, s)
+        # the chosen partner attains the row maximum (float64 reference); ties may pick another index
+        ref = torch.nn.functional.normalize(feats.double(), dim=-1)
+        sim = ref @ ref.transpose(1, 2)
+        j = torch.arange(s, device=dev)
+        valid = (j[None, :] < n[:, None])
+        sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
+        sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        top = sim.max(-1).values
+        got = sim.gather(2, best.clamp(0, s - 1)[..., None])[..., 0]
+        tol = 1e-6 if dtype == torch.float32 else 2e-3
+        ok_rows = ((top - got).abs() <= tol) | ~valid
+        check(bool(ok_rows.all()), f"triton best partner {dtype} C={c}: attains the row max (tol {tol}) on "
+                                   f"{float(ok_rows[valid].float().mean()):.5f} of rows")
+        fin = valid & torch.isfinite(top)
+        check(bool(((score.double() - top).abs()[fin] < 1e-5 if dtype == torch.float32 else
+                    (score.double() - top).abs()[fin] < 3e-3).all()), f"triton best score {dtype} close to cosine")
+        # the plan from the same partners: exact
+        rp = plan_from_partners(best, score, n)
+        dest, partner, surv, kept = tk.mutual_plan(best, score, n)
+        same = torch.equal(kept, rp.kept) and all(
+            torch.equal(dest[i, :n[i]], rp.dest[i, :n[i]]) and torch.equal(partner[i, :n[i]], rp.partner[i, :n[i]])
+            and torch.equal(surv[i, :n[i]].bool(), rp.survivor[i, :n[i]]) for i in range(b))
+        check(same, f"triton mutual plan == PyTorch plan {dtype}")
+        for packed in (True, False):
+            for with_partner in (True, False):
+                slots = int((kept + p).max()) + 5
+                r_out = int((kept + p).sum()) + 9 if packed else b * slots
+                tk.enabled = False
+                a = row_sources(rp.dest, rp.partner if with_partner else None, rp.survivor, n, start, rp.kept, p,
+                                packed, slots, r_out)
+                ga = gather_mean(x, a.src1, a.src2)
+                tk.enabled = True
+                t = row_sources(dest, partner if with_partner else None, surv, n, start, kept, p, packed, slots, r_out)
+                gt = gather_mean(x, t.src1, t.src2)
+                same = all(torch.equal(u, v) for u, v in zip(a, t) if u is not None)
+                check(same and torch.equal(ga, gt), f"triton sources+gather == PyTorch {dtype} packed={packed} "
+                                                    f"two-source={with_partner} (bit for bit)")
+
+
+def runner_checks(dev: torch.device) -> None:
+    torch.manual_seed(0)
+    model = build_segmenter(SegmenterConfig.preset("T", num_classes=150)).to(dev)
+    x32 = smooth_images(4, 512, 0).to(dev)
+    cases = [("none", (), {}), ("mpm", (2, 5), {}), ("mpm", (1, 3, 5), {}), ("tome", tuple(range(12)), {"r": 40}),
+             ("algm", (), {})]
+    combos = ((torch.float32, ("math", "sdpa")), (torch.float16, ("math", "sdpa", "fa2")))
+    if QUICK:
+        cases = [c for c in cases if c[1] != (1, 3, 5)]
+        combos = ((torch.float32, ("math",)), (torch.float16, ("math", "fa2")))
+    with torch.inference_mode():
+        for name, sched, kwargs in cases:
+            method = build_method(name, sched, **kwargs)
+            for dtype, backends in combos:
+                m = model.to(dtype)
+                xs = x32.to(dtype)
+                for backend in backends:
+                    ref, renc = m(xs, method=method, backend=backend, return_encoder=True)
+                    outs = {}
+                    for mode in ("eager", "graphs"):
+                        r = m.runner(method, backend, mode)
+                        r(xs)  # graphs: capture
+                        out, enc = r(xs, return_encoder=True)
+                        outs[mode] = (out.clone(), enc.index.clone(), [t.clone() for t in enc.tokens_left])
+                        agree = float((enc.index == renc.index).float().mean()) if renc.tokens_left else 1.0
+                        e = rel(out, ref)
+                        if dtype == torch.float32:
+                            ok = (agree == 1.0 and e < 1e-4) or (agree >= 0.99 and e < 5e-2)
+                        else:
+                            ok = bool(torch.isfinite(out).all()) and e < 0.1
+                        ng = r._graphs.num_graphs if r._graphs else 0
+                        check(ok, f"runner {mode:6s} {name}{list(sched)} {str(dtype)[6:]} {backend:5s} vs plain: rel "
+                                  f"{e:.2e}, map agreement {agree:.4f}, graphs {ng}, pad {r.pad_stats[-2:]}")
+                    if outs["eager"][2]:
+                        agree = float((outs["graphs"][1] == outs["eager"][1]).float().mean())
+                        check(agree >= 0.99 and rel(outs["graphs"][0], outs["eager"][0]) < (1e-3 if dtype == torch.float32
+                                                                                             else 5e-2),
+                              f"graphs vs eager {name}{list(sched)} {str(dtype)[6:]} {backend}: map agreement {agree:.4f}")
+                    if name != "none":
+                        counts = [t.tolist() for t in renc.tokens_left]
+                        orc = SliceOracle(method, counts)
+                        for mode in ("eager", "graphs"):
+                            r = m.runner(orc, backend, mode)
+                            r(xs)
+                            out, enc = r(xs, return_encoder=True)
+                            check(bool(torch.isfinite(out).all()) and [t.tolist() for t in enc.tokens_left] == counts,
+                                  f"oracle {mode} {name}{list(sched)} {str(dtype)[6:]} {backend}: counts {counts[0][:2]}..")
+            model.float()
+        # batch 1 under graphs, several images: one graph per bucket, outputs match eager
+        m = model.half()
+        method = build_method("mpm", (2, 5))
+        r_e, r_g = m.runner(method, "fa2", "eager"), m.runner(method, "fa2", "graphs")
+        worst = 0.0
+        for i in range(6):
+            xi = smooth_images(1, 512, 10 + i).to(dev).half()
+            a = r_e(xi).clone()
+            r_g(xi)
+            worst = max(worst, rel(r_g(xi), a))
+        check(worst < 5e-2, f"batch-1 graphs vs eager over 6 images: worst rel {worst:.2e}, graphs {r_g._graphs.num_graphs}")
+        model.float()
+
+
+def plain_checks(dev: torch.device) -> None:
+    """The checks of the plain path (unchanged)."""
     torch.manual_seed(0)
     model = build_segmenter(SegmenterConfig.preset("T", num_classes=150)).to(dev)
     x32 = smooth_images(4, 512, 0).to(dev)
@@ -43,44 +176,45 @@ def main() -> int:
             method = build_method(name, sched, **kwargs)
             ref, enc = model(x32, method=method, backend="math", return_encoder=True)
             counts = [t.tolist() for t in enc.tokens_left]
-            # fp32: an exact batch gives each image what it gets alone
             for backend in ("math", "sdpa"):
                 out, benc = model(x32, method=method, backend=backend, return_encoder=True)
                 alone = [model(x32[i : i + 1], method=method, backend=backend, return_encoder=True) for i in range(4)]
                 ra = rel(out, torch.cat([a[0] for a in alone]))
                 same_maps = all(torch.equal(benc.index[i], alone[i][1].index[0]) for i in range(4))
-                ok = ra < 1e-4 and same_maps
-                failures += not ok
-                print(f"{'ok ' if ok else 'FAIL'} fp32 {name}{list(sched)} {backend:5s} batch-vs-alone rel {ra:.2e} "
-                      f"maps equal {same_maps} tokens {counts}")
-            # fp16 on every backend incl. FA2 (packed variable-length sequences): merge decisions may flip
-            # on near-ties under fp16 rounding, so report agreement and fail only on gross errors
+                check(ra < 1e-4 and same_maps, f"fp32 {name}{list(sched)} {backend:5s} batch-vs-alone rel {ra:.2e} "
+                                               f"maps equal {same_maps} tokens {counts}")
             m16 = model.half()
             for backend in ("math", "sdpa", "fa2"):
                 out, henc = m16(x32.half(), method=method, backend=backend, return_encoder=True)
                 r = rel(out, ref)
                 maps = float((henc.index == enc.index).float().mean()) if enc.tokens_left else 1.0
-                ok = bool(torch.isfinite(out).all()) and r < 0.1
-                failures += not ok
-                print(f"{'ok ' if ok else 'FAIL'} fp16 {name}{list(sched)} {backend:5s} vs fp32-math rel {r:.2e} "
-                      f"map agreement {maps:.4f}")
+                check(bool(torch.isfinite(out).all()) and r < 0.1,
+                      f"fp16 {name}{list(sched)} {backend:5s} vs fp32-math rel {r:.2e} map agreement {maps:.4f}")
             model.float()
-        # clear errors
-        for backend, dtype in (("fa2", torch.float32),):
-            try:
-                model(x32.to(dtype), backend=backend)
-                print("FAIL fa2 accepted fp32")
-                failures += 1
-            except BackendError as err:
-                print(f"ok  fa2 + fp32 refused: {err}")
+        try:
+            model(x32, backend="fa2")
+            check(False, "fa2 accepted fp32")
+        except BackendError as err:
+            check(True, f"fa2 + fp32 refused: {err}")
         try:
             model.half()(x32.half(), method=build_method("tome", range(12), r=8, prop_attn=True), backend="fa2")
-            print("FAIL fa2 accepted a logit bias")
-            failures += 1
+            check(False, "fa2 accepted a logit bias")
         except BackendError as err:
-            print(f"ok  fa2 + prop_attn refused: {err}")
-    print(f"{failures} failures")
-    return 1 if failures else 0
+            check(True, f"fa2 + prop_attn refused: {err}")
+
+
+def main() -> int:
+    assert torch.cuda.is_available(), "needs CUDA"
+    dev = torch.device("cuda")
+    which = [a for a in sys.argv[1:] if not a.startswith("--")] or ["kernels", "runner", "plain"]
+    if "kernels" in which:
+        kernel_checks(dev)
+    if "runner" in which:
+        runner_checks(dev)
+    if "plain" in which:
+        plain_checks(dev)
+    print(f"{FAILURES} failures")
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":

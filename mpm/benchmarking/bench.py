@@ -21,7 +21,9 @@ from mpm.benchmarking.images import load_batch_images
 from mpm.benchmarking.timing import SectionTimer, summarize, time_calls
 from mpm.errors import ConfigError
 from mpm.merging import build_method
+from mpm.merging.base import MergeMethod
 from mpm.models import SegmenterConfig, build_segmenter, check_backend
+from mpm.models.segmenter import MODES
 from mpm.models.flops import FlopReport, flops_of_run
 
 SCHEMA = "mpm.bench/1"
@@ -48,6 +50,8 @@ class BenchSpec:
     batch_policy: str = "exact"
     batch_size: int = 1
     backend: str = "sdpa"
+    #: "eager" or "graphs" (CUDA graphs, :class:`mpm.models.segmenter.SegmenterRunner`)
+    mode: str = "eager"
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
@@ -117,6 +121,10 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     device = torch.device(spec.device)
     dtype = DTYPES[spec.dtype]
     check_backend(spec.backend, device, dtype)
+    if spec.mode not in MODES:
+        raise ConfigError(f"unknown execution mode {spec.mode!r}; expected one of {', '.join(MODES)}")
+    if spec.mode == "graphs" and device.type != "cuda":
+        raise ConfigError(f"execution mode 'graphs' (CUDA graphs) needs a CUDA device, got {spec.device}")
     temp_before = soc_temperature_c()
     model, weights = build_model(spec)
     model = model.to(device=device, dtype=dtype).eval()
@@ -126,30 +134,41 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
     method.validate(model.config.depth)
 
     pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)
+    runner = model.runner(method, spec.backend, spec.mode)
     with torch.inference_mode():
         inputs = model.normalize(pool.to(device=device, dtype=dtype)).split(spec.batch_size)
+        for x in inputs:  # graphs: capture every batch's graphs before the timing
+            runner(x)
 
         def forward(i: int, timer=None):
-            return model(inputs[i % len(inputs)], method=method, backend=spec.backend, timer=timer)
+            return runner(inputs[i % len(inputs)], timer=timer)
 
         t0 = time.perf_counter()
         times = time_calls(forward, device, spec.warmup, spec.iters)
         wall = time.perf_counter() - t0
 
+        # under graphs the sections run as graphs of their own (cut around merges, unmerge, decoder)
+        timed = model.runner(method, spec.backend, spec.mode, split=True) if spec.mode == "graphs" else runner
         sections = SectionTimer(device)
-        for i in range(spec.breakdown_iters):
-            forward(i, sections)
-            sections.calls += 1
+        for i in range(spec.breakdown_iters + (len(inputs) if spec.mode == "graphs" else 0)):
+            if i >= len(inputs) or spec.mode != "graphs":
+                sections.calls += 1
+                timed(inputs[i % len(inputs)], timer=sections)
+            else:
+                timed(inputs[i])  # capture
         breakdown = sections.breakdown()
 
         counts, flops = [], []
         for batch in inputs:
-            _, enc = model(batch, method=method, backend=spec.backend, return_encoder=True)
+            _, enc = runner(batch, return_encoder=True)
             counts.append(torch.stack(enc.tokens_left, 1).float().cpu() if enc.tokens_left else None)
             flops.extend(flops_of_run(model, batch, method, enc, reduction="none"))
     tokens = _token_summary(counts, crop, model.config.patch_size)
+    pads = runner.pad_stats
+    execution = {"mode": spec.mode, "graphs": runner._graphs.num_graphs if runner._graphs is not None else 0,
+                 "pad_share": (sum(c - r for r, c in pads) / sum(r for r, _ in pads)) if pads else 0.0}
     return result_record(spec, method, model, weights, device, times, breakdown, tokens, flops, source, wall,
-                         temp_before, started_utc=started_utc)
+                         temp_before, started_utc=started_utc, execution=execution)
 
 
 def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.device, times: list[float],
@@ -223,3 +242,64 @@ def validate_result(result: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
             for e in sorted(validator.iter_errors(result), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+class SliceOracle(MergeMethod):
+    """The cost floor of a merged model at a method's token counts.
+
+    At each merge site of ``reference`` every image keeps the first ``counts[k][b]``
+    of its image tokens: no similarity, no averaging, counts known on the host
+    (set :attr:`counts` before each forward). Its time is what any merge method
+    reaching those counts at those sites could at best achieve; the unmerge to the
+    full grid is kept, as every merged model needs it.
+
+    Args:
+        reference: the method whose sites (and site kind) the oracle takes.
+        counts: per site, per image, the image tokens kept.
+    """
+
+    name = "oracle"
+    uses_size = False
+
+    def __init__(self, reference: MergeMethod, counts: list[list[int]] | None = None) -> None:
+        super().__init__(reference.schedule, "exact")
+        self.site = reference.site  # type: ignore[misc]
+        self.reference = reference
+        self.counts: list[list[int]] = counts or []
+        self._cache: dict[tuple, tuple] = {}
+
+    def static_plan(self, block: int, st, num_prefix: int, packed: bool):
+        """The fast runner's protocol for host-known counts: (RowPlan, output Layout), cached per counts."""
+        from mpm.merging.mpm import RowPlan
+        from mpm.models.encoder import Layout
+
+        k = self.schedule.index(block)
+        if k >= len(self.counts) or len(self.counts[k]) != st.batch:
+            raise ConfigError(f"oracle: no token counts for site {k} and a batch of {st.batch} (set .counts)")
+        counts = tuple(int(c) for c in self.counts[k])
+        key = (k, counts, st.layout, packed)
+        hit = self._cache.get(key)
+        if hit is None:
+            dev = st.x.device
+            slots = st.layout.slots - num_prefix
+            kept = torch.tensor(counts, dtype=torch.long, device=dev)
+            j = torch.arange(slots, device=dev)
+            dest = torch.minimum(j, kept[:, None] - 1).clamp_(min=0)
+            lens = [num_prefix + c for c in counts]
+            if packed:
+                layout = Layout(st.layout.slots, True, sum(lens) + 1, False)
+            else:
+                longest = max(lens)
+                layout = Layout(longest, False, st.batch * longest, min(lens) == longest)
+            hit = self._cache[key] = (RowPlan(dest, None, j < kept[:, None], kept), layout)
+        return hit
+
+    def static_key(self) -> tuple:
+        """The counts as a hashable key (a CUDA graph is captured per set of counts)."""
+        return tuple(tuple(int(c) for c in site) for site in self.counts)
+
+    def merge(self, x, ctx):  # pragma: no cover - the oracle runs in the fast runner only
+        raise ConfigError("the slice oracle runs through SegmenterRunner only")
+
+    def describe(self) -> dict:
+        return {"method": "oracle", "schedule": list(self.schedule), "of": self.reference.describe()}

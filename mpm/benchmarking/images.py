@@ -57,11 +57,70 @@ def resize_to_crop(img: Image.Image, crop: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + w, top + h)))
 
 
+#: ``--images`` value for real photographs shipped inside scikit-image (no download)
+PHOTOS_SOURCE = "skimage:photos"
+#: scikit-image's bundled photographs (colour first), in the order they are used
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "hubble_deep_field.jpg", "camera.png", "coins.png", "moon.png", "grass.png", "gravel.png",
+                  "brick.png")
+#: variants that make distinct images of one photo: (horizontal flip, central zoom)
+PHOTO_VARIANTS = ((False, 1.0), (True, 1.0), (False, 0.7), (True, 0.7))
+
+
+def skimage_photos(count: int, crop: tuple[int, int], photos: int = 8) -> tuple[torch.Tensor, dict]:
+    """``count`` distinct real photographs from scikit-image's package data, (count, 3, H, W) uint8.
+
+    The first ``photos`` bundled photographs found (:data:`SKIMAGE_PHOTOS`) each give up to four
+    images (:data:`PHOTO_VARIANTS`: as is, mirrored, a central 70% crop, mirrored crop), variant by
+    variant, so 32 images come from 8 photos; grey photos are replicated to RGB. Needs
+    scikit-image (``pip install scikit-image``; the files ship inside its wheel).
+    """
+    try:
+        import skimage
+    except ImportError:
+        raise DatasetError("benchmark images 'skimage:photos' need scikit-image (pip install scikit-image)") from None
+    folder = Path(skimage.__file__).parent / "data"
+    names = [n for n in SKIMAGE_PHOTOS if (folder / n).is_file()][:photos]
+    if not names or count > len(names) * len(PHOTO_VARIANTS):
+        raise DatasetError(f"scikit-image {skimage.__version__} at {folder} bundles {len(names)} of the photos "
+                           f"{', '.join(SKIMAGE_PHOTOS)}: too few for {count} distinct images")
+    arrays, chosen = [], []
+    for i in range(count):
+        flip, zoom = PHOTO_VARIANTS[i // len(names)]
+        name = names[i % len(names)]
+        with Image.open(folder / name) as im:
+            img = im.convert("RGB")
+            if zoom < 1.0:
+                w, h = img.size
+                cw, ch = round(w * zoom), round(h * zoom)
+                img = img.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+            if flip:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            arrays.append(resize_to_crop(img, crop))
+        chosen.append(f"{name}:{'flip' if flip else 'orig'}:{zoom}")
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    digest = hashlib.sha256(batch.numpy().tobytes()).hexdigest()[:16]
+    return batch, {
+        "source": PHOTOS_SOURCE,
+        "images_available": len(names) * len(PHOTO_VARIANTS),
+        "images_used": count,
+        "repeated": False,
+        "crop": list(crop),
+        "file_list_sha256_16": digest,
+        "photos": names,
+        "scikit_image": skimage.__version__,
+    }
+
+
 def load_batch_images(source: str | Path, count: int, crop: tuple[int, int]) -> tuple[torch.Tensor, dict]:
     """``count`` distinct images as a (count, 3, H, W) uint8 tensor, and a description of the source.
 
-    When the source holds fewer images, they repeat (said in the description).
+    ``source`` is a folder, image file or manifest (:func:`find_images`), or
+    :data:`PHOTOS_SOURCE` for scikit-image's photographs (:func:`skimage_photos`).
+    When a folder holds fewer images, they repeat (said in the description).
     """
+    if str(source) == PHOTOS_SOURCE:
+        return skimage_photos(count, crop)
     files = find_images(source)
     chosen = [files[i % len(files)] for i in range(count)]
     arrays = []

@@ -134,3 +134,72 @@ class SectionTimer:
             "unmerge_ms": self.totals.get("unmerge", 0.0) / n,
             "decoder_ms": self.totals.get("decoder", 0.0) / n,
         }
+
+
+def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0,
+               cpu_ms: list[float] | None = None) -> float:
+    """Mean ms per call of ``fn(offset + i)`` over ``iters`` back-to-back calls (events on CUDA).
+
+    On the CPU, ``cpu_ms`` (if given) also receives the process's CPU time per call, which
+    other processes' load barely moves (a complement to wall-clock on a shared machine)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for i in range(iters):
+            fn(offset + i)
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / iters
+    c0, t0 = time.process_time(), time.perf_counter()
+    for i in range(iters):
+        fn(offset + i)
+    wall = (time.perf_counter() - t0) * 1000.0 / iters
+    if cpu_ms is not None:
+        cpu_ms.append((time.process_time() - c0) * 1000.0 / iters)
+    return wall
+
+
+def interleaved(variants: dict[str, Callable[[int], object]], device: torch.device, iters: int, repeats: int,
+                warmup: int = 1, cpu_ms: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Time the variants in turn (a, b, c, a, b, c, ...): ``repeats`` blocks of ``iters`` calls each.
+
+    Machine load that drifts over the run then hits every variant alike, and the
+    per-repeat ratios (:func:`ratio_stats`) show how much the comparison moves.
+    Returns ms per call, one entry per repeat, per variant; on the CPU ``cpu_ms`` (if given)
+    receives the process CPU time likewise.
+    """
+    for fn in variants.values():
+        for i in range(warmup):
+            fn(i)
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
+            out[name].append(time_block(fn, device, iters, cpu_ms=sink))
+    return out
+
+
+@dataclass
+class Ratio:
+    """A speed ratio over interleaved repeats: its median and its spread (min, max)."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        """False when the spread crosses 1.0 (noise could explain the difference)."""
+        return not (self.low <= 1.0 <= self.high)
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "low": self.low, "high": self.high, "significant": self.significant}
+
+
+def ratio_stats(numerator_ms: list[float], denominator_ms: list[float]) -> Ratio:
+    """Per-repeat ``numerator / denominator`` (e.g. dense ms / method ms = speedup), as a :class:`Ratio`."""
+    if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
+        raise ValueError("ratio_stats needs two equally long, non-empty lists of repeats")
+    r = [a / b for a, b in zip(numerator_ms, denominator_ms)]
+    return Ratio(statistics.median(r), min(r), max(r))

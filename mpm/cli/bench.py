@@ -30,7 +30,7 @@ from mpm.errors import ConfigError
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
 _SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule", "method_kwargs", "batch_policy",
-                 "batch_size", "backend", "dtype", "device", "threads", "warmup", "iters", "breakdown_iters",
+                 "batch_size", "backend", "mode", "dtype", "device", "threads", "warmup", "iters", "breakdown_iters",
                  "pool_batches", "seed")
 
 
@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default=None, metavar="JSON", type=input_file,
                    help="a BenchSpec as JSON (BenchSpec.to_dict()); the options below override its fields")
     p.add_argument("--images", default=None,
-                   help="image folder (searched recursively), a prepared split's manifest or one image file")
+                   help="image folder (searched recursively), one image file, or skimage:photos (scikit-image's "
+                        "bundled photographs, mirrored and cropped into up to 32 distinct images)")
     p.add_argument("--model", default=None, help="T | S | B | L (random weights) or a checkpoint file (default T)")
     p.add_argument("--num-classes", type=count(1), default=None, help="classes of a random-init model (default 150)")
     p.add_argument("--crop", type=int_pair(_CROP_EXAMPLE, single=True), default=None, metavar="H[,W]",
@@ -81,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-policy", default=None, choices=("exact", "batch-min"))
     p.add_argument("--batch-size", type=count(1), default=None, metavar="N", help="images per forward (default 1)")
     p.add_argument("--backend", default=None, help="attention: math | sdpa | fa2 | flash-attn (default math)")
+    p.add_argument("--mode", default=None, choices=("eager", "graphs"),
+                   help="execution mode: eager (default) or graphs (CUDA graphs, one per token-count bucket)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the target's device)")
     p.add_argument("--threads", type=count(1), default=None, metavar="N",
@@ -172,6 +175,8 @@ def run(args) -> int:
     spec = build_spec(args, target)
     if not isinstance(target, SSHTarget):  # an ssh target checks its device on the board
         check_device(spec.device)
+    if args.runtime == "onnxruntime" and spec.mode != "eager":
+        raise ConfigError("--mode graphs runs the torch runtime only (ONNX Runtime has its own execution)")
     try:
         result = run_target(target, spec, args.out, runtime=args.runtime, cooldown=_cooldown(args))
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mpm.merging import triton_kernels as tk
+
 
 class TokenMerge(NamedTuple):
     """The result of one merge step.
@@ -88,3 +90,106 @@ def merge_sizes(size: Tensor, index: Tensor, num_out: int) -> Tensor:
     """
     out = size.new_zeros(size.shape[0], num_out)
     return out.scatter_add_(1, index, size)
+
+
+# --------------------------------------------------------------------------- #
+# row buffers: the fast runner's layout (mpm.models.encoder.RowState)
+# --------------------------------------------------------------------------- #
+
+
+def rows_to_padded(x: Tensor, first: Tensor, slots: int) -> Tensor:
+    """(B, slots, C) view-like copy of rows ``first[b] + j`` of a (R, C) buffer (indices past R clamped)."""
+    rows = (first[:, None] + torch.arange(slots, device=x.device)).clamp_(max=max(x.shape[0] - 1, 0))
+    return x.index_select(0, rows.flatten()).view(first.shape[0], slots, x.shape[-1])
+
+
+def round_up(n: int, step: int) -> int:
+    """Smallest multiple of ``step`` >= n."""
+    return -(-int(n) // step) * step
+
+
+class RowSources(NamedTuple):
+    """Where a merge's output rows come from, and the output layout (device tensors).
+
+    Attributes:
+        src1, src2: (R_out,) long input row(s) of each output row (``src2`` None: one source).
+        start: (B,) long first output row of each image; length: (B,) long rows per image.
+        cu_seqlens: (B + 2,) int32 (packed output: images, then the pad rows), or None.
+    """
+
+    src1: Tensor
+    src2: Tensor | None
+    start: Tensor
+    length: Tensor
+    cu_seqlens: Tensor | None
+
+
+def row_sources(dest: Tensor, partner: Tensor | None, survivor: Tensor, n_img: Tensor | None, in_start: Tensor,
+                kept: Tensor, num_prefix: int, packed: bool, slots_out: int, rows_out: int) -> RowSources:
+    """The output rows of a merge planned per image (PyTorch; Triton twin on CUDA).
+
+    Args:
+        dest, partner, survivor: (B, S) a :class:`~mpm.merging.mpm.RowPlan`'s fields.
+        n_img: (B,) real image tokens per input image, or None (all S).
+        in_start: (B,) first input row of each image.
+        kept: (B,) image tokens kept per image.
+        packed: output images back to back, pad rows after the last (their own
+            sequence in ``cu_seqlens``); else ``slots_out`` rows per image.
+        rows_out: R_out >= the rows the images need.
+    Returns:
+        :class:`RowSources`. Prefix rows copy their input rows; output token
+        ``dest[b, j]`` of a survivor ``j`` averages input tokens ``j`` and ``partner[b, j]``;
+        pad rows copy a real row (finite values). Counts over the capacity are cut
+        (lengths clamped, nothing written out of bounds): the runner's speculative
+        capacities rely on it, and run such a forward again.
+    """
+    if tk.available(dest):
+        return RowSources(*tk.gather_sources(dest, partner, survivor.to(torch.int8), _n(n_img, dest), in_start, kept,
+                                             num_prefix, packed, slots_out, rows_out))
+    b, s = dest.shape
+    dev = dest.device
+    full = kept + num_prefix
+    if packed:  # back to back; rows past rows_out - 1 are cut (a count over a speculative capacity)
+        last = rows_out - 1
+        start = (full.cumsum(0) - full).clamp(max=last)
+        length = torch.minimum(full, last - start).clamp(min=0)
+        total = full.sum().clamp(max=last).reshape(1)
+        cu = torch.cat([start, total, total.new_full((1,), rows_out)]).to(torch.int32)
+        fill = torch.zeros(rows_out + 1, dtype=torch.long, device=dev)
+    else:
+        start = torch.arange(b, device=dev) * slots_out
+        length = full.clamp(max=slots_out)
+        cu = None
+        fill = torch.cat([in_start.repeat_interleave(slots_out, output_size=b * slots_out), in_start.new_zeros(1)])
+    j = torch.arange(s, device=dev)
+    keep = survivor.bool() & (num_prefix + dest < length[:, None])
+    if n_img is not None:
+        keep = keep & (j < n_img[:, None])
+    target = torch.where(keep, start[:, None] + num_prefix + dest, rows_out).flatten()
+    p = torch.arange(num_prefix, device=dev)
+    p_target = torch.where(p < length[:, None], start[:, None] + p, rows_out).flatten()
+    p_source = (in_start[:, None] + p).flatten()
+    base = in_start[:, None] + num_prefix
+
+    def sources(local: Tensor) -> Tensor:
+        out = fill.clone()
+        out.scatter_(0, target, (base + local).flatten())
+        return out.scatter_(0, p_target, p_source)[:rows_out]
+
+    src1 = sources(j.expand(b, s))
+    src2 = sources(partner) if partner is not None else None
+    return RowSources(src1, src2, start, length, cu)
+
+
+def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
+    """(R_out, C): ``(x[src1] + x[src2]) * 0.5`` (MPM's plain mean, as :func:`mpm.merging.mpm.merge_pairs`)
+    or ``x[src1]``; one Triton kernel on CUDA."""
+    if tk.available(x) and x.stride(-1) == 1:
+        return tk.gather_mean(x, src1, src2)
+    out = x.index_select(0, src1)
+    return out if src2 is None else (out + x.index_select(0, src2)) * 0.5
+
+
+def _n(n_img: Tensor | None, like: Tensor) -> Tensor:
+    return n_img if n_img is not None else torch.full((like.shape[0],), like.shape[1], dtype=torch.long,
+                                                      device=like.device)

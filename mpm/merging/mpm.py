@@ -15,14 +15,15 @@ the fewest (the ALGM-style approximation, dense output).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mpm.merging.base import MergeContext, MergeMethod, register
-from mpm.merging.maps import TokenMerge, valid_mask
+from mpm.merging import triton_kernels as tk
+from mpm.merging.maps import TokenMerge, rows_to_padded, valid_mask
 
 BatchPolicy = Literal["exact", "batch-min"]
 
@@ -149,6 +150,73 @@ def mpm_merge(
     return out.x, out.index
 
 
+# --------------------------------------------------------------------------- #
+# fast path: the same decision on a flat row buffer, without a host sync
+# (tests/merging/test_mpm_fast.py checks it against the functions above)
+# --------------------------------------------------------------------------- #
+
+
+class RowPlan(NamedTuple):
+    """A merge decided on the device and not yet applied: no host sync so far.
+
+    Attributes:
+        dest: (B, S) long, output slot of each image token (its pair's slot).
+        partner: (B, S) long, the token each token is averaged with (itself when
+            unpaired), or None when every output token has one source.
+        survivor: (B, S) bool or int8, nonzero where the token represents its slot.
+        kept: (B,) long, image tokens kept per image.
+
+    Entries past an image's real tokens are unspecified.
+    """
+
+    dest: Tensor
+    partner: Tensor | None
+    survivor: Tensor
+    kept: Tensor
+
+
+def plan_from_partners(best: Tensor, score: Tensor, n_img: Tensor | None = None) -> RowPlan:
+    """The mutual test, representatives and output slots of :func:`merge_pairs`, as a :class:`RowPlan`.
+
+    Args:
+        best, score: (B, S) from :func:`best_partners`.
+        n_img: (B,) real tokens per image, or None (all S).
+    """
+    b, s = best.shape
+    idx = torch.arange(s, device=best.device)
+    mutual = mutual_pairs(best, score, n_img)
+    rep = torch.where(mutual, torch.minimum(idx, best), idx)
+    survivor = rep == idx
+    if n_img is not None:
+        survivor &= valid_mask(n_img, s, b)
+    slot = survivor.cumsum(1) - 1
+    return RowPlan(slot.gather(1, rep), torch.where(mutual, best, idx), survivor, survivor.sum(1))
+
+
+def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, slots: int,
+              view: Tensor | None = None) -> RowPlan:
+    """MPM's decision for the images of a row buffer (no host sync).
+
+    Args:
+        x: (R, C) rows; image ``b``'s tokens are rows ``start[b] + num_prefix + j``, ``j < n_img[b]``.
+        start: (B,) long; n_img: (B,) long or None (every image has ``slots`` tokens).
+        slots: S >= max(n_img).
+        view: (B, S, C) the same image tokens as a padded view, when the layout has one
+            (saves the gather of the PyTorch path).
+    Returns:
+        :class:`RowPlan` (B, S). On CUDA the similarity, argmax and mutual test run as two
+        Triton kernels (cosine in float32 accumulation); elsewhere the reference functions.
+    """
+    if tk.available(x):
+        if n_img is None:
+            n_img = torch.full_like(start, slots)
+        best, score = tk.best_partners_rows(x, start, n_img, num_prefix, slots)
+        return RowPlan(*tk.mutual_plan(best, score, n_img))
+    feats = view if view is not None else rows_to_padded(x, start + num_prefix, slots)
+    best, score = best_partners(feats, n_img)
+    return plan_from_partners(best, score, n_img)
+
+
 @register
 class MPM(MergeMethod):
     """Mutual Pair Merging before each scheduled block, e.g. ``MPM((2, 5))``."""
@@ -156,6 +224,16 @@ class MPM(MergeMethod):
     name = "mpm"
     site = "before_block"
     uses_size = False  # plain means: sizes play no part
+
+    @property
+    def plans_rows(self) -> bool:
+        """Whether the fast runner may use :meth:`plan_rows` (exact batches; batch-min takes the plain path)."""
+        return self.batch_policy == "exact"
+
+    def plan_rows(self, x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, slots: int,
+                  view: Tensor | None = None) -> RowPlan:
+        """:func:`plan_rows` (the fast runner's protocol: plan on the device, then apply)."""
+        return plan_rows(x, start, n_img, num_prefix, slots, view)
 
     def merge(self, x: Tensor, ctx: MergeContext) -> TokenMerge:
         feats = x if ctx.metric is None else ctx.metric

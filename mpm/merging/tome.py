@@ -348,6 +348,9 @@ class ToMe(MergeMethod):
 
     name = "tome"
     site = "after_attention"
+    #: on dense input every image keeps ``N - r`` tokens, known on the host: no sync, so a
+    #: CUDA graph may hold the merge (:class:`mpm.models.segmenter.SegmenterRunner`)
+    sync_free_when_dense = True
 
     def __init__(self, schedule: Sequence[int] = (), batch_policy: str = "exact", r: int | Sequence[int] = 8,
                  prop_attn: bool = False) -> None:

@@ -112,14 +112,15 @@ class Packing:
         num_slots: L, the padded length.
     """
 
-    def __init__(self, lengths: Tensor, num_slots: int) -> None:
+    def __init__(self, lengths: Tensor, num_slots: int, host_lengths: list[int] | None = None) -> None:
         self.batch, self.num_slots = int(lengths.shape[0]), num_slots
         self.lengths = lengths
-        host = lengths.tolist()  # the one host sync
+        host = lengths.tolist() if host_lengths is None else list(host_lengths)  # the one host sync
         self.max_len, self.min_len, self.total = max(host), min(host), sum(host)
         device = lengths.device
         self.offsets = torch.zeros(self.batch + 1, dtype=torch.long, device=device)
         self.offsets[1:] = lengths.cumsum(0)
+        self.cu_seqlens = self.offsets.to(torch.int32)
         # (T,) flat row indices into B * L: position within the sequence + b * L
         starts = torch.arange(self.batch, device=device) * num_slots - self.offsets[:-1]
         self.rows = torch.arange(self.total, device=device) + torch.repeat_interleave(
@@ -134,6 +135,31 @@ class Packing:
         out = values.new_zeros(self.batch * self.num_slots, values.shape[-1])
         return out.index_copy_(0, self.rows, values).view(self.batch, self.num_slots, -1)
 
+
+class Varlen:
+    """Packed sequences described on the device only: no host sync to build or use.
+
+    The fast runner's layout (:class:`mpm.models.encoder.RowState`): image ``b``
+    owns rows ``start[b] .. start[b] + length[b]`` of a (R, C) buffer, back to back;
+    the rows after the last image (capacity rounding) form one more sequence of
+    their own, so they attend only among themselves and never touch an image.
+
+    Args:
+        cu_seqlens: (B + 2,) int32 cumulative lengths, the pad sequence last.
+        max_len: a host upper bound of every sequence's length (FlashAttention-2
+            takes an upper bound; blocks past a sequence's end exit at once).
+        start, length: (B,) long, for :meth:`unpack`.
+    """
+
+    def __init__(self, cu_seqlens: Tensor, max_len: int, start: Tensor, length: Tensor) -> None:
+        self.cu_seqlens, self.max_len = cu_seqlens, max_len
+        self.start, self.lengths = start, length
+        self.batch = int(start.shape[0])
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """(R, D) rows -> (B, max_len, D) padded; slots past ``length[b]`` hold copies of real rows."""
+        rows = (self.start[:, None] + torch.arange(self.max_len, device=values.device)).clamp_(max=values.shape[0] - 1)
+        return values.index_select(0, rows.flatten()).view(self.batch, self.max_len, -1)
 
 
 def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend: str = "fa2",
@@ -150,9 +176,16 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
     if backend == "flash-attn":
         import flash_attn  # optional extra
 
-        cu = packing.offsets.to(torch.int32)
+        cu = packing.cu_seqlens
         return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
                                                  softmax_scale=scale)
+    if backend in ("math", "sdpa") and isinstance(packing, Varlen):  # a testing path: syncs once
+        padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
+        out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale).transpose(1, 2).flatten(2)
+        j = torch.arange(packing.max_len, device=q.device)
+        valid = j < packing.lengths[:, None]
+        rows = (packing.start[:, None] + j)[valid]
+        return torch.zeros_like(q.flatten(1)).index_copy_(0, rows, out[valid]).view_as(q)
     if backend in ("math", "sdpa"):  # no varlen kernel: masked attention on the padded layout
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale)
@@ -160,20 +193,21 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
     return _fa2_varlen(q, k, v, packing, scale)
 
 
-def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: Packing, scale: float) -> Tensor:
+def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: "Packing | Varlen", scale: float) -> Tensor:
     """PyTorch's FlashAttention-2 kernel (the one SDPA's flash backend calls) in its
     variable-length mode: (T, H, D) packed sequences with cumulative lengths.
 
     Called directly rather than through nested tensors, whose dispatch costs
-    milliseconds per call (measured: ``benchmarks/kernels.py``).
+    milliseconds per call (measured: ``benchmarks/kernels.py``). ``max_len`` may be
+    an upper bound, so no host sync is needed (:class:`Varlen`).
     """
-    cu = packing.offsets.to(torch.int32)
+    cu = packing.cu_seqlens
     try:
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, packing.max_len, packing.max_len, 0.0, False, False, scale=scale)[0]
     except RuntimeError as err:
         raise BackendError(f"PyTorch's FlashAttention-2 kernel refused these packed inputs "
-                           f"({packing.total} tokens, {q.dtype}, {q.device}): {err}") from err
+                           f"({q.shape[0]} rows, {q.dtype}, {q.device}): {err}") from err
 
 
 def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from mpm.errors import BackendError, ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
-from mpm.merging.maps import compose, identity_map, merge_sizes, unmerge
-from mpm.models.attention import Packing, attention, attention_packed
+from mpm.merging.maps import compose, gather_mean, identity_map, merge_sizes, row_sources, rows_to_padded, unmerge
+from mpm.models.attention import Packing, Varlen, attention, attention_packed
 
 #: backends whose attention runs packed variable-length sequences (FlashAttention-2 varlen)
 VARLEN_BACKENDS = ("fa2", "flash-attn")
@@ -171,7 +171,7 @@ def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | 
         o = attention(q, k, v, backend=backend, lengths=lengths, bias=bias, scale=attn.scale)
         o = o.transpose(1, 2).reshape(b, n, attn.attn_dim)
         keys = k.mean(1) if return_keys else None
-    elif backend in VARLEN_BACKENDS:  # packed end to end
+    elif backend in VARLEN_BACKENDS or isinstance(packing, Varlen):  # packed end to end
         if bias is not None:
             raise BackendError(f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional "
                                "attention (prop_attn) needs backend 'math' or 'sdpa'")
@@ -258,3 +258,185 @@ def _size_bias(state: TokenState, num_prefix: int) -> Tensor:
     b = state.size.shape[0]
     prefix = state.size.new_ones(b, num_prefix)
     return torch.cat([prefix, state.size], dim=1).log()[:, None, None, :]
+
+
+# --------------------------------------------------------------------------- #
+# the fast runner's pieces: tokens as rows of one flat buffer, no host sync
+# inside a piece (mpm.models.segmenter.SegmenterRunner strings them together)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Host-side shape of a :class:`RowState` (hashable: part of a CUDA graph's key).
+
+    Attributes:
+        slots: padded: rows per image (x is (B * slots, C)); packed: an upper bound
+            of any image's rows.
+        packed: images back to back (FlashAttention-2's variable-length mode), the
+            rows after the last image (capacity rounding) a sequence of their own.
+        rows: R, rows of the buffer.
+        uniform: every image has exactly ``slots`` rows (padded only): no key mask.
+    """
+
+    slots: int
+    packed: bool
+    rows: int
+    uniform: bool
+
+
+@dataclass
+class RowState:
+    """Tokens of a batch as rows of one (R, C) buffer: image ``b`` owns rows
+    ``start[b] .. start[b] + length[b]``, its prefix (class) tokens first.
+
+    Attributes:
+        x: (R, C).
+        layout: :class:`Layout`.
+        start, length: (B,) long (length counts the prefix).
+        index: (B, N) long, current image-token slot of every original patch.
+        cu_seqlens: (B + 2,) int32 when packed.
+        size: (B, slots - P) float, patches per token (methods with ``uses_size``), padded.
+        tokens_left: (B,) image tokens after each merge step so far.
+    """
+
+    x: Tensor
+    layout: Layout
+    start: Tensor
+    length: Tensor
+    index: Tensor
+    cu_seqlens: Tensor | None = None
+    size: Tensor | None = None
+    tokens_left: list[Tensor] = field(default_factory=list)
+
+    @property
+    def batch(self) -> int:
+        return int(self.start.shape[0])
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The device tensors, by name (what crosses a graph boundary)."""
+        out = {"x": self.x, "start": self.start, "length": self.length, "index": self.index}
+        if self.cu_seqlens is not None:
+            out["cu_seqlens"] = self.cu_seqlens
+        if self.size is not None:
+            out["size"] = self.size
+        out.update({f"left{k}": t for k, t in enumerate(self.tokens_left)})
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor], layout: Layout) -> "RowState":
+        left = [t[f"left{k}"] for k in range(sum(name.startswith("left") for name in t))]
+        return cls(t["x"], layout, t["start"], t["length"], t["index"], t.get("cu_seqlens"), t.get("size"), left)
+
+    def padded(self, values: Tensor | None = None) -> Tensor:
+        """(B, L, D) padded view (a copy when packed) of the rows ``values`` (default ``x``)."""
+        values = self.x if values is None else values
+        if self.layout.packed:
+            return rows_to_padded(values, self.start, self.layout.slots)
+        return values.view(self.batch, self.layout.slots, -1)
+
+    def attention_lengths(self) -> Tensor | None:
+        """(B,) key lengths for a padded layout with padding, else None."""
+        return None if self.layout.uniform or self.layout.packed else self.length
+
+    def varlen(self) -> Varlen | None:
+        if not self.layout.packed:
+            return None
+        return Varlen(self.cu_seqlens, self.layout.slots, self.start, self.length)
+
+
+def rows_initial(x: Tensor, num_prefix: int, with_size: bool) -> RowState:
+    """The state after the embedding: (B, P + N, C) tokens, every image full."""
+    b, n_all, c = x.shape
+    dev = x.device
+    n = n_all - num_prefix
+    size = torch.ones(b, n, device=dev, dtype=x.dtype) if with_size else None
+    return RowState(x.reshape(b * n_all, c), Layout(n_all, False, b * n_all, True),
+                    torch.arange(b, device=dev) * n_all, torch.full((b,), n_all, dtype=torch.long, device=dev),
+                    identity_map(b, n, dev), None, size)
+
+
+def rows_attention(blk: nn.Module, st: RowState, backend: str, num_prefix: int, bias_from_size: bool,
+                   return_keys: bool) -> tuple[RowState, Tensor | None]:
+    """The attention residual of one block on a :class:`RowState`; keys (B, L, D) padded if asked."""
+    if st.layout.packed:
+        x, keys = block_forward(blk, st.x, backend=backend, return_keys=return_keys, packing=st.varlen())
+        st.x = x
+        return st, keys
+    bias = None
+    if bias_from_size and st.size is not None:
+        prefix = st.size.new_ones(st.batch, num_prefix)
+        bias = torch.cat([prefix, st.size], dim=1).log()[:, None, None, :]
+    x, keys = block_forward(blk, st.padded(), backend=backend, lengths=st.attention_lengths(), bias=bias,
+                            return_keys=return_keys)
+    st.x = x.reshape(st.layout.rows, -1)
+    return st, keys
+
+
+def rows_mlp(blk: nn.Module, st: RowState) -> RowState:
+    st.x = mlp_forward(blk, st.x)
+    return st
+
+
+def rows_apply(st: RowState, plan, num_prefix: int, layout: Layout, clamp: bool = False) -> RowState:
+    """Apply a :class:`~mpm.merging.mpm.RowPlan` (B, S) into a buffer of ``layout`` (rows and capacity
+    decided on the host); the map and token counts follow. No host sync.
+
+    ``clamp``: the capacity is a guess that may be too small; keep the map inside the rows
+    (the caller checks the counts and discards such a forward)."""
+    n_img = None if st.layout.uniform else st.length - num_prefix
+    src = row_sources(plan.dest, plan.partner, plan.survivor, n_img, st.start, plan.kept, num_prefix,
+                      layout.packed, layout.slots, layout.rows)
+    x = gather_mean(st.x, src.src1, src.src2)
+    index = plan.dest.gather(1, st.index)
+    if clamp:
+        index = torch.minimum(index, (src.length - num_prefix - 1).clamp(min=0)[:, None])
+    return RowState(x, layout, src.start, src.length, index, src.cu_seqlens, None, st.tokens_left + [plan.kept])
+
+
+def rows_fallback_merge(st: RowState, method: MergeMethod, block: int, num_prefix: int, grid: tuple[int, int],
+                        keys: Tensor | None, packed: bool, host_lengths: bool) -> RowState:
+    """Any :class:`~mpm.merging.base.MergeMethod` through its plain ``merge`` on the padded layout.
+
+    ``host_lengths``: read the new token counts to the host when they differ per image
+    (a sync; needed for a packed output), else keep the padded layout.
+    """
+    b = st.batch
+    lengths = None if st.layout.uniform else st.length - num_prefix
+    state = TokenState(st.index, lengths, st.size, grid, list(st.tokens_left))
+    x = merge_step(st.padded(), state, method, block, num_prefix,
+                   metric=None if keys is None else keys[:, num_prefix:])
+    slots = x.shape[1]
+    if state.lengths is None:
+        start = torch.arange(b, device=x.device) * slots
+        length = torch.full((b,), slots, dtype=torch.long, device=x.device)
+        return RowState(x.reshape(b * slots, -1), Layout(slots, False, b * slots, True), start, length, state.index,
+                        None, state.size, state.tokens_left)
+    length = state.lengths + num_prefix
+    if packed and host_lengths:
+        host = length.tolist()  # the plain methods sync anyway
+        packing = Packing(length, slots, host)
+        rows = packing.total + 1  # one pad row keeps the pad sequence non-empty
+        xs = x.new_zeros(rows, x.shape[-1])
+        xs[: packing.total] = packing.pack(x)
+        cu = torch.cat([packing.offsets, packing.offsets.new_full((1,), rows)]).to(torch.int32)
+        return RowState(xs, Layout(slots, True, rows, False), packing.offsets[:-1], length, state.index, cu,
+                        state.size, state.tokens_left)
+    return RowState(x.reshape(b * slots, -1), Layout(slots, False, b * slots, False),
+                    torch.arange(b, device=x.device) * slots, length, state.index, None, state.size,
+                    state.tokens_left)
+
+
+def rows_unmerge(st: RowState, num_prefix: int, clamp: bool = False) -> tuple[Tensor, Tensor]:
+    """Image tokens on the full grid (B, N, C) with one gather, and the prefix tokens (B, P, C).
+    ``clamp``: keep the gather inside the buffer (see :func:`rows_apply`)."""
+    b, c = st.batch, st.x.shape[-1]
+    if not st.tokens_left:
+        x = st.padded()
+        return x[:, num_prefix:], x[:, :num_prefix]
+    rows = st.start[:, None] + num_prefix + st.index
+    if clamp:
+        rows = rows.clamp(max=st.layout.rows - 1)
+    tokens = st.x.index_select(0, rows.flatten()).view(b, -1, c)
+    prefix_rows = st.start[:, None] + torch.arange(num_prefix, device=st.x.device)
+    return tokens, st.x.index_select(0, prefix_rows.flatten()).view(b, num_prefix, c)

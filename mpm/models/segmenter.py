@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -18,8 +19,12 @@ from torch import Tensor, nn
 
 from mpm.errors import ConfigError
 from mpm.merging.base import MergeMethod, NoMerge
+from mpm.merging.maps import round_up
+from mpm.merging.mpm import RowPlan
 from mpm.models.decoders import LinearDecoder, MaskTransformer, upsample
-from mpm.models.encoder import EncoderOutput, SectionTimer, _no_timer, check_vit, run_encoder
+from mpm.models.encoder import (VARLEN_BACKENDS, EncoderOutput, Layout, RowState, SectionTimer, _no_timer, check_vit,
+                                embed, rows_apply, rows_attention, rows_fallback_merge, rows_initial, rows_mlp,
+                                rows_unmerge, run_encoder)
 
 #: (embed_dim, depth, num_heads) of the ViT sizes Segmenter uses (patch 16)
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -168,6 +173,11 @@ class Segmenter(nn.Module):
             logits = upsample(masks, (ph, pw))[..., :h, :w]
         return (logits, enc) if return_encoder else logits
 
+    def runner(self, method: MergeMethod | None = None, backend: str = "sdpa", mode: str = "eager",
+               **kwargs: Any) -> "SegmenterRunner":
+        """A :class:`SegmenterRunner` of this model: the fast path, eager or under CUDA graphs."""
+        return SegmenterRunner(self, method, backend, mode, **kwargs)
+
 
 def build_segmenter(config: SegmenterConfig | None = None, **kwargs: Any) -> Segmenter:
     """A randomly initialised Segmenter (``config`` or ``SegmenterConfig(**kwargs)``)."""
@@ -176,3 +186,431 @@ def build_segmenter(config: SegmenterConfig | None = None, **kwargs: Any) -> Seg
     elif kwargs:
         config = replace(config, **kwargs)
     return Segmenter(config).eval()
+
+
+# --------------------------------------------------------------------------- #
+# the fast runner: eager, or replayed from CUDA graphs
+# --------------------------------------------------------------------------- #
+
+#: execution modes of :class:`SegmenterRunner`
+MODES = ("eager", "graphs")
+
+
+@dataclass(frozen=True)
+class _Host:
+    """What the host knows between two pieces of a forward (hashable: a graph's key)."""
+
+    stage: str  # "images" | "rows" | "tokens" | "logits"
+    layout: Layout | None = None
+    target: Layout | None = None  # the capacity chosen for a pending plan
+    plan: tuple[bool, ...] | None = None  # (has_partner,) of a pending plan
+    keys: bool = False
+    image_hw: tuple[int, int] = (0, 0)
+    speculative: bool = False  # a capacity of this forward is a guess (maps are clamped to the rows)
+    static: tuple | None = None  # host-side inputs of a method with static counts (the oracle's counts)
+
+
+@dataclass
+class _Piece:
+    """A run of ops without host work in between (one graph), or a host step."""
+
+    kind: str  # "ops" | "counts" (read a plan's token counts) | "eager" (a merge that syncs)
+    ops: list[tuple] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        names = {op[0] for op in self.ops}
+        if names <= {"plan", "apply", "static", "fallback"}:
+            return "merge"
+        if names == {"unmerge"}:
+            return "unmerge"
+        if names == {"decode"}:
+            return "decoder"
+        return "encoder"
+
+
+class SegmenterRunner:
+    """One method and backend of a :class:`Segmenter`, eager or under CUDA graphs.
+
+    The forward is cut where the host must learn something (a plan's token counts)
+    or where a method syncs on its own; each piece in between runs eagerly or is
+    captured once per host-side shape into a CUDA graph and replayed.
+
+    * Methods with a device-side plan (MPM, exact batches) decide on the device, the
+      host reads the kept-token counts once per step, rounds the capacity up to a
+      bucket (``graphs``: a few per step, so few graphs; ``eager``: a multiple of 8)
+      and the next piece gathers the merged tokens into a buffer of that capacity.
+      Pad rows are excluded from attention (a sequence of their own for
+      FlashAttention-2's variable-length mode, masked keys otherwise); their share is
+      kept in :attr:`pad_stats`.
+    * Methods with static counts (the slice oracle of :mod:`mpm.benchmarking.bench`,
+      ToMe with one ``r`` on dense input) stay inside one piece.
+    * Any other method runs its plain ``merge`` eagerly between pieces.
+
+    The output is the same as :meth:`Segmenter.forward` (tests/models/test_runner.py).
+    Under ``graphs`` the returned tensors are the graphs' own buffers, valid until
+    the next call: clone what you keep.
+
+    Args:
+        model: the segmenter (its device and dtype are used).
+        method: merge method (None: dense).
+        backend: attention backend.
+        mode: ``"eager"`` or ``"graphs"`` (CUDA only).
+        split: cut a piece around every merge step, the unmerge and the decoder
+            too, so that :meth:`__call__` with a timer can time them under graphs.
+        granularity: capacity buckets (rows, slots); default by mode.
+        packed: keep merged batches packed (default: for FlashAttention-2 backends;
+            with ``math``/``sdpa`` a testing path that unpacks around attention).
+        speculate: under graphs, go on with the largest capacity seen so far at each
+            step instead of waiting for the counts; they are copied to the host
+            asynchronously and checked at the end of the forward, which runs again with
+            exact reads when one did not fit (results are the same either way: pad rows
+            never reach an image). No host sync inside the forward then. Default: at
+            batch size 1 under graphs (there the pad rows cost next to nothing and the
+            waits are a large share of the forward; at batch 32 the reverse).
+    """
+
+    def __init__(self, model: Segmenter, method: MergeMethod | None = None, backend: str = "sdpa",
+                 mode: str = "eager", split: bool = False, granularity: tuple[int, int] | None = None,
+                 packed: bool | None = None, speculate: bool | None = None) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown execution mode {mode!r}; expected one of {', '.join(MODES)}")
+        self.model, self.backend, self.mode = model, backend, mode
+        self.method = method or NoMerge()
+        self.method.validate(model.config.depth)
+        #: merged batches packed back to back (default: with a variable-length attention kernel)
+        self.packed = backend in VARLEN_BACKENDS if packed is None else packed
+        self.num_prefix = model.encoder.num_prefix_tokens
+        self.granularity = granularity
+        self.pieces = self._pieces(split)
+        self._keys = self._merge_kind() in ("inline", "eager")
+        self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
+        self.speculate = speculate
+        self.respeculated = 0  # forwards run again because a count did not fit its speculative capacity
+        self._guess: dict[int, Layout] = {}
+        self._pinned: dict[int, Tensor] = {}
+        self._graphs: _GraphCache | None = None
+        self._simulate_graphs = False  # tests: graphs mode on the CPU, replay = re-run (tests/models/test_runner.py)
+
+    # ---- the program ---------------------------------------------------- #
+
+    def _merge_kind(self) -> str:
+        m = self.method
+        if getattr(m, "plans_rows", False):
+            if m.site != "before_block":
+                raise ConfigError(f"{m.name}: device-side plans are supported before blocks only")
+            return "plan"
+        if callable(getattr(m, "static_plan", None)):
+            return "static"
+        if getattr(m, "sync_free_when_dense", False):
+            return "inline"
+        return "eager"
+
+    def _pieces(self, split: bool) -> list[_Piece]:
+        kind = self._merge_kind()
+        ops: list[tuple] = [("embed",)]
+        for i in range(self.model.config.depth):
+            for site in ("before_block", "after_attention"):
+                if site == "after_attention":
+                    ops.append(("attn", i))
+                if not self.method.active(i, site):
+                    continue
+                if kind == "plan":
+                    ops += [("plan", i), ("counts", i), ("apply", i)]
+                elif kind == "static":
+                    ops.append(("static", i))
+                else:
+                    ops.append(("fallback", i, kind == "inline"))
+            ops.append(("mlp", i))
+        ops += [("norm",), ("unmerge",), ("decode",)]
+        pieces: list[_Piece] = [_Piece("ops")]
+        for op in ops:
+            host_step = op[0] == "counts" or (op[0] == "fallback" and not op[2])
+            own = split and op[0] in ("plan", "apply", "static", "fallback", "unmerge", "decode")
+            if host_step:
+                pieces.append(_Piece("counts" if op[0] == "counts" else "eager", [op]))
+                pieces.append(_Piece("ops"))
+            elif own:
+                pieces += [_Piece("ops", [op]), _Piece("ops")]
+            else:
+                pieces[-1].ops.append(op)
+        return [p for p in pieces if p.ops]
+
+    # ---- running ---------------------------------------------------------- #
+
+    def __call__(self, images: Tensor, timer: SectionTimer | None = None, return_encoder: bool = False,
+                 _exact: bool = False):
+        """Class logits (B, K, H, W) of normalised images (B, 3, H, W), as :meth:`Segmenter.forward`."""
+        timer = timer or _no_timer
+        speculate = self.mode == "graphs" and not _exact and (
+            self.speculate if self.speculate is not None else images.shape[0] == 1)
+        pending: list[tuple] = []
+        if self.mode == "graphs" and self._graphs is None:
+            if images.device.type != "cuda" and not self._simulate_graphs:
+                raise ConfigError(f"execution mode 'graphs' needs a CUDA device, got {images.device}")
+            self._graphs = (_SimulatedGraphs if images.device.type != "cuda" else _GraphCache)(self, images)
+        h, w = images.shape[-2:]
+        p = self.model.patch_size
+        ph, pw = math.ceil(h / p) * p, math.ceil(w / p) * p
+        if (ph, pw) != (h, w):
+            images = F.pad(images, (0, pw - w, 0, ph - h))
+        static_key = getattr(self.method, "static_key", None)
+        host = _Host("images", image_hw=(h, w), static=static_key() if callable(static_key) else None)
+        tensors = {"images": self._graphs.put_input(images) if self._graphs else images}
+        with contextlib.ExitStack() as encoder_section:
+            encoder_section.enter_context(timer("encoder"))
+            for k, piece in enumerate(self.pieces):
+                if piece.kind == "counts":
+                    if speculate and k in self._guess:
+                        kept = tensors["plan.kept"]
+                        pinned = self._pinned.get(k)
+                        if pinned is None or pinned.shape != kept.shape:
+                            pinned = self._pinned[k] = torch.empty(kept.shape, dtype=kept.dtype,
+                                                                   pin_memory=kept.is_cuda)
+                        pinned.copy_(kept, non_blocking=True)
+                        done = torch.cuda.Event() if kept.is_cuda else None
+                        if done is not None:
+                            done.record()
+                        pending.append((k, host, self._guess[k], pinned, done))
+                        host = replace(host, target=self._guess[k], speculative=True)
+                    else:
+                        host = self._capacity(tensors, host)
+                        if speculate:
+                            self._guess[k] = self._widen(self._guess.get(k), host.target)
+                elif self._graphs is None:  # eager: the ops time themselves
+                    tensors, host = self._run_ops(piece.ops, tensors, host, timer, encoder_section.close)
+                else:  # graphs: a piece is timed as a whole (split=True gives merges their own pieces)
+                    if piece.ops[0][0] == "unmerge":
+                        encoder_section.close()
+                    with timer(piece.label) if piece.label != "encoder" else contextlib.nullcontext():
+                        if piece.kind == "eager":
+                            tensors, host = self._run_ops(piece.ops, tensors, host)
+                            tensors = {n: self._graphs.put((k, "eager"), n, t) for n, t in tensors.items()}
+                        else:
+                            tensors, host = self._graphs.run(k, piece, tensors, host, last=k == len(self.pieces) - 1)
+        for k, at, guess, pinned, done in pending:  # check the speculative capacities
+            if done is not None:
+                done.synchronize()
+            need = self._target([self.num_prefix + m for m in pinned.tolist()], at.layout)
+            if not self._fits(need, guess, sum(self.num_prefix + m for m in pinned.tolist())):
+                self._guess[k] = self._widen(guess, need)
+                self.respeculated += 1
+                return self(images, timer, return_encoder, _exact=True)
+            self.pad_stats.append((sum(self.num_prefix + m for m in pinned.tolist()), guess.rows))
+        if not return_encoder:
+            return tensors["logits"]
+        left = [tensors[f"st.left{k}"] for k in range(sum(n.startswith("st.left") for n in tensors))]
+        enc = EncoderOutput(tensors["tokens"], tensors["prefix"], self._grid(host), tensors["st.index"], left)
+        return tensors["logits"], enc
+
+    def _grid(self, host: _Host) -> tuple[int, int]:
+        p = self.model.patch_size
+        h, w = host.image_hw
+        return math.ceil(h / p), math.ceil(w / p)
+
+    def _capacity(self, tensors: dict[str, Tensor], host: _Host) -> _Host:
+        """Read a plan's kept-token counts (the host sync) and choose the next buffer's capacity."""
+        lens = [self.num_prefix + m for m in tensors["plan.kept"].tolist()]
+        target = self._target(lens, host.layout)
+        self.pad_stats.append((sum(lens), target.rows))
+        return replace(host, target=target)
+
+    def _target(self, lens: list[int], layout: Layout) -> Layout:
+        """The buffer for images of ``lens`` rows each: packed rows or padded slots rounded up to a bucket."""
+        b = len(lens)
+        g_rows, g_slots = self._buckets(b, layout)
+        if self.packed:
+            return Layout(layout.slots, True, round_up(sum(lens) + 1, g_rows), False)  # >= 1 pad row
+        longest = max(lens)
+        slots = round_up(longest, g_slots)
+        return Layout(slots, False, b * slots, slots == longest and min(lens) == longest)
+
+    @staticmethod
+    def _fits(need: Layout, guess: Layout, total: int) -> bool:
+        """Whether images needing ``need`` fit a speculative ``guess`` (the pad sequence stays within ``max_len``)."""
+        if need.packed:
+            return need.rows <= guess.rows and guess.rows - total <= guess.slots
+        return need.slots <= guess.slots
+
+    @staticmethod
+    def _widen(guess: Layout | None, need: Layout) -> Layout:
+        """The larger of two capacities, with key masks (a speculative buffer may hold padding)."""
+        if guess is None or (need.rows > guess.rows if need.packed else need.slots > guess.slots):
+            guess = need
+        return replace(guess, uniform=False)
+
+    def _buckets(self, batch: int, layout: Layout) -> tuple[int, int]:
+        if self.granularity is not None:
+            return self.granularity
+        n_all = self.model.encoder.patch_embed.num_patches + self.num_prefix if layout is None else layout.slots
+        if self.mode == "eager":
+            return 8, 8
+        g_slots = round_up(max(8, n_all // 64), 8)
+        g_rows = min(round_up(max(8, batch * n_all // 64), 8), n_all)
+        return g_rows, g_slots
+
+    def _run_ops(self, ops: list[tuple], tensors: dict[str, Tensor], host: _Host,
+                 timer: SectionTimer | None = None, encoder_end=None) -> tuple[dict[str, Tensor], _Host]:
+        """Run ``ops`` on the state ``(tensors, host)`` and return the new state. No host
+        sync unless an op is an eager merge. ``timer`` times the merge, unmerge and
+        decoder ops; ``encoder_end()`` is called where the encoder section ends."""
+        timer = timer or _no_timer
+        model, vit, method, p = self.model, self.model.encoder, self.method, self.num_prefix
+        st = None
+        if host.layout is not None:
+            st = RowState.from_tensors({n[3:]: t for n, t in tensors.items() if n.startswith("st.")}, host.layout)
+        plan = None
+        if host.plan is not None:
+            plan = RowPlan(tensors["plan.dest"], tensors.get("plan.partner"), tensors["plan.survivor"],
+                           tensors["plan.kept"])
+        keys, target = tensors.get("keys"), host.target
+        out = {n: tensors[n] for n in ("tokens", "prefix") if n in tensors}
+        for op in ops:
+            name = op[0]
+            if name == "embed":
+                x, _ = embed(vit, tensors["images"], model.config.pos_embed_interpolation)
+                st = rows_initial(x, p, method.uses_size)
+            elif name == "attn":
+                mid = self._keys and method.active(op[1], "after_attention")
+                st, keys = rows_attention(vit.blocks[op[1]], st, self.backend, p,
+                                          method.proportional_attention and bool(st.tokens_left), mid)
+            elif name == "mlp":
+                st = rows_mlp(vit.blocks[op[1]], st)
+            elif name == "plan":
+                with timer("merge"):
+                    view = None if st.layout.packed else st.padded()[:, p:]
+                    n_img = None if st.layout.uniform else st.length - p
+                    plan = method.plan_rows(st.x, st.start, n_img, p, st.layout.slots - p, view)
+            elif name == "apply":
+                with timer("merge"):
+                    st = rows_apply(st, plan, p, target, clamp=host.speculative)
+                plan, target = None, None
+            elif name == "static":
+                with timer("merge"):
+                    static, layout = method.static_plan(op[1], st, p, self.packed)
+                    st = rows_apply(st, static, p, layout)
+            elif name == "fallback":
+                with timer("merge"):
+                    if op[2] and not st.layout.uniform:
+                        raise ConfigError(f"{method.name}: runs inside a graph only on dense input")
+                    st = rows_fallback_merge(st, method, op[1], p, self._grid(host), keys, self.packed,
+                                             host_lengths=not op[2])
+                keys = None
+            elif name == "norm":
+                st.x = vit.norm(st.x)
+            elif name == "unmerge":
+                if encoder_end is not None:
+                    encoder_end()
+                with timer("unmerge"):
+                    out["tokens"], out["prefix"] = rows_unmerge(st, p, clamp=host.speculative)
+            elif name == "decode":
+                with timer("decoder"):
+                    h, w = host.image_hw
+                    grid = self._grid(host)
+                    masks = model.decoder(out["tokens"], grid, backend=self.backend)
+                    size = (grid[0] * model.patch_size, grid[1] * model.patch_size)
+                    out["logits"] = upsample(masks, size)[..., :h, :w]
+            else:  # pragma: no cover - the program holds only the ops above
+                raise AssertionError(f"unknown op {op!r}")
+        if st is not None:
+            out.update({f"st.{n}": t for n, t in st.tensors().items()})
+        if plan is not None:
+            out.update({"plan.dest": plan.dest, "plan.survivor": plan.survivor, "plan.kept": plan.kept})
+            if plan.partner is not None:
+                out["plan.partner"] = plan.partner
+        if keys is not None:
+            out["keys"] = keys
+        stage = "logits" if "logits" in out else ("tokens" if "tokens" in out else "rows")
+        new_host = _Host(stage, st.layout if st is not None else None, target,
+                         (plan.partner is not None,) if plan is not None else None, keys is not None, host.image_hw,
+                         host.speculative, host.static)
+        return out, new_host
+
+
+class _GraphCache:
+    """CUDA graphs of a runner's pieces, one per (piece, host state), and the buffers between them.
+
+    A piece's inputs are persistent buffers ("mailboxes", allocated once at their
+    largest size), so a graph captured with one address reads the outputs of
+    whichever graph of the previous piece ran; each graph copies its outputs into
+    the next mailboxes as its last step.
+    """
+
+    def __init__(self, runner: SegmenterRunner, images: Tensor) -> None:
+        self.runner = runner
+        self.device = images.device
+        self.entries: dict[tuple, tuple] = {}
+        self.mail: dict[tuple, Tensor] = {}
+        cfg = runner.model.config
+        b = images.shape[0]
+        n_all = (math.ceil(images.shape[-2] / cfg.patch_size) * math.ceil(images.shape[-1] / cfg.patch_size)
+                 + runner.num_prefix)
+        self.float_cap = (b * n_all + n_all + 64) * max(cfg.embed_dim, cfg.decoder_dim or cfg.embed_dim)
+        self.int_cap = b * (n_all + 2) + 64
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def put(self, owner, name: str, t: Tensor) -> Tensor:
+        """Copy ``t`` into the mailbox ``(owner, name)``; returns the mailbox view."""
+        key = (owner, name, t.dtype)
+        buf = self.mail.get(key)
+        if buf is None:
+            cap = max(t.numel(), self.float_cap if t.is_floating_point() else self.int_cap)
+            buf = self.mail[key] = torch.empty(cap, dtype=t.dtype, device=t.device)
+        if t.numel() > buf.numel():
+            raise RuntimeError(f"graph mailbox {name} holds {buf.numel()} elements, {t.numel()} needed")
+        view = buf[: t.numel()].view(t.shape)
+        view.copy_(t)
+        return view
+
+    def put_input(self, images: Tensor) -> Tensor:
+        return self.put("input", "images", images)
+
+    def run(self, k: int, piece: _Piece, inputs: dict[str, Tensor], host: _Host, last: bool):
+        key = (k, host, tuple((n, tuple(t.shape), t.dtype) for n, t in sorted(inputs.items())))
+        entry = self.entries.get(key)
+        if entry is None:
+            def body():
+                outs, new_host = self.runner._run_ops(piece.ops, inputs, host)
+                if not last:
+                    outs = {n: self.put(k, n, t) for n, t in outs.items()}
+                return outs, new_host
+
+            entry = self.entries[key] = self._capture(body)
+        graph, outs, new_host = entry
+        graph.replay()
+        return outs, new_host
+
+    def _capture(self, body):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for _ in range(2):  # warm-up: lazy initialisation, Triton compilation, cuBLAS workspaces
+                body()
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs, new_host = body()
+        return graph, outs, new_host
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self.entries)
+
+
+class _SimulatedGraphs(_GraphCache):
+    """Graph semantics on the CPU (tests only): a "replay" re-runs the captured piece on the
+    tensors it was captured with and writes into the outputs of the capture, as a CUDA graph
+    reads and writes fixed addresses."""
+
+    class _Replay:
+        def __init__(self, body, outs) -> None:
+            self.body, self.outs = body, outs
+
+        def replay(self) -> None:
+            fresh, _ = self.body()
+            for name, t in fresh.items():
+                if self.outs[name].data_ptr() != t.data_ptr():
+                    self.outs[name].copy_(t)
+
+    def _capture(self, body):
+        outs, new_host = body()
+        return self._Replay(body, outs), outs, new_host

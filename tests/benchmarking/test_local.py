@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 import pytest
+import torch
 import yaml
 
 from mpm.benchmarking.bench import SCHEMA_FILE, BenchSpec
@@ -77,3 +78,46 @@ def test_registered_in_the_mpm_command():
                                       "--method-arg", "r=4", "--out", "o.json"])
     assert args.command == "bench" and args.schedule == (1, 3) and args.crop == (32, 48)
     assert args.method_args == ["r=4"] and args.target == "local" and args.runtime == "torch"
+
+
+def test_mode_is_recorded_and_graphs_needs_cuda(images, tmp_path, tiny_point, validator, capsys):
+    out = tmp_path / "eager.json"
+    assert bench_main(["--images", str(images), *tiny_point, "--mode", "eager", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    validator.validate(result)
+    assert result["spec"]["mode"] == "eager" and result["execution"]["mode"] == "eager"
+    assert result["execution"]["graphs"] == 0 and result["execution"]["pad_share"] >= 0
+    bad = tmp_path / "graphs.json"
+    capsys.readouterr()
+    assert bench_main(["--images", str(images), *tiny_point, "--mode", "graphs", "--out", str(bad)]) == 2
+    assert "'graphs' (CUDA graphs) needs a CUDA device" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_photos_source(tmp_path, tiny_point, validator):
+    pytest.importorskip("skimage")
+    from mpm.benchmarking.images import PHOTOS_SOURCE, skimage_photos
+
+    batch, source = skimage_photos(32, (48, 40))
+    assert batch.shape == (32, 3, 48, 40) and batch.dtype == torch.uint8
+    assert len({bytes(img.numpy().tobytes()) for img in batch}) == 32  # flips and crops: distinct images
+    assert source["source"] == PHOTOS_SOURCE and not source["repeated"] and len(source["photos"]) == 8
+    out = tmp_path / "photos.json"
+    assert bench_main(["--images", PHOTOS_SOURCE, *tiny_point, "--out", str(out)]) == 0
+    validator.validate(json.loads(out.read_text()))
+
+
+def test_ratio_statistics_mark_noise():
+    from mpm.benchmarking.timing import interleaved, ratio_stats
+
+    fast = ratio_stats([10.0, 11.0, 10.5], [8.0, 8.5, 8.2])
+    assert fast.significant and 1.2 < fast.median < 1.3 and fast.low <= fast.median <= fast.high
+    noisy = ratio_stats([10.0, 8.0, 10.0], [9.0, 9.0, 9.0])
+    assert not noisy.significant and noisy.to_dict()["significant"] is False
+    with pytest.raises(ValueError):
+        ratio_stats([1.0], [])
+    calls = []
+    times = interleaved({"a": lambda i: calls.append("a"), "b": lambda i: calls.append("b")}, torch.device("cpu"),
+                        iters=2, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then interleaved blocks
+    assert [len(v) for v in times.values()] == [3, 3]

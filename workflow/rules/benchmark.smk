@@ -12,6 +12,7 @@ rule bench:
     wildcard_constraints:
         target=alternatives(HOST_TARGETS),
         batch=r"\d+",
+        mode="eager|graphs",
     params:
         **_bench_params(),
     threads: lambda w: bench_threads(w.target)
@@ -33,6 +34,7 @@ rule bench_ssh:
     wildcard_constraints:
         target=alternatives(SSH_TARGETS),
         batch=r"\d+",
+        mode="eager|graphs",
     params:
         **_bench_params(),
     resources:

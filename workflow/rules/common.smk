@@ -88,8 +88,9 @@ def bench_results():
                     continue
                 for bs in point["batch_sizes"]:
                     for backend in point["backends"]:
-                        out.append(f"{RESULTS}/bench/{point['target']}/{model}/{method}/{sched}/"
-                                   f"bs{bs}-{backend}-{point['dtype']}.json")
+                        for mode in point.get("modes", ["eager"]):
+                            out.append(f"{RESULTS}/bench/{point['target']}/{model}/{method}/{sched}/"
+                                       f"bs{bs}-{backend}-{point['dtype']}-{mode}.json")
     return out
 
 
@@ -124,12 +125,12 @@ def alternatives(names):
 
 
 # benchmark rules (workflow/rules/benchmark.smk)
-BENCH_OUT = f"{RESULTS}/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}.json"
-BENCH_LOG = f"{RESULTS}/logs/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}.log"
+BENCH_OUT = f"{RESULTS}/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}-{{mode}}.json"
+BENCH_LOG = f"{RESULTS}/logs/bench/{{target}}/{{model}}/{{method}}/{{schedule}}/bs{{batch}}-{{backend}}-{{dtype}}-{{mode}}.log"
 BENCH_CMD = (
     "mpm bench --target {wildcards.target} --targets-config {params.targets} --images {input.images} "
     "--model {input.checkpoint} --method {wildcards.method} --schedule={params.blocks} {params.method_args} "
-    "--batch-size {wildcards.batch} --backend {wildcards.backend} --dtype {wildcards.dtype} "
+    "--batch-size {wildcards.batch} --backend {wildcards.backend} --mode {wildcards.mode} --dtype {wildcards.dtype} "
     "--warmup {params.warmup} --iters {params.iters} {params.threads} --out {output} > {log} 2>&1"
 )
 

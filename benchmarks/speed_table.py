@@ -1,0 +1,90 @@
+"""Markdown tables of `benchmarks/speed.py` results, with the paper's reported speedups beside.
+
+    python benchmarks/speed_table.py results/reference/h200/speed.json results/reference/cpu/speed.json
+
+One table per device and image set; a speedup marked ``*`` has a spread over the
+repeats that crosses 1.0 (not significant). The paper's figures are from other
+hardware (H100, Raspberry Pi 5) and trained weights: beside ours for orientation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+#: the paper's speedups over dense (images/s ratios): (method, model, batch size, backend) -> (figure, where)
+PAPER = {
+    ("mpm", "Seg-T/16", 32, "math"): (831 / 660, "H100"),
+    ("mpm", "Seg-B/16", 32, "math"): (177 / 133, "H100"),
+    ("mpm", "Seg-L/16", 32, "math"): (74 / 47, "H100"),
+    ("mpm", "Seg-L/16", 32, "fa2"): (456 / 375, "H100"),
+    ("tome", "Seg-T/16", 32, "math"): (751 / 660, "H100"),
+    ("algm", "Seg-T/16", 32, "math"): (665 / 660, "H100"),
+    ("mpm", "Seg-T/16", 1, "cpu"): (1.71 / 1.06, "Pi 5"),
+}
+
+
+def ratio(row: dict, key: str) -> str:
+    lo, hi = row[f"{key}_range"]
+    sig = row[f"{key}_significant"]
+    return f"{row[key]:.2f}x{'' if sig else '*'} ({lo:.2f}-{hi:.2f})"
+
+
+def rate(v: float) -> str:
+    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
+
+
+def cpu_time(row: dict) -> str:
+    c = row.get("cpu_time_speedup")
+    if not c:
+        return "-"
+    v = row["cpu_time_vs_oracle"]
+    return (f"{c['median']:.2f}x{'' if c['significant'] else '*'} ({c['low']:.2f}-{c['high']:.2f}); "
+            f"/ oracle {v['median']:.2f}")
+
+
+def table(rows: list[dict]) -> str:
+    with_cpu = any("cpu_time_speedup" in r for r in rows)
+    out = ["| model | batch | attention | mode | threads | method | dense img/s | method img/s | speedup (min-max) | "
+           "oracle speedup | method / oracle | FLOP-ideal | merge+unmerge |" + (" CPU-time speedup |" if with_cpu else "")
+           + " paper |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_cpu else "") + "---|"]
+    for r in rows:
+        backend = {"fa2": "FA2", "math": "math (FA2 off)"}.get(r["backend"], r["backend"])
+        paper_key = (r["method"], r["model"], r["batch_size"], "cpu" if r["device"] == "cpu" else r["backend"])
+        paper = PAPER.get(paper_key)
+        share = f"{100 * r['merge_unmerge_share']:.1f}%" if r["merge_unmerge_share"] is not None else "-"
+        out.append(f"| {r['model']} | {r['batch_size']} | {backend} | {r['mode']} | {r.get('threads') or '-'} | "
+                   f"{r['method']} | {rate(r['dense_img_s'])} | {rate(r['method_img_s'])} | {ratio(r, 'speedup')} | "
+                   f"{ratio(r, 'oracle_speedup')} | {r['vs_oracle']:.2f} | {r['ideal_speedup']:.2f}x | {share} | "
+                   + (f"{cpu_time(r)} | " if with_cpu else "")
+                   + f"{f'{paper[0]:.2f}x ({paper[1]})' if paper else ''} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    rows = []
+    for f in args.files:
+        path = Path(f)
+        if not path.is_file():
+            print(f"speed_table.py: {f}: no such file", file=sys.stderr)
+            return 2
+        rows.extend(json.loads(path.read_text()))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        where = r["cpu"] if r["device"] == "cpu" else r["device"]
+        groups.setdefault((where, r["images"]), []).append(r)
+    for (where, images), group in groups.items():
+        commit = sorted({str(r.get("git_commit")) for r in group})
+        print(f"\n### {where}, {images} (random weights; commit {', '.join(commit)}; dtype {group[0]['dtype']})\n")
+        print(table(group))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Triton kernels of the fast merge path (CUDA): fewer, larger kernels, no host sync.
+
+Each kernel has a plain PyTorch twin (:mod:`mpm.merging.mpm`, :mod:`mpm.merging.maps`)
+that runs everywhere and that the tests compare it with (on the CPU through
+Triton's interpreter, ``TRITON_INTERPRET=1``; on the GPU in ``benchmarks/cuda_checks.py``).
+
+Tokens live as rows of a flat (R, C) buffer: image ``b`` owns rows
+``start[b] .. start[b] + P + n[b]`` (P prefix tokens, then ``n[b]`` image tokens);
+per-image tensors (best partner, output slot, ...) are (B, S) with S an upper
+bound of ``n`` and hold *local* image-token indices.
+
+=====================  ==========================================================
+kernel                 does
+=====================  ==========================================================
+best partners          cosine similarity tiles in registers, running max / argmax
+                       per row (first index on ties, self excluded): no (N x N)
+                       matrix in memory
+mutual plan            mutual test, representatives, output slots (one scan),
+                       kept tokens per image: one program per image
+gather sources         the output layout (packed back to back or padded), its
+                       cumulative lengths, and for every output row the one or
+                       two input rows it averages
+gather mean            ``out[r] = (x[s1[r]] + x[s2[r]]) * 0.5`` (or ``x[s1[r]]``)
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # triton ships with CUDA builds of torch; the plain PyTorch path needs none of this
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+    tl = None
+
+
+#: set False (or MPM_TRITON=0) to take the plain PyTorch twins everywhere (checks and A/B timings)
+enabled = os.environ.get("MPM_TRITON", "1") != "0"
+
+
+def available(t: Tensor) -> bool:
+    """Whether the kernels can run on ``t``'s device (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+    if triton is None or not enabled:
+        return False
+    if t.is_cuda:
+        return True
+    return t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+if triton is not None:
+
+    # ints that vary between calls are not specialised (one compilation per configuration, not per value)
+    @triton.jit(do_not_specialize=["stride_x", "stride_o", "P", "C"])
+    def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, P, C,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             PRECISION: tl.constexpr):
+        pid_m = tl.program_id(0)
+        b = tl.program_id(1)
+        n = tl.load(NIMG + b)
+        row0 = tl.load(START + b) + P
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < n
+        offs_k = tl.arange(0, BLOCK_K)
+        rows_m = (row0 + offs_m).to(tl.int64) * stride_x
+        sq_m = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            kk = k0 + offs_k
+            a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
+            a = a.to(tl.float32)
+            sq_m += tl.sum(a * a, axis=1)
+        best_val = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
+        n_loop = tl.where(pid_m * BLOCK_M < n, n, n - n)  # programs past the image's rows do nothing
+        for n0 in range(n - n, n_loop, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < n
+            rows_n = (row0 + offs_n).to(tl.int64) * stride_x
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            sq_n = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, C, BLOCK_K):
+                kk = k0 + offs_k
+                a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
+                bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
+                if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
+                    acc = tl.dot(a, bt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, bt, acc)
+                btf = bt.to(tl.float32)
+                sq_n += tl.sum(btf * btf, axis=0)
+            s = acc * (1.0 / tl.maximum(tl.sqrt(sq_n), 1e-12))[None, :]
+            s = tl.where(mask_n[None, :] & (offs_n[None, :] != offs_m[:, None]), s, float("-inf"))
+            tile_max = tl.max(s, axis=1)
+            tile_arg = tl.argmax(s, axis=1).to(tl.int32)
+            better = tile_max > best_val  # strict: the earlier column block keeps ties
+            best_idx = tl.where(better, tile_arg + n0, best_idx)
+            best_val = tl.where(better, tile_max, best_val)
+        score = best_val * (1.0 / tl.maximum(tl.sqrt(sq_m), 1e-12))
+        out = b.to(tl.int64) * stride_o + offs_m
+        tl.store(BEST + out, best_idx.to(tl.int64), mask=mask_m)
+        tl.store(SCORE + out, score, mask=mask_m)
+
+    @triton.jit(do_not_specialize=["stride"])
+    def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        n = tl.load(NIMG + b)
+        j = tl.arange(0, BLOCK)
+        valid = j < n
+        base = b.to(tl.int64) * stride
+        best = tl.load(BEST + base + j, mask=valid, other=0)
+        score = tl.load(SCORE + base + j, mask=valid, other=float("-inf"))
+        back = tl.load(BEST + base + best, mask=valid, other=-1)
+        mutual = valid & (back == j) & (best != j) & (score > float("-inf"))
+        rep = tl.where(mutual, tl.minimum(j.to(tl.int64), best), j.to(tl.int64))
+        surv = (rep == j) & valid
+        slot = tl.cumsum(surv.to(tl.int32), axis=0) - 1
+        tl.store(DEST + base + j, slot.to(tl.int64), mask=valid)
+        tl.debug_barrier()
+        dest = tl.load(DEST + base + rep, mask=valid, other=0)
+        tl.debug_barrier()
+        tl.store(DEST + base + j, dest, mask=valid)
+        tl.store(PARTNER + base + j, tl.where(mutual, best, j.to(tl.int64)), mask=valid)
+        tl.store(SURV + base + j, surv.to(tl.int8), mask=valid)
+        tl.store(OUTLEN + b, tl.sum(surv.to(tl.int64), axis=0))
+
+    @triton.jit(do_not_specialize=["stride", "B", "P", "L_OUT", "R_OUT"])
+    def _sources_kernel(DEST, PARTNER, SURV, NIMG, IN_START, OUTLEN, stride, SRC1, SRC2, OUT_START, OUT_LENGTH, CU,
+                        B, P, L_OUT, R_OUT, PACKED: tl.constexpr, HAS_PARTNER: tl.constexpr, BLOCK: tl.constexpr,
+                        BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, PAD_BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        n = tl.load(NIMG + b)
+        m = tl.load(OUTLEN + b)
+        in_start = tl.load(IN_START + b)
+        if PACKED:  # back to back; rows past R_OUT - 1 are cut (a count over a speculative capacity)
+            bs = tl.arange(0, BLOCK_B)
+            lens = tl.load(OUTLEN + bs, mask=bs < B, other=0) + P
+            lens = tl.where(bs < B, lens, 0)
+            last = m - m + R_OUT - 1  # int64
+            out_start = tl.minimum(tl.sum(tl.where(bs < b, lens, 0), axis=0), last)
+            length = tl.maximum(tl.minimum(m + P, last - out_start), 0)
+            total = tl.minimum(tl.sum(lens, axis=0), last)
+            end = last + 1
+        else:
+            out_start = b.to(tl.int64) * L_OUT
+            length = tl.minimum(m + P, m - m + L_OUT)
+            total = out_start + length
+            end = out_start + L_OUT
+        base = b.to(tl.int64) * stride
+        j = tl.arange(0, BLOCK)
+        valid = j < n
+        surv = (tl.load(SURV + base + j, mask=valid, other=0) != 0) & valid
+        dest = tl.load(DEST + base + j, mask=valid, other=0)
+        fits = surv & (P + dest < length)
+        out_row = out_start + P + dest
+        tl.store(SRC1 + out_row, in_start + P + j, mask=fits)
+        if HAS_PARTNER:
+            partner = tl.load(PARTNER + base + j, mask=valid, other=0)
+            tl.store(SRC2 + out_row, in_start + P + partner, mask=fits)
+        p = tl.arange(0, BLOCK_P)
+        tl.store(SRC1 + out_start + p, in_start + p, mask=(p < P) & (p < length))
+        if HAS_PARTNER:
+            tl.store(SRC2 + out_start + p, in_start + p, mask=(p < P) & (p < length))
+        if PACKED:
+            tl.store(CU + b, out_start.to(tl.int32))
+            pad_from = total
+            fill_row = in_start - in_start  # pad rows copy row 0 (finite)
+            run = b == B - 1
+        else:
+            pad_from = out_start + length
+            fill_row = in_start  # this image's pad rows copy its first row
+            run = b >= 0
+        if run:
+            if PACKED:
+                tl.store(CU + B, total.to(tl.int32))
+                tl.store(CU + B + 1, end.to(tl.int32))
+            for r0 in range(pad_from, end, PAD_BLOCK):
+                r = r0 + tl.arange(0, PAD_BLOCK)
+                fill = tl.zeros([PAD_BLOCK], dtype=tl.int64) + fill_row
+                tl.store(SRC1 + r, fill, mask=r < end)
+                if HAS_PARTNER:
+                    tl.store(SRC2 + r, fill, mask=r < end)
+        tl.store(OUT_START + b, out_start)
+        tl.store(OUT_LENGTH + b, length)
+
+    @triton.jit(do_not_specialize=["stride_x", "stride_o", "R", "C"])
+    def _gather_mean_kernel(X, stride_x, SRC1, SRC2, OUT, stride_o, R, C, HAS2: tl.constexpr,
+                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mr = r < R
+        mask = mr[:, None] & (c < C)[None, :]
+        s1 = tl.load(SRC1 + r, mask=mr, other=0)
+        v = tl.load(X + s1[:, None] * stride_x + c[None, :], mask=mask, other=0.0)
+        if HAS2:
+            s2 = tl.load(SRC2 + r, mask=mr, other=0)
+            w = tl.load(X + s2[:, None] * stride_x + c[None, :], mask=mask, other=0.0)
+            v = (v + w) * 0.5
+        tl.store(OUT + r[:, None].to(tl.int64) * stride_o + c[None, :], v, mask=mask)
+
+
+def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int) -> tuple[Tensor, Tensor]:
+    """Each image token's most cosine-similar other token of its image.
+
+    Args:
+        x: (R, C) rows (row stride may exceed C).
+        start: (B,) long first row of each image; n_img: (B,) long image tokens per image.
+        num_prefix: P rows before the image tokens of each image.
+        slots: S >= max(n_img), the width of the outputs.
+    Returns:
+        best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
+        float32 cosine (``-inf`` for a token alone); entries past ``n_img[b]`` unspecified.
+    """
+    b = start.shape[0]
+    c = x.shape[1]
+    best = torch.empty(b, slots, dtype=torch.long, device=x.device)
+    score = torch.empty(b, slots, dtype=torch.float32, device=x.device)
+    if b == 0 or slots == 0:
+        return best, score
+    block_m = block_n = 64
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    grid = (triton.cdiv(slots, block_m), b)
+    _best_partner_kernel[grid](x, x.stride(0), start, n_img, best, score, slots, num_prefix, c,
+                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64 if c >= 64 else 16, PRECISION=precision,
+                               num_warps=4)
+    return best, score
+
+
+def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mutual pairs and output slots from :func:`best_partners_rows` (one program per image).
+
+    Returns:
+        dest (B, S) long output slot of each token, partner (B, S) long the token it is
+        averaged with (itself if unpaired), survivor (B, S) int8 (1: the token represents
+        its slot), kept (B,) long image tokens kept per image. Entries past ``n_img[b]``
+        unspecified.
+    """
+    b, s = best.shape
+    dest = torch.empty_like(best)
+    partner = torch.empty_like(best)
+    surv = torch.empty(b, s, dtype=torch.int8, device=best.device)
+    kept = torch.empty(b, dtype=torch.long, device=best.device)
+    if b == 0:
+        return dest, partner, surv, kept
+    block = max(_pow2(s), 16)
+    _mutual_kernel[(b,)](best, score, n_img, dest, partner, surv, kept, s, BLOCK=block,
+                         num_warps=4 if block <= 1024 else 8)
+    return dest, partner, surv, kept
+
+
+def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Tensor, in_start: Tensor, kept: Tensor,
+                   num_prefix: int, packed: bool, slots_out: int, rows_out: int):
+    """The output layout of a merge and the input rows of every output row.
+
+    Args:
+        dest, partner, surv: (B, S) from :func:`mutual_plan` (partner None: one source per row).
+        n_img, in_start: (B,) image tokens and first row of each image in the input.
+        kept: (B,) image tokens kept per image.
+        packed: output images back to back (then ``rows_out - total`` pad rows, a
+            sequence of their own in ``cu_seqlens``), else padded to ``slots_out`` rows each.
+        rows_out: R_out, rows of the output buffer.
+    Returns:
+        src1 (R_out,) long, src2 (R_out,) long or None, out_start (B,) long,
+        out_length (B,) long (prefix included), cu_seqlens (B + 2,) int32 or None.
+    """
+    b, s = dest.shape
+    dev = dest.device
+    src1 = torch.empty(rows_out, dtype=torch.long, device=dev)
+    src2 = torch.empty(rows_out, dtype=torch.long, device=dev) if partner is not None else None
+    out_start = torch.empty(b, dtype=torch.long, device=dev)
+    out_length = torch.empty(b, dtype=torch.long, device=dev)
+    cu = torch.empty(b + 2, dtype=torch.int32, device=dev) if packed else None
+    if b == 0:
+        return src1, src2, out_start, out_length, cu
+    block = max(_pow2(s), 16)
+    _sources_kernel[(b,)](dest, partner if partner is not None else dest, surv, n_img, in_start, kept, s,
+                          src1, src2 if src2 is not None else src1, out_start, out_length,
+                          cu if cu is not None else out_start, b, num_prefix, slots_out, rows_out,
+                          PACKED=packed, HAS_PARTNER=partner is not None, BLOCK=block, BLOCK_B=max(_pow2(b), 16),
+                          BLOCK_P=max(_pow2(num_prefix), 16), PAD_BLOCK=256, num_warps=4 if block <= 1024 else 8)
+    return src1, src2, out_start, out_length, cu
+
+
+def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
+    """(R_out, C): ``(x[src1] + x[src2]) * 0.5`` row by row, or ``x[src1]``."""
+    r, c = src1.shape[0], x.shape[1]
+    out = torch.empty(r, c, dtype=x.dtype, device=x.device)
+    if r == 0:
+        return out
+    block_c = min(max(_pow2(c), 16), 256)
+    grid = (triton.cdiv(r, 16), triton.cdiv(c, block_c))
+    _gather_mean_kernel[grid](x, x.stride(0), src1, src2 if src2 is not None else src1, out, out.stride(0), r, c,
+                              HAS2=src2 is not None, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
+    return out

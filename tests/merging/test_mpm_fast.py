@@ -1,0 +1,155 @@
+"""MPM's fast path (plan on the device, apply into a row buffer) against the plain reference functions."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpm.merging.maps import gather_mean, row_sources, rows_to_padded
+from mpm.merging.mpm import best_partners, merge_pairs, mutual_pairs, plan_from_partners, plan_rows
+
+P = 1  # prefix (class) tokens
+
+
+def _rows(lengths: list[int], c: int, seed: int, packed: bool, slots: int | None = None):
+    """Random rows of images with ``lengths`` image tokens: x (R, C), start (B,), and the padded (B, S, C) view."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.tensor(lengths)
+    s = slots or max(lengths)
+    if packed:
+        lens = n + P
+        start = lens.cumsum(0) - lens
+        x = torch.randn(int(lens.sum()) + 3, c, generator=g, dtype=torch.float64)
+    else:
+        start = torch.arange(len(lengths)) * (s + P)
+        x = torch.randn(len(lengths) * (s + P), c, generator=g, dtype=torch.float64)
+    return x, start, n, rows_to_padded(x, start + P, s)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_plan_matches_merge_pairs(packed: bool) -> None:
+    x, start, n, feats = _rows([60, 33, 2, 47], 16, 0, packed)
+    plan = plan_rows(x, start, n, P, feats.shape[1])
+    best, score = best_partners(feats, n)
+    ref = merge_pairs(feats, best, mutual_pairs(best, score, n), n)
+    assert plan.kept.tolist() == ref.lengths.tolist()
+    for b, nb in enumerate(n.tolist()):
+        assert torch.equal(plan.dest[b, :nb], ref.index[b, :nb])
+    # the padded view and the gather of the rows give the same plan
+    again = plan_rows(x, start, n, P, feats.shape[1], view=feats)
+    assert all(torch.equal(a, b) for a, b in zip(again, plan))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("extra", [0, 5])
+def test_apply_matches_merge_pairs(packed: bool, extra: int) -> None:
+    """Gathered rows are MPM's merged tokens, bit for bit; prefix rows copied; pad rows finite copies."""
+    x, start, n, feats = _rows([50, 21, 38], 8, 1, packed=False)
+    best, score = best_partners(feats, n)
+    plan = plan_from_partners(best, score, n)
+    ref = merge_pairs(feats, best, mutual_pairs(best, score, n), n)
+    lens = (plan.kept + P).tolist()
+    slots = max(lens) + extra
+    rows = sum(lens) + 1 + extra if packed else len(lens) * slots
+    src = row_sources(plan.dest, plan.partner, plan.survivor, n, start, plan.kept, P, packed, slots, rows)
+    out = gather_mean(x, src.src1, src.src2)
+    assert out.shape == (rows, 8) and torch.isfinite(out).all()
+    assert src.length.tolist() == lens
+    for b, m in enumerate(plan.kept.tolist()):
+        s0 = int(src.start[b])
+        assert torch.equal(out[s0:s0 + P], x[int(start[b]):int(start[b]) + P])  # prefix rows
+        assert torch.equal(out[s0 + P:s0 + P + m], ref.x[b, :m])  # merged tokens, bit for bit
+    if packed:
+        assert src.start.tolist() == [sum(lens[:b]) for b in range(len(lens))]
+        assert src.cu_seqlens.tolist() == [0, lens[0], lens[0] + lens[1], sum(lens), rows]
+        assert src.cu_seqlens.dtype == torch.int32
+    else:
+        assert src.cu_seqlens is None and src.start.tolist() == [b * slots for b in range(len(lens))]
+    # one source per row (the oracle's slice): plain copies
+    single = row_sources(plan.dest, None, plan.survivor, n, start, plan.kept, P, packed, slots, rows)
+    assert single.src2 is None and torch.equal(gather_mean(x, single.src1, None), x[single.src1])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_counts_over_capacity_stay_in_bounds(packed: bool) -> None:
+    """A capacity guessed too small (speculation) cuts images instead of writing past the buffer."""
+    x, start, n, feats = _rows([50, 21, 38], 8, 3, packed=False)
+    best, score = best_partners(feats, n)
+    plan = plan_from_partners(best, score, n)
+    lens = (plan.kept + P).tolist()
+    slots = max(lens) - 4 if not packed else max(lens) + 5
+    rows = sum(lens) - 6 if packed else len(lens) * slots
+    src = row_sources(plan.dest, plan.partner, plan.survivor, n, start, plan.kept, P, packed, slots, rows)
+    assert src.src1.shape == (rows,) and bool(((src.src1 >= 0) & (src.src1 < x.shape[0])).all())
+    if packed:
+        assert (src.start + src.length).max() <= rows - 1 and src.cu_seqlens[-1] == rows
+        assert src.cu_seqlens.diff().min() >= 0
+    else:
+        assert (src.length <= slots).all() and src.length.tolist() != lens
+
+
+def test_uniform_input_needs_no_lengths() -> None:
+    x, start, n, feats = _rows([40, 40], 12, 2, packed=False)
+    a = plan_rows(x, start, None, P, 40, view=feats)
+    b = plan_rows(x, start, n, P, 40, view=feats)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+_INTERPRETER_CHECK = textwrap.dedent('''
+    import os
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+    from mpm.merging import triton_kernels as tk
+    from mpm.merging.maps import row_sources, rows_to_padded
+    from mpm.merging.mpm import best_partners, plan_from_partners
+    torch.manual_seed(0)
+    P = 1
+    n = torch.tensor([37, 2, 20])
+    lens = n + P
+    start = lens.cumsum(0) - lens
+    x = torch.randn(int(lens.sum()) + 4, 32)
+    s = 37
+    best, score = tk.best_partners_rows(x, start, n, P, s)
+    ref_best, ref_score = best_partners(rows_to_padded(x, start + P, s), n)
+    ref = plan_from_partners(ref_best, ref_score, n)
+    plan = tk.mutual_plan(best, score, n)
+    for b, nb in enumerate(n.tolist()):
+        assert torch.equal(best[b, :nb], ref_best[b, :nb]), "best partners"
+        assert torch.equal(plan[0][b, :nb], ref.dest[b, :nb]) and torch.equal(plan[1][b, :nb], ref.partner[b, :nb])
+    assert torch.equal(plan[3], ref.kept)
+    for packed in (True, False):
+        slots = int((ref.kept + P).max()) + 2
+        rows = int((ref.kept + P).sum()) + 3 if packed else 3 * slots
+        tk.enabled = False
+        a = row_sources(ref.dest, ref.partner, ref.survivor, n, start, ref.kept, P, packed, slots, rows)
+        tk.enabled = True
+        t = tk.gather_sources(plan[0], plan[1], plan[2], n, start, plan[3], P, packed, slots, rows)
+        assert all(torch.equal(u, v) for u, v in zip(a, t) if u is not None), "sources"
+        assert torch.equal(tk.gather_mean(x, t[0], t[1]), (x[a.src1] + x[a.src2]) * 0.5), "gather mean"
+        for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):  # counts over the capacity
+            cut = r_cut if packed else 3 * s_cut
+            tk.enabled = False
+            a = row_sources(ref.dest, ref.partner, ref.survivor, n, start, ref.kept, P, packed, s_cut, cut)
+            tk.enabled = True
+            t = tk.gather_sources(plan[0], plan[1], plan[2], n, start, plan[3], P, packed, s_cut, cut)
+            assert all(torch.equal(u, v) for u, v in zip(a, t) if u is not None), "sources over capacity"
+    print("triton kernels ok")
+''')
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_match_pytorch_twins_in_the_interpreter() -> None:
+    """The CUDA kernels' logic, run on the CPU by Triton's interpreter (benchmarks/cuda_checks.py runs them on a GPU)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "triton kernels ok" in proc.stdout

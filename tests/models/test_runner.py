@@ -1,0 +1,169 @@
+"""The fast runner (SegmenterRunner) gives the plain forward's results, eager and under (simulated) graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpm.benchmarking.bench import SliceOracle
+from mpm.benchmarking.timing import SectionTimer
+from mpm.errors import ConfigError
+from mpm.merging import build_method
+from mpm.models import SegmenterConfig, build_segmenter
+
+CASES = {
+    "none": ("none", (), {}),
+    "mpm": ("mpm", (2, 5), {}),
+    "mpm-early": ("mpm", (0, 1, 2), {}),
+    "mpm-batch-min": ("mpm", (2, 5), {"batch_policy": "batch-min"}),
+    "tome": ("tome", tuple(range(12)), {"r": 4}),
+    "algm": ("algm", (), {}),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_segmenter(SegmenterConfig.preset("T", num_classes=6, image_size=(128, 128))).double()
+
+
+def _images(b: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(b, 3, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(128, 128), mode="bilinear")
+    return (x + 0.05 * torch.randn(b, 3, 128, 128, generator=g)).double()
+
+
+def _method(key: str):
+    name, sched, kwargs = CASES[key]
+    return build_method(name, sched, **kwargs)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("key", list(CASES))
+def test_eager_runner_equals_plain_forward(model, key: str, packed: bool) -> None:
+    method = _method(key)
+    x = _images(4, 1)
+    runner = model.runner(method, backend="math", packed=packed)
+    with torch.no_grad():
+        ref, ref_enc = model(x, method=method, backend="math", return_encoder=True)
+        out, enc = runner(x, return_encoder=True)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert torch.equal(enc.index, ref_enc.index)
+    assert [t.tolist() for t in enc.tokens_left] == [t.tolist() for t in ref_enc.tokens_left]
+    torch.testing.assert_close(enc.tokens, ref_enc.tokens, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(enc.prefix, ref_enc.prefix, rtol=1e-10, atol=1e-10)
+    if key.startswith("mpm") and key != "mpm-batch-min":
+        assert len(set(enc.tokens_left[0].tolist())) > 1, "test images should keep different counts"
+        assert [p.kind for p in runner.pieces].count("counts") == len(method.schedule)  # one host read per step
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("key", ["none", "mpm", "tome", "algm"])
+def test_graphs_replay_equals_plain_forward(model, key: str, packed: bool) -> None:
+    """Pieces captured once per host state and replayed on other images give each image's own result."""
+    method = _method(key)
+    runner = model.runner(method, backend="math", mode="graphs", packed=packed, granularity=(16, 16))
+    runner._simulate_graphs = True  # replay = re-run on the captured buffers (same address semantics)
+    split = model.runner(method, backend="math", mode="graphs", packed=packed, split=True)
+    split._simulate_graphs = True
+    with torch.no_grad():
+        for seed in (1, 2, 1, 3, 2):
+            x = _images(3, seed)
+            ref, ref_enc = model(x, method=method, backend="math", return_encoder=True)
+            out, enc = runner(x, return_encoder=True)
+            torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+            assert torch.equal(enc.index, ref_enc.index)
+            torch.testing.assert_close(split(x), ref, rtol=1e-10, atol=1e-10)
+    entries = runner._graphs.num_graphs
+    with torch.no_grad():
+        runner(_images(3, 1))
+    assert runner._graphs.num_graphs == entries  # a seen host state reuses its graphs
+    if key == "mpm":
+        assert all(cap >= real and cap % 16 == 0 for real, cap in runner.pad_stats)  # rounded capacities
+        assert "merge" in [p.label for p in split.pieces] and split.pieces[-1].label == "decoder"
+
+
+def test_batch_one_and_uneven_input(model) -> None:
+    method = _method("mpm")
+    x = _images(1, 5)[..., :120, :100]  # padded to the patch size inside
+    with torch.no_grad():
+        ref = model(x, method=method, backend="math")
+        for packed in (False, True):
+            out = model.runner(method, backend="math", packed=packed)(x)
+            torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+            assert out.shape == (1, 6, 120, 100)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("key", ["mpm", "tome", "algm"])
+def test_slice_oracle_keeps_the_method_counts(model, key: str, packed: bool) -> None:
+    method = _method(key)
+    x = _images(4, 2)
+    with torch.no_grad():
+        _, enc = model(x, method=method, backend="math", return_encoder=True)
+        counts = [t.tolist() for t in enc.tokens_left]
+        oracle = SliceOracle(method, counts)
+        out, oenc = model.runner(oracle, backend="math", packed=packed)(x, return_encoder=True)
+    assert [t.tolist() for t in oenc.tokens_left] == counts
+    assert out.shape == (4, 6, 128, 128) and torch.isfinite(out).all()
+    # every patch goes to one of the first counts[-1][b] tokens of its image, in order
+    last = torch.tensor(counts[-1])
+    assert (oenc.index < last[:, None]).all() and (oenc.index.diff(dim=1) >= 0).all()
+    with pytest.raises(ConfigError, match="no token counts"), torch.no_grad():
+        model.runner(SliceOracle(method), backend="math", packed=packed)(x)
+
+
+def test_slice_oracle_under_graphs_follows_its_counts(model) -> None:
+    """One graph per set of counts: switching counts between calls switches the slice."""
+    method = _method("mpm")
+    oracle = SliceOracle(method)
+    runner = model.runner(oracle, backend="math", mode="graphs")
+    runner._simulate_graphs = True
+    x = _images(2, 4)
+    with torch.no_grad():
+        for counts in ([[50, 40], [40, 30]], [[60, 45], [33, 30]], [[50, 40], [40, 30]]):
+            oracle.counts = counts
+            _, enc = runner(x, return_encoder=True)
+            assert [t.tolist() for t in enc.tokens_left] == counts
+    assert runner._graphs.num_graphs == 2
+
+
+def test_section_timer_sees_merge_and_unmerge(model) -> None:
+    x = _images(2, 3)
+    sections = SectionTimer(torch.device("cpu"))
+    runner = model.runner(_method("mpm"), backend="math")
+    with torch.no_grad():
+        runner(x, timer=sections)
+    sections.calls = 1
+    bd = sections.breakdown()
+    assert set(bd) == {"embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms"}
+    assert all(v > 0 for v in bd.values())
+
+
+def test_modes_and_devices_are_checked(model) -> None:
+    with pytest.raises(ConfigError, match="unknown execution mode 'fast'"):
+        model.runner(None, backend="math", mode="fast")
+    with pytest.raises(ConfigError, match="'graphs' needs a CUDA device"):
+        model.runner(None, backend="math", mode="graphs")(_images(1, 0))
+    with pytest.raises(ConfigError, match="out of range"):
+        model.runner(build_method("mpm", (2, 30)), backend="math")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_speculative_capacities_give_the_same_results(model, packed: bool) -> None:
+    """Graphs going on with the largest capacity seen (counts checked at the end; a miss runs again exactly)."""
+    method = _method("mpm")
+    runner = model.runner(method, backend="math", mode="graphs", packed=packed, speculate=True, granularity=(1, 1))
+    runner._simulate_graphs = True
+    images = [_images(1, s) for s in range(6)]
+    with torch.no_grad():
+        kept = [model(x, method=method, backend="math", return_encoder=True)[1].tokens_left[0].item() for x in images]
+        order = sorted(range(6), key=lambda i: kept[i])  # growing counts: every new maximum misses the guess
+        for i in order + order[::-1]:
+            ref, ref_enc = model(images[i], method=method, backend="math", return_encoder=True)
+            out, enc = runner(images[i], return_encoder=True)
+            torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+            assert torch.equal(enc.index, ref_enc.index)
+    assert runner.respeculated >= 1  # a larger count than guessed was caught and run again
+    assert all(cap >= real for real, cap in runner.pad_stats)
