@@ -10,13 +10,6 @@ import os
 _INVOCATION_KEY = []  # this invocation's parent key (set by onstart, read by onsuccess / onerror)
 
 
-def end_parent_run(status):
-    """`mpm track finish` of this invocation's parent run (a no-op when onstart made none)."""
-    for key in _INVOCATION_KEY:
-        shell(f"mpm track finish --uri {shlex.quote(TRACKING_URI)} --experiment {shlex.quote(config['experiment'])} "
-              f"--key {key} --status {status}")
-
-
 onstart:
     key = f"{config['experiment']}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     Path(INVOCATION).parent.mkdir(parents=True, exist_ok=True)
@@ -29,12 +22,17 @@ onstart:
     _INVOCATION_KEY.append(key)
 
 
+# `mpm track finish` of this invocation's parent run (none when onstart made none)
 onsuccess:
-    end_parent_run("FINISHED")
+    for key in _INVOCATION_KEY:
+        shell(f"mpm track finish --uri {shlex.quote(TRACKING_URI)} --experiment {shlex.quote(config['experiment'])} "
+              f"--key {key} --status FINISHED")
 
 
 onerror:
-    end_parent_run("FAILED")
+    for key in _INVOCATION_KEY:
+        shell(f"mpm track finish --uri {shlex.quote(TRACKING_URI)} --experiment {shlex.quote(config['experiment'])} "
+              f"--key {key} --status FAILED")
 
 
 rule track_result:
