@@ -147,6 +147,7 @@ class SlurmCluster:
             "AccountingStorageType": "accounting_storage/none",
             "JobCompType": "jobcomp/none",
             "ReturnToService": 2,
+            "EnforcePartLimits": "ALL",  # a job over a partition's limits is refused at submission, not left pending
             "MinJobAge": self.min_job_age_s,
             "InactiveLimit": 0,
             "KillWait": 5,

@@ -115,3 +115,9 @@ def rule_of(job: dict) -> str:
     """The rule a SLURM job ran: the executor's comment is ``rule_<name>[_wildcards_...]``."""
     m = re.match(r"^rule_(\w+?)(_wildcards_|$)", job.get("Comment", ""))
     return m.group(1) if m else ""
+
+
+def memory_mb(text: str) -> float:
+    """``scontrol``'s memory figures (``8000M``, ``62.50G``) in MB."""
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", text)
+    return float(m.group(1)) * {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]

@@ -14,7 +14,7 @@ import shutil
 import pytest
 import yaml
 from cluster import PACKAGES, SlurmCluster, missing_binaries
-from runs import DOC_PROFILE, REPO, rule_of, slurm_env, slurm_run_id, snakemake, write_config
+from runs import DOC_PROFILE, REPO, memory_mb, rule_of, slurm_env, slurm_run_id, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -67,7 +67,7 @@ def test_documented_profile_submits_a_job(slurm_cluster, tracking_server, tmp_pa
     assert job["Comment"].startswith("rule_synth") and job["JobState"] == "COMPLETED"
     assert job["Account"] == "mpm-ci" and job["Partition"] == "ci"
     assert job["NumCPUs"] == str(defaults["cpus_per_task"])
-    assert job["MinMemoryNode"] == f"{defaults['mem_mb']}M"
+    assert memory_mb(job["MinMemoryNode"]) == defaults["mem_mb"]
     hours, minutes = divmod(defaults["runtime"], 60)
     assert re.fullmatch(rf"0?{hours}:{minutes:02d}:00", job["TimeLimit"]), job["TimeLimit"]
 
@@ -80,7 +80,7 @@ def gpu_cluster(tmp_path_factory):
     if missing:
         pytest.skip(f"SLURM is not installed: {', '.join(missing)} not found (apt-get install -y {' '.join(PACKAGES)})")
     cluster = SlurmCluster(tmp_path_factory.mktemp("gpu-slurm") / "cluster", cpus=16, memory_mb=64000,
-                           fake_gpus="h100:1")
+                           fake_gpus="h100:1", max_time_min=720)
     cluster.start()
     try:
         yield cluster
@@ -108,7 +108,7 @@ def test_documented_gpu_rules_are_accepted_by_slurm(ci_dag, gpu_cluster, trackin
     jobs = {rule_of(j): j for j in gpu_cluster.all_jobs() if j["JobName"] == slurm_run_id(run.output)}
     assert set(jobs) == {"bench", "evaluate"}
     for job in jobs.values():
-        assert "gpu:h100:1" in job["TresPerNode"] and job["NumCPUs"] == "16" and job["MinMemoryNode"] == "64000M"
+        assert "gpu:h100:1" in job["TresPerNode"] and job["NumCPUs"] == "16" and memory_mb(job["MinMemoryNode"]) == 64000
     assert jobs["bench"]["JobState"] == "COMPLETED" and jobs["bench"]["OverSubscribe"] == "NO"  # --exclusive
     assert json.loads(bench.read_text())["target"]["slurm"]["job_id"] == jobs["bench"]["JobId"]
     assert run.returncode != 0 and jobs["evaluate"]["JobState"] == "FAILED" and not evaluation.exists()
