@@ -98,6 +98,16 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": None if commit is None else bool(dirty)}
 
 
+def code_state(commit: str | None) -> dict:
+    """:func:`git_state`, or ``commit`` (said by --commit) for a copy without git."""
+    state = git_state()
+    if state["commit"] is None and commit:
+        return {"commit": commit, "dirty": None, "commit_from": "--commit (a copy without git)"}
+    if commit and state["commit"] and not state["commit"].startswith(commit):
+        raise SystemExit(f"demo_spread: error: --commit {commit} but the checkout is at {state['commit']}")
+    return state
+
+
 def source_digest() -> str:
     """sha256 over the ``mpm`` package's Python files (identifies the code where git is absent)."""
     h = hashlib.sha256()
@@ -194,11 +204,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "results" / "reference" / "demo"),
                    help="folder of the result file spread-<cpu>-<cores>c.json (default results/reference/demo)")
     p.add_argument("--tolerance", type=float, default=0.5, help="spread (points) the figures should stay within (default 0.5)")
+    p.add_argument("--commit", default=None,
+                   help="commit to record when the checkout is a copy without git (a git checkout records its own)")
+    p.add_argument("--compare", nargs="+", default=None, metavar="SPREAD_JSON",
+                   help="run nothing: print the spread over all seeds of these result files (other CPUs) together")
     return p.parse_args(argv)
+
+
+def compare(paths: list[str], tolerance: float) -> int:
+    """Print the figures of several result files (machines) side by side and their overall spread."""
+    records = []
+    for path in paths:
+        try:
+            rec = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"demo_spread: error: cannot read {path}: {err}") from None
+        if rec.get("schema") != SCHEMA:
+            raise SystemExit(f"demo_spread: error: {path} is not a {SCHEMA} file")
+        records.append((path, rec))
+    first_path, first = records[0]
+    keys = ("synth", "train", "evaluation")
+    for path, rec in records[1:]:
+        for key in keys:
+            if {k: v for k, v in rec["settings"][key].items() if k != "threads"} != \
+                    {k: v for k, v in first["settings"][key].items() if k != "threads"}:
+                raise SystemExit(f"demo_spread: error: {path} and {first_path} differ in settings.{key}: "
+                                 "their figures are not comparable")
+        if rec["methods"] != first["methods"] or rec["dense"] != first["dense"]:
+            raise SystemExit(f"demo_spread: error: {path} and {first_path} evaluate different methods")
+    methods = first["methods"]
+    rows = [(f"{rec['machine']['cpu_model']} ({rec['machine']['cores']}c) seed {seed}", res)
+            for _, rec in records for seed, res in rec["per_seed"].items()]
+    width = max(len(label) for label, _ in rows) + 2
+    cols = [max(9, len(m) + 4) for m in methods]
+    print(f"{'':<{width}}{'dense':>8}" + "".join(f"{'Δ ' + m:>{c}}" for m, c in zip(methods, cols)))
+    for label, res in rows:
+        print(f"{label:<{width}}{res['dense_mIoU']:8.2f}"
+              + "".join(f"{res['delta_mIoU'][m]:+{c}.2f}" for m, c in zip(methods, cols)))
+    spreads = [spread([res["dense_mIoU"] for _, res in rows])]
+    spreads += [spread([res["delta_mIoU"][m] for _, res in rows]) for m in methods]
+    print(f"{'spread (max - min)':<{width}}{spreads[0]:8.2f}" + "".join(f"{v:{c}.2f}" for v, c in zip(spreads[1:], cols)))
+    worst = max(spreads)
+    print(f"largest spread over {len(rows)} runs on {len(records)} machine(s): {worst:.2f} points, "
+          f"{'within' if worst <= tolerance else 'OUTSIDE'} the {tolerance:g}-point tolerance")
+    return 0 if worst <= tolerance else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.tolerance)
     t_start = time.perf_counter()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -218,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or settings["train"].get("threads") or 2
     eval_threads = args.eval_threads or settings["evaluation"].get("threads") or 1
 
-    # check the output before the long work
+    # check the arguments and the output before the long work; the code is recorded as it starts
+    code = {**code_state(args.commit), "mpm_source_sha256": source_digest()}
     model_name, cores = cpu_model(), cpu_count()
     out_dir = Path(args.out)
     out_file = out_dir / f"spread-{short_cpu_name(model_name, cores)}.json"
@@ -304,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_model": model_name, "cores": cores, "platform": platform.platform(),
                     "python": platform.python_version(), "torch": package_version("torch"),
                     "timm": package_version("timm"), "numpy": package_version("numpy")},
-        "code": {**git_state(), "mpm_source_sha256": source_digest()},
+        "code": code,
         "settings": {
             "config": str(config_path), "model": settings["model"], "synth": settings["synth"],
             "train": {**{k: first_side["training"][k] for k in ("steps", "batch_size", "train_crop", "lr", "min_lr",

@@ -141,6 +141,20 @@ def _batch(rng: np.random.Generator, order: list[int], images, labels, batch_siz
     return x, y
 
 
+def _check_writable(path: Path) -> None:
+    """Fail now, not after training, when ``path``'s folder cannot take a new file."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.check."):
+            pass
+    except OSError as err:
+        raise ConfigError(f"train_demo: cannot write the checkpoint {path}: {err.strerror or err}") from None
+    if path.is_dir():
+        raise ConfigError(f"train_demo: the checkpoint path {path} is a folder")
+
+
 def _lr_at(step: int, cfg: TrainDemoConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -239,6 +253,7 @@ def train_demo(
     if time_limit is not None and not time_limit > 0:
         raise ConfigError(f"train_demo: time_limit={time_limit} must be a positive number of seconds")
     out_checkpoint = Path(out_checkpoint)
+    _check_writable(out_checkpoint)
     tty = sys.stderr.isatty()
     if log is None:
         log = (lambda msg: None) if (progress and tty) else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -298,7 +313,7 @@ def train_demo(
                 losses.append(float(loss.detach()))
                 if time_limit is not None and time.perf_counter() - t_train > time_limit:
                     raise TrainTimeLimit(
-                        f"train-demo: training passed the time limit of {time_limit:g} s after {step + 1} of "
+                        f"training passed the time limit of {time_limit:g} s after {step + 1} of "
                         f"{cfg.steps} steps; aborted, {out_checkpoint} not written (training stops by steps "
                         f"only: raise or drop the time limit)")
                 if bar is not None:

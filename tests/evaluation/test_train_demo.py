@@ -124,8 +124,20 @@ def test_time_limit_aborts_and_writes_nothing(data_root, tmp_path, capsys):
                "--train-crop", "32", "--threads", "1", "--time-limit", "1e-9", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "Traceback" not in "\n".join(err)
-    assert err[-1].startswith("mpm train-demo: error: train-demo: training passed the time limit of 1e-09 s")
+    assert err[-1].startswith("mpm train-demo: error: training passed the time limit of 1e-09 s after 1 of 5")
     assert "not written" in err[-1] and "steps only" in err[-1]
     assert out.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["limited.pth"]
     with pytest.raises(ConfigError, match="time_limit"):
         train_demo(data_root, out, progress=False, time_limit=0, **FAST)
+
+
+def test_unwritable_checkpoint_fails_before_training(data_root, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("mpm.evaluation.train_demo")
+    monkeypatch.setattr(module, "_load_train_set", lambda *a, **k: pytest.fail("training started"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot write the checkpoint"):
+        train_demo(data_root, tmp_path / "file" / "demo.pth", progress=False, **FAST)
+    with pytest.raises(ConfigError, match="is a folder"):
+        train_demo(data_root, tmp_path, progress=False, **FAST)
