@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "answers, and print `export MPM_TRACKING_URI=http://HOST:PORT` for the jobs. With --detach it "
                     "keeps running in the background (state in server.json beside the database); --stop stops it.")
     p.add_argument("--uri", default=None, help="the SQLite store it serves: sqlite:///PATH.db or a folder (default "
-                                               "$MPM_TRACKING_URI, else sqlite:///results/mlruns/mlflow.db)")
+                                               "$MPM_TRACKING_URI when that is one, else "
+                                               "sqlite:///results/mlruns/mlflow.db)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on; 0.0.0.0 for jobs on other nodes (then the URL names this host)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -28,7 +28,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mpm.tracking.store import TrackingError, init_store, resolve_store, server_command
+from mpm.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    ENV_TRACKING_URI,
+    TrackingError,
+    init_store,
+    resolve_store,
+    server_command,
+)
 
 __all__ = ["DEFAULT_PORT", "ServerInfo", "advertised_url", "running_server", "start_server", "stop_server"]
 
@@ -91,8 +98,17 @@ def _is_mlflow_server(pid: int) -> bool:
     return any(b"mlflow" in part for part in cmdline) and b"server" in cmdline
 
 
+def _store_uri(uri):
+    """The store to serve: ``uri``, else ``$MPM_TRACKING_URI`` unless that names a server (the one this
+    module started, exported to the jobs), else the default SQLite store."""
+    if uri is not None and str(uri).strip():
+        return uri
+    env = os.environ.get(ENV_TRACKING_URI, "").strip()
+    return env if env and not env.lower().startswith(("http://", "https://")) else DEFAULT_TRACKING_URI
+
+
 def _default_state_file(uri) -> Path:
-    store = resolve_store(uri)
+    store = resolve_store(_store_uri(uri))
     if store.kind != "sqlite":
         raise TrackingError(f"{store.uri} is already a tracking server; `mpm track server` serves a SQLite store "
                             "(give --uri sqlite:///PATH.db or a folder)")
@@ -123,6 +139,7 @@ def start_server(uri=None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     as is). Raises :class:`TrackingError` naming the host and port when the port is taken, or
     with the end of the server's log when it exits or does not answer within ``timeout`` seconds.
     """
+    uri = _store_uri(uri)
     store = resolve_store(uri)
     state = Path(state_file) if state_file else _default_state_file(uri)
     existing = running_server(state_file=state)

@@ -230,6 +230,10 @@ class SlurmCluster:
     def scancel(self, job_id: str | int) -> None:
         self._run(["scancel", str(job_id)], check=True)
 
+    def kill_escaped(self, job_id: str | int | None = None) -> int:
+        """Stop what is left of a finished or cancelled job (all jobs: ``None``); see :func:`_job_processes`."""
+        return _kill_escaped_job_processes(self.conf, str(job_id) if job_id is not None else None)
+
     def job(self, job_id: str | int) -> dict[str, str]:
         """``scontrol show job`` of one job as a dict (JobState, StartTime, EndTime, NodeList, Partition...)."""
         out = self._run(["scontrol", "show", "job", "-o", str(job_id)], check=True).stdout
@@ -265,8 +269,48 @@ class SlurmCluster:
             proc = self.procs.pop(name, None)
             if proc is not None:
                 _terminate(proc, timeout)
+        _kill_escaped_job_processes(self.conf)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _job_processes(conf: Path, job_id: str | None = None) -> list[int]:
+    """Processes of this cluster's jobs still alive: their environment names this cluster's
+    configuration and a SLURM job id. (``proctrack/linuxproc`` follows a job by parent process, so a
+    process whose parent died before it, e.g. the snakemake of a cancelled job step, escapes scancel.)"""
+    marker = f"SLURM_CONF={conf}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        job = f"SLURM_JOB_ID={job_id}".encode() if job_id else None
+        if marker in env and (job in env if job else any(v.startswith(b"SLURM_JOB_ID=") for v in env)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_escaped_job_processes(conf: Path, job_id: str | None = None, timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL, the processes :func:`_job_processes` finds; return how many there were."""
+    found = 0
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _job_processes(conf, job_id)
+        found = found or len(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.2)
+        if not pids:
+            break
+    return found
 
 
 def _terminate(proc: subprocess.Popen, timeout: float) -> None:
@@ -303,6 +347,7 @@ def _stop_recorded(root: Path) -> None:
             except ProcessLookupError:
                 break
             time.sleep(0.2)
+    _kill_escaped_job_processes(cluster.conf)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -70,6 +70,8 @@ def test_cancelled_job_fails_the_run_naming_rule_and_job_and_the_rerun_completes
     assert f"external_jobid: {job_id}" in output
     left = list(target.parent.iterdir()) if target.parent.exists() else []
     assert not target.exists() and left == []  # no output, no half-written file beside it
+    slurm_cluster.kill_escaped(job_id)  # a process of the job that outlived scancel (proctrack/linuxproc)
+    assert not target.exists()
 
     rerun = snakemake(args, ci_dag.env, log=ci_dag.root / "cancel" / "rerun.log")
     assert rerun.returncode == 0, rerun.output[-3000:]

@@ -24,8 +24,10 @@ SITE_EDITS = [
     ('slurm_partition: "cpu"', 'slurm_partition: "ci"'),
     ('slurm_partition: "gpu"', 'slurm_partition: "ci"'),
 ]
-#: a site without accounting: the plugin's status command (an executor setting, not in the profile)
-SITE_ADDITIONS = "\nslurm-status-command: squeue\n"
+#: executor settings of this site that the profile leaves to the plugin's defaults: job status from
+#: squeue (no accounting database), and a first status check after 5 s instead of 40 (a controller
+#: on this host answers at once)
+SITE_ADDITIONS = "\nslurm-status-command: squeue\nslurm-init-seconds-before-status-checks: 5\n"
 
 
 def site_profile(folder):
@@ -43,6 +45,7 @@ def test_site_edits_change_only_the_site_keys(tmp_path):
     doc = yaml.safe_load((REPO / DOC_PROFILE / "config.yaml").read_text())
     site = yaml.safe_load((site_profile(tmp_path / "profile") / "config.yaml").read_text())
     assert site.pop("slurm-status-command") == "squeue"
+    assert site.pop("slurm-init-seconds-before-status-checks") == 5
     for section in [site["default-resources"], *site["set-resources"].values()]:
         section.pop("slurm_account", None)
         section.pop("slurm_partition", None)

@@ -83,3 +83,13 @@ def test_track_server_refuses_a_taken_port_and_a_server_uri(tmp_path):
     assert not (tmp_path / "mlruns" / "server.json").exists()
     server_uri = _track_server("--uri", "http://127.0.0.1:5000", "--detach")
     assert server_uri.returncode == 2 and "is already a tracking server" in server_uri.stderr
+
+
+def test_track_server_serves_the_default_store_when_the_environment_names_the_server(tmp_path):
+    """After ``eval "$(mpm track server --detach)"`` the shell's $MPM_TRACKING_URI is the server itself:
+    ``--stop`` (and a second start) then mean the default store's server, not an error."""
+    env = mpm_env({"MPM_TRACKING_URI": "http://127.0.0.1:5000"})
+    done = subprocess.run([sys.executable, "-m", "mpm.cli", "track", "server", "--stop"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no tracking server recorded" in done.stderr
