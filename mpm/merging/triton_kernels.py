@@ -101,7 +101,7 @@ if triton is not None:
             tile_max = tl.max(s, axis=1)
             tile_arg = tl.argmax(s, axis=1).to(tl.int32)
             better = tile_max > best_val  # strict: the earlier column block keeps ties
-            best_idx = tl.where(better, tile_arg + n0, best_idx)
+            best_idx = tl.where(better, (tile_arg + n0).to(tl.int32), best_idx)
             best_val = tl.where(better, tile_max, best_val)
         score = best_val * (1.0 / tl.maximum(tl.sqrt(sq_m), 1e-12))
         out = b.to(tl.int64) * stride_o + offs_m

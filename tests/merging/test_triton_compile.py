@@ -1,0 +1,72 @@
+"""Every Triton kernel of the fast merge path compiles for Hopper (sm_90), here, without a GPU.
+
+The interpreter test (``test_mpm_fast``) runs the kernels' logic in NumPy, which skips the
+compiler's type checks (a loop-carried variable changing type fails only when compiled). Here each
+wrapper of :mod:`mpm.merging.triton_kernels` is called on CPU tensors with its launches replaced by a
+compilation of the same arguments for an sm_90 target (Triton's bundled ``ptxas`` builds the cubin);
+nothing is launched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+
+#: torch dtype -> Triton pointer element type
+_POINTEE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int64: "i64",
+            torch.int32: "i32", torch.int8: "i8", torch.bool: "i1"}
+
+
+class _CompileOnly:
+    """Stands for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kw)`` compiles for sm_90 instead."""
+
+    def __init__(self, kernel, compiled: list[str]):
+        self.kernel, self.compiled = kernel, compiled
+
+    def __getitem__(self, grid):
+        return self._compile
+
+    def _compile(self, *args, num_warps: int = 4, **constexprs):
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        names = [p.name for p in self.kernel.params]
+        signature = {}
+        for name, value in zip(names, args):
+            if isinstance(value, torch.Tensor):
+                signature[name] = "*" + _POINTEE[value.dtype]
+            else:
+                signature[name] = "i32" if -2**31 <= int(value) < 2**31 else "i64"
+        signature.update({name: "constexpr" for name in constexprs})
+        assert set(signature) == set(names), f"{self.kernel.fn.__name__}: arguments {sorted(signature)} != {names}"
+        source = ASTSource(fn=self.kernel, signature=signature, constexprs=dict(constexprs))
+        binary = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        assert binary.asm["cubin"], self.kernel.fn.__name__
+        self.compiled.append(self.kernel.fn.__name__)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from mpm.merging import triton_kernels as tk
+
+    compiled: list[str] = []
+    kernels = [name for name in vars(tk) if name.startswith("_") and name.endswith("_kernel")]
+    for name in kernels:
+        monkeypatch.setattr(tk, name, _CompileOnly(getattr(tk, name), compiled))
+    n = torch.tensor([37, 2, 20])
+    start = (n + 1).cumsum(0) - (n + 1)
+    x = torch.zeros(int((n + 1).sum()) + 4, 192, dtype=dtype)
+    best, score = tk.best_partners_rows(x, start, n, 1, 37)
+    dest, partner, surv, kept = tk.mutual_plan(best, score, n)
+    for packed in (True, False):
+        src1, src2, *_ = tk.gather_sources(dest, partner, surv, n, start, kept, 1, packed, 40, 120)
+        tk.gather_sources(dest, None, surv, n, start, kept, 1, packed, 40, 120)
+        tk.gather_mean(x, src1, src2)
+        tk.gather_mean(x, src1, None)
+    assert sorted(set(compiled)) == sorted(getattr(tk, k).kernel.fn.__name__ for k in kernels)
