@@ -104,9 +104,12 @@ if triton is not None:
             best_idx = tl.where(better, (tile_arg + n0).to(tl.int32), best_idx)
             best_val = tl.where(better, tile_max, best_val)
         score = best_val * (1.0 / tl.maximum(tl.sqrt(sq_m), 1e-12))
+        # slots past the image's tokens: the slot's own index and -inf (as for a token alone)
+        best_idx = tl.where(mask_m, best_idx, offs_m)
+        score = tl.where(mask_m, score, float("-inf"))
         out = b.to(tl.int64) * stride_o + offs_m
-        tl.store(BEST + out, best_idx.to(tl.int64), mask=mask_m)
-        tl.store(SCORE + out, score, mask=mask_m)
+        tl.store(BEST + out, best_idx.to(tl.int64), mask=offs_m < stride_o)
+        tl.store(SCORE + out, score, mask=offs_m < stride_o)
 
     @triton.jit(do_not_specialize=["stride"])
     def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, BLOCK: tl.constexpr):
@@ -216,7 +219,8 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         slots: S >= max(n_img), the width of the outputs.
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
-        float32 cosine (``-inf`` for a token alone); entries past ``n_img[b]`` unspecified.
+        float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
+        and ``-inf``.
     """
     b = start.shape[0]
     c = x.shape[1]

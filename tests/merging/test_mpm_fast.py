@@ -120,6 +120,11 @@ _INTERPRETER_CHECK = textwrap.dedent('''
     ref_best, ref_score = best_partners(rows_to_padded(x, start + P, s), n)
     ref = plan_from_partners(ref_best, ref_score, n)
     plan = tk.mutual_plan(best, score, n)
+    j = torch.arange(s)
+    past = j[None, :] >= n[:, None]
+    assert torch.equal(best[past], j.expand(len(n), s)[past]) and bool(torch.isneginf(score[past]).all()), "past n"
+    twin = plan_from_partners(best, score, n)  # the PyTorch plan reads the kernel's slots past n too
+    assert torch.equal(twin.kept, plan[3]), "plan from the kernel's partners"
     for b, nb in enumerate(n.tolist()):
         assert torch.equal(best[b, :nb], ref_best[b, :nb]), "best partners"
         assert torch.equal(plan[0][b, :nb], ref.dest[b, :nb]) and torch.equal(plan[1][b, :nb], ref.partner[b, :nb])
