@@ -16,9 +16,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 #: keys (dotted paths from the top of a result JSON) whose value is a measurement of this run
-VOLATILE_EVAL = {"created_utc", "images_per_s", "wall_time_s"}
+VOLATILE_EVAL = {"created_utc", "started_utc", "finished_utc", "images_per_s", "wall_time_s"}
 VOLATILE_MODEL = {"created_utc", "wall_time_s"}
-VOLATILE_BENCH = {"timing", "breakdown_ms", "wall_s", "environment.soc_temp_before_c",
+VOLATILE_BENCH = {"timing", "breakdown_ms", "wall_s", "started_utc", "finished_utc", "environment.soc_temp_before_c",
                   "environment.soc_temp_after_c", "environment.throttled", "target.slurm",
                   "target.slurm_job_id", "target.slurm_job_partition"}
 #: tracking markers: the run ids and the store differ, and so does a benchmark's job key (it hashes the

@@ -60,8 +60,8 @@ def test_each_timing_ran_inside_an_allocation_and_none_overlapped(ci_dag, slurm_
         job = jobs[allocation["job_id"]]
         assert rule_of(job) == "bench"
         *_, method, schedule, point = path.relative_to(ci_dag.results / "bench").with_suffix("").parts
-        batch, backend, dtype = re.match(r"bs(\d+)-([\w-]+)-(\w+)$", point).groups()
-        assert job["Comment"].endswith(f"_{method}_{schedule}_{batch}_{backend}_{dtype}"), job["Comment"]
+        batch, backend, dtype, mode = re.match(r"bs(\d+)-([\w-]+)-(\w+)-(\w+)$", point).groups()
+        assert job["Comment"].endswith(f"_{method}_{schedule}_{batch}_{backend}_{dtype}_{mode}"), job["Comment"]
         assert allocation["partition"] == job["Partition"] == slurm_cluster.partition
         assert allocation["node"] == job["NodeList"] == "mpm-ci-node"
         assert allocation["cpus_on_node"] == job["NumCPUs"]

@@ -104,7 +104,7 @@ def test_documented_gpu_rules_are_accepted_by_slurm(ci_dag, gpu_cluster, trackin
     shutil.copytree(ci_dag.results / "models", results / "models", copy_function=shutil.copy2)
     config = write_config(tmp_path / "ci.yaml", ci_dag.data, results, evaluation__device="cuda")
     evaluation = results / "eval/synthetic/seg-t-demo/none/dense.json"
-    bench = results / "bench/local/seg-t-demo/none/dense/bs1-math-float32.json"
+    bench = results / "bench/local/seg-t-demo/none/dense/bs1-math-float32-eager.json"
     run = snakemake([str(evaluation), str(bench), "--profile", str(profile), "--configfile", str(config)],
                     slurm_env(gpu_cluster, tracking_server), log=tmp_path / "run.log")
     assert "SLURM sbatch failed" not in run.output, run.output[-3000:]
