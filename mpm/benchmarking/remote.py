@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mpm.benchmarking.cooldown import CooldownConfig
-from mpm.benchmarking.targets import SSHTarget
+from mpm.benchmarking.targets import SSHTarget, get_target
 from mpm.errors import ConfigError, RemoteError
 
 #: modules the remote python must have for a torch run; "?name": only located (importing timm takes seconds)
@@ -516,8 +516,6 @@ def check_target(target: SSHTarget, runtime: str = "torch", log: Callable[[str],
 
 
 def _main() -> None:  # pragma: no cover - debugging aid: python -m mpm.benchmarking.remote CONFIG TARGET
-    from mpm.benchmarking.targets import get_target
-
     target = get_target(sys.argv[2], sys.argv[1])
     if not isinstance(target, SSHTarget):
         raise SystemExit(f"{sys.argv[2]} is not an ssh target")

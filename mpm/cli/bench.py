@@ -159,7 +159,8 @@ def _cooldown(args):
 
 
 def run(args) -> int:
-    from mpm.benchmarking.targets import SSHTarget, get_target, load_targets, run_target
+    from mpm.benchmarking.running import run_target
+    from mpm.benchmarking.targets import SSHTarget, get_target, load_targets
 
     targets = load_targets(args.targets_config)
     if args.list_targets:

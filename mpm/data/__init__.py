@@ -3,7 +3,8 @@
 - :mod:`mpm.data.zoo`        checkpoints of the paper (``ZOO``, ``get_entry``, ``checkpoint_path``)
 - :mod:`mpm.data.fetch`      ``fetch_dataset`` / ``fetch_checkpoint`` (download or ``--from``, verify, unpack)
 - :mod:`mpm.data.download`   pooch downloader with resume, retries, progress, checksum-before-rename
-- :mod:`mpm.data.datasets`   ``DatasetSpec``, ``get_spec``, ``load_split`` → ``SegmentationSplit``
+- :mod:`mpm.data.specs`      ``DatasetSpec``, ``get_spec``, ``DATASETS`` (the label spaces)
+- :mod:`mpm.data.datasets`   ``load_split`` → ``SegmentationSplit`` (the specs importable from here too)
 - :mod:`mpm.data.manifest`   per-split manifest files written by ``mpm prepare``
 - :mod:`mpm.data.prepare`    ``prepare_dataset`` (ADE20K, Cityscapes, Pascal Context)
 - :mod:`mpm.data.synthetic`  offline textured-region set in ADE20K's layout

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mpm.io import write_json_atomic, write_text_atomic
-from mpm.data.datasets import DatasetSpec, size_mismatch
+from mpm.data.specs import DatasetSpec
 from mpm.errors import DatasetError
 
 MANIFEST_DIR = "manifests"
@@ -32,6 +32,13 @@ _SHOWN_BAD = 20
 def manifest_path(root: str | os.PathLike, dataset: str, split: str) -> Path:
     """Where the manifest of ``dataset``/``split`` lives under ``root``."""
     return Path(root) / MANIFEST_DIR / f"{dataset}-{split}.json"
+
+
+def size_mismatch(image: str | os.PathLike, image_wh: Sequence[int], label: str | os.PathLike,
+                  label_wh: Sequence[int]) -> str:
+    """The message for an image and label of different sizes, naming both files."""
+    return (f"size mismatch: image {image} is {image_wh[0]}x{image_wh[1]}, "
+            f"label {label} is {label_wh[0]}x{label_wh[1]}")
 
 
 def _read_checked(path: Path) -> tuple[bytes | None, tuple[int, int] | None, str | None]:

@@ -8,7 +8,8 @@ import pytest
 
 from mpm.benchmarking.cooldown import CooldownConfig, CooldownError, wait_for_cooldown
 from mpm.environment import soc_temperature_c
-from mpm.benchmarking.targets import LocalTarget, run_target
+from mpm.benchmarking.running import run_target
+from mpm.benchmarking.targets import LocalTarget
 from mpm.errors import ConfigError
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from mpm.benchmarking.bench import validate_result
 from mpm.benchmarking.remote import SSHRunner, source_digest
-from mpm.benchmarking.targets import get_target, run_target
+from mpm.benchmarking.running import run_target
+from mpm.benchmarking.targets import get_target
 from mpm.cli.bench import main as bench_main
 from mpm.errors import RemoteError
 
