@@ -27,7 +27,8 @@ from typing import Any
 
 from mpm.errors import ConfigError
 
-__all__ = ["NAME_KEYS", "Names", "model_name_of", "parse_names", "resolve_names", "schedule_name"]
+__all__ = ["NAMES_HELP", "NAME_KEYS", "Names", "model_name_of", "names_argument", "parse_names", "resolve_names",
+           "schedule_name"]
 
 #: the keys of ``names``, in order
 NAME_KEYS = ("dataset", "model", "method", "schedule")
@@ -94,6 +95,22 @@ def parse_names(text: str, option: str = "--names") -> dict[str, str]:
     if not out:
         raise ConfigError(f"{option} {text!r}: no names given (e.g. schedule=2-5)")
     return out
+
+
+def names_argument(text: str) -> dict[str, str]:
+    """argparse ``type=`` of ``--names`` (see :func:`parse_names`): a bad item is a one-line usage error."""
+    import argparse
+
+    try:
+        return parse_names(text, option="")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).lstrip()) from None
+
+
+#: help of the ``--names`` option of ``mpm eval`` and ``mpm bench``
+NAMES_HELP = ("the config's names of the job, recorded beside the resolved values: "
+              "dataset=D,model=M,method=X,schedule=S (any of them; default: the dataset given, the "
+              "checkpoint's name, the method, the schedule's blocks joined by '-', e.g. 2-5)")
 
 
 def resolve_names(given: Mapping[str, str | None] | Names | None, *, dataset: str | None, model: str | None,

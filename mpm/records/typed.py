@@ -12,6 +12,7 @@ of another kind; both raise :class:`~mpm.records.schema.RecordError` naming the 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -45,16 +46,24 @@ class Record(dict):
         return cls.from_dict(load_record(path), path)
 
     def validate(self: R, where: str | os.PathLike = "record") -> R:
-        """``self`` when it follows its schema; else :class:`RecordError` naming ``where`` and the fields."""
-        type(self).from_dict(self, where)
+        """``self`` when its JSON follows its schema; else :class:`RecordError` naming ``where`` and the fields."""
+        self._checked_json(where)
         return self
 
     def write(self, path: str | os.PathLike) -> Path:
         """Validate, then write the JSON atomically; an invalid record writes nothing."""
-        from mpm.io import write_json_atomic
+        from mpm.io import write_text_atomic
 
-        self.validate(path)
-        return write_json_atomic(path, dict(self))
+        return write_text_atomic(path, self._checked_json(path))
+
+    def _checked_json(self, where: str | os.PathLike) -> str:
+        """The JSON text of the record (as :func:`mpm.io.write_json_atomic` writes it), validated as read back."""
+        try:
+            text = json.dumps(dict(self), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        except (TypeError, ValueError) as err:
+            raise RecordError(f"result {where}: the record is not JSON: {err}") from None
+        type(self).from_dict(json.loads(text), where)
+        return text
 
 
 class _Named(Record):
