@@ -25,10 +25,11 @@ from mpm.merging.base import MergeMethod
 from mpm.models import SegmenterConfig, build_segmenter, check_backend
 from mpm.models.segmenter import MODES
 from mpm.models.flops import FlopReport, flops_of_run
+from mpm.records import BENCH_SCHEMA, SCHEMAS, BenchRecord, model_name_of, resolve_names
 
-SCHEMA = "mpm.bench/1"
+SCHEMA = BENCH_SCHEMA
 #: JSON schema of a result dict (``mpm.bench/1``)
-SCHEMA_FILE = Path(__file__).with_name("bench.schema.json")
+SCHEMA_FILE = SCHEMAS[BENCH_SCHEMA]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,6 +39,8 @@ class BenchSpec:
 
     ``model`` is a ViT size (``T``, ``S``, ``B``, ``L``: random weights, said so
     in the result) or a checkpoint path (loaded with :func:`mpm.models.checkpoints.load_segmenter`).
+    ``names`` holds the config's names of the job (``{"schedule": "2-5", ...}``); the record's
+    ``names`` are those, the rest derived (:meth:`resolved_names`).
     """
 
     images: str
@@ -60,6 +63,8 @@ class BenchSpec:
     breakdown_iters: int = 10
     pool_batches: int = 4
     seed: int = 0
+    #: the config's names of the job (:mod:`mpm.records.names`); None: derived from the spec
+    names: dict | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -94,6 +99,12 @@ class BenchSpec:
             d["method_kwargs"] = {}
         return cls(**d)
 
+    def resolved_names(self) -> dict[str, str | None]:
+        """The record's ``names``: :attr:`names`, the rest derived (no dataset; the checkpoint's name)."""
+        random_init = self.model.upper() in ("T", "S", "B", "L")
+        return resolve_names(self.names, dataset=None, model=None if random_init else model_name_of(self.model),
+                             method=self.method, schedule=self.schedule).to_dict()
+
 
 def build_model(spec: BenchSpec):
     """The model of a spec and a description of its weights."""
@@ -111,7 +122,7 @@ def build_model(spec: BenchSpec):
     raise ConfigError(f"model {spec.model!r} is neither a ViT size (T, S, B, L) nor an existing checkpoint file")
 
 
-def run_point(spec: BenchSpec) -> dict[str, Any]:
+def run_point(spec: BenchSpec) -> BenchRecord:
     """Measure one point and return the result dict."""
     if spec.dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {spec.dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -173,10 +184,11 @@ def run_point(spec: BenchSpec) -> dict[str, Any]:
 
 def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.device, times: list[float],
                   breakdown: dict, tokens: dict, flops: list, source: dict, wall: float,
-                  temp_before: float | None, **extra: Any) -> dict[str, Any]:
+                  temp_before: float | None, **extra: Any) -> BenchRecord:
     """The ``mpm.bench/1`` record of a measured point (shared by every runtime)."""
-    result = {
+    result = BenchRecord({
         "schema": SCHEMA,
+        "names": spec.resolved_names(),
         "spec": spec.to_dict(),
         "method": method.describe(),
         "model": {**weights, "config": model.config.to_dict()},
@@ -189,10 +201,10 @@ def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.d
         "wall_s": wall,
         **extra,
         "finished_utc": _utc_now(),  # with started_utc (when the caller gives it): the job's times
-    }
+    })
     result["environment"].update(soc_temp_before_c=temp_before, soc_temp_after_c=soc_temperature_c(),
                                  throttled=throttling_flags())
-    return result
+    return result  # validated where it is written or fetched: the board that measures it may lack jsonschema
 
 
 def _utc_now() -> str:

@@ -27,11 +27,12 @@ from mpm.cli._args import (
     schedule,
 )
 from mpm.errors import ConfigError
+from mpm.records.names import NAMES_HELP, names_argument
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
 _SPEC_OPTIONS = ("images", "model", "num_classes", "crop", "method", "schedule", "method_kwargs", "batch_policy",
                  "batch_size", "backend", "mode", "dtype", "device", "threads", "warmup", "iters", "breakdown_iters",
-                 "pool_batches", "seed")
+                 "pool_batches", "seed", "names")
 
 
 
@@ -93,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--breakdown-iters", type=count(0), default=None, help="forwards timed per section (default 10)")
     p.add_argument("--pool-batches", type=count(1), default=None, help="distinct batches cycled through (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of random-init weights (default 0)")
+    p.add_argument("--names", type=names_argument, default=None, metavar="KEY=NAME,...", help=NAMES_HELP)
     p.add_argument("--out", default=None, metavar="RESULT.json", type=output_file,
                    help="result JSON (schema mpm.bench/1), written atomically when the point is complete")
 

@@ -16,6 +16,7 @@ from mpm.cli._args import (
     parse_method_args,
     parse_schedule,
 )
+from mpm.records.names import NAMES_HELP, names_argument, schedule_name
 
 __all__ = ["parse_method_args", "parse_schedule", "register", "run"]
 
@@ -63,6 +64,7 @@ def register(subparsers) -> None:
                              "then named DATASET-SPLIT__MODEL__METHOD-SCHEDULE.json")
     parser.add_argument("--per-class-csv", type=output_file, default=None, metavar="PATH",
                         help="also write per-class IoU/Acc")
+    parser.add_argument("--names", type=names_argument, default=None, metavar="KEY=NAME,...", help=NAMES_HELP)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -90,7 +92,7 @@ def run(args) -> int:
             batch_policy=args.batch_policy, backend=args.backend, dtype=args.dtype, device=args.device,
             batch_size=args.batch_size, limit=args.limit, progress=args.progress, crop=args.crop,
             stride=args.stride, test_scale=args.test_scale, checkpoint=args.checkpoint,
-            workers=args.workers,
+            workers=args.workers, names={"schedule": schedule_name(schedule), **(args.names or {})},
         )
     except KeyboardInterrupt:
         kept = f"; the earlier {out} is unchanged" if out.is_file() else ""

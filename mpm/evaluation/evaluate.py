@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,14 @@ from mpm.data.datasets import DatasetSpec, SegmentationSplit
 from mpm.errors import CheckpointError, ConfigError, DatasetError
 from mpm.evaluation.metrics import ConfusionMatrix, SegMetrics, write_per_class_csv
 from mpm.evaluation.sliding import resize_keep_ratio, resize_logits, slide_windows
-from mpm.io import write_json_atomic
 from mpm.merging.base import MergeMethod, build_method
 from mpm.models.flops import flops_of_run, merge_steps, segmenter_flops
+from mpm.records import EVAL_SCHEMA, EvalRecord, model_name_of, resolve_names
 
 __all__ = [
     "DTYPES",
     "SCHEMA",
+    "EvalOptions",
     "EvalProtocol",
     "EvalResult",
     "checkpoint_info",
@@ -63,7 +64,7 @@ __all__ = [
     "result_filename",
 ]
 
-SCHEMA = "mpm.eval/1"
+SCHEMA = EVAL_SCHEMA
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Window = tuple[int, int, int, int]
@@ -206,11 +207,11 @@ class EvalResult:
 
         The JSON is written last: its presence means the run is complete.
         """
-        record = dict(self.record)
+        record = EvalRecord(self.record).validate(out)  # before any file is written
         if per_class_csv is not None:
             csv_path = write_per_class_csv(per_class_csv, self.metrics, self.class_names)
             record["per_class_csv"] = str(Path(csv_path).resolve())
-        return write_json_atomic(out, record)
+        return record.write(out)
 
     def summary_line(self) -> str:
         """One line: mIoU, GFLOPs (vs dense), tokens after each step, images, wall time."""
@@ -412,36 +413,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def evaluate(
-    model,
-    split: SegmentationSplit,
-    *,
-    method: str | MergeMethod | None = "none",
-    schedule: Sequence[int] = (),
-    method_kwargs: Mapping[str, Any] | None = None,
-    batch_policy: str = "exact",
-    backend: str = "math",
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device = "cpu",
-    batch_size: int = 1,
-    limit: int | None = None,
-    progress: bool = True,
-    crop: int | None = None,
-    stride: int | None = None,
-    test_scale: Sequence[int] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    workers: int = 1,
-    resize_backend: str | None = None,
-) -> EvalResult:
-    """Evaluate ``model`` on ``split`` with a merge method; see the module docstring.
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate` runs (every field has the default of a plain ``evaluate(model, split)``).
 
-    Args:
-        model: a :class:`~mpm.models.segmenter.Segmenter`; it is moved to ``device`` and
-            cast to ``dtype`` (in place) and put in eval mode.
-        split: a prepared split (:func:`mpm.data.datasets.load_split`); its spec gives
-            classes, ignore index, test scale, crop and stride, its reader applies
-            ``reduce_zero_label``.
+    Attributes:
         method: merge method name (``none``, ``mpm``, ``tome``, ``algm``) or a built
             :class:`~mpm.merging.base.MergeMethod` (then ``schedule``, ``method_kwargs``
             and ``batch_policy`` are ignored).
@@ -459,197 +435,308 @@ def evaluate(
         checkpoint: the file the model came from, recorded with its sha256.
         workers: threads reading, decoding and resizing images ahead (0: inline).
         resize_backend: see :func:`mpm.evaluation.sliding.resize_keep_ratio`.
-    Returns:
-        :class:`EvalResult`; ``result.record`` is the JSON of schema ``mpm.eval/1`` with the
-        keys ``schema, complete, partial, limit, created_utc, started_utc, finished_utc, dataset, images, checkpoint,
-        model, method, protocol, run, metrics, tokens, gflops, wall_time_s, images_per_s,
-        device, dtype, backend, environment, confusion_matrix``.
+        names: the config's names of the job (:mod:`mpm.records.names`: dataset, model, method,
+            schedule); what is not given is derived (the dataset, the checkpoint's name, the method,
+            the schedule's blocks).
     """
-    from mpm.environment import describe_environment
-    from mpm.models.attention import check_backend
 
-    t_start = time.perf_counter()
-    started_utc = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    spec = split.spec
+    method: str | MergeMethod | None = "none"
+    schedule: Sequence[int] = ()
+    method_kwargs: Mapping[str, Any] | None = None
+    batch_policy: str = "exact"
+    backend: str = "math"
+    dtype: str | torch.dtype = "float32"
+    device: str | torch.device = "cpu"
+    batch_size: int = 1
+    limit: int | None = None
+    progress: bool = True
+    crop: int | None = None
+    stride: int | None = None
+    test_scale: Sequence[int] | None = None
+    checkpoint: str | os.PathLike | None = None
+    workers: int = 1
+    resize_backend: str | None = None
+    names: Mapping[str, str] | None = None
+
+
+@dataclass
+class _Setup:
+    """What :func:`_prepare` checked and resolved before any image is read."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dtype_name: str
+    merge: MergeMethod
+    proto: EvalProtocol
+    checkpoint: dict | None
+    n: int  # images to evaluate
+    started_utc: str
+    t_start: float
+
+
+def _utc_ms() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device}: no usable CUDA GPU on this machine; use device='cpu'")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    torch_dtype, dtype_name = _resolve_dtype(dtype)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
+    return device
+
+
+def _prepare(model, split: SegmentationSplit, opts: EvalOptions) -> _Setup:
+    """Check every option, the model against the dataset and the split's files; nothing is run yet."""
+    from mpm.models.attention import check_backend
+
+    t_start = time.perf_counter()
+    started_utc = _utc_ms()
+    spec = split.spec
+    device = _resolve_device(opts.device)
+    torch_dtype, dtype_name = _resolve_dtype(opts.dtype)
+    if opts.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {opts.batch_size}")
+    if opts.limit is not None and opts.limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {opts.limit}")
     if len(split) == 0:
         raise DatasetError(f"{spec.name}/{split.split} under {split.root} holds no images")
-    check_backend(backend, device, torch_dtype)
-    if isinstance(method, MergeMethod):
-        merge = method
+    check_backend(opts.backend, device, torch_dtype)
+    if isinstance(opts.method, MergeMethod):
+        merge = opts.method
     else:
-        merge = build_method(method or "none", schedule, depth=model.config.depth, batch_policy=batch_policy, **dict(method_kwargs or {}))
+        merge = build_method(opts.method or "none", opts.schedule, depth=model.config.depth,
+                             batch_policy=opts.batch_policy, **dict(opts.method_kwargs or {}))
     config = model.config
     merge.validate(config.depth)
     if config.num_classes != spec.num_classes:
         raise ConfigError(f"the model predicts {config.num_classes} classes, dataset {spec.name} has "
                           f"{spec.num_classes} ({', '.join(spec.class_names[:5])}...)")
-    proto = eval_protocol(spec, config, crop=crop, stride=stride, test_scale=test_scale)
-    ckpt = checkpoint_info(checkpoint) if checkpoint is not None else None
-    split.check_sizes(None if limit is None else int(limit))  # every pair it will read, from file headers
+    proto = eval_protocol(spec, config, crop=opts.crop, stride=opts.stride, test_scale=opts.test_scale)
+    ckpt = checkpoint_info(opts.checkpoint) if opts.checkpoint is not None else None
+    split.check_sizes(None if opts.limit is None else int(opts.limit))  # every pair it will read, from file headers
+    n = len(split) if opts.limit is None else min(int(opts.limit), len(split))
+    return _Setup(device, torch_dtype, dtype_name, merge, proto, ckpt, n, started_utc, t_start)
 
-    model = model.to(device=device, dtype=torch_dtype).eval()
-    mean = torch.tensor(proto.mean, dtype=torch.float32, device=device).view(3, 1, 1)
-    std = torch.tensor(proto.std, dtype=torch.float32, device=device).view(3, 1, 1)
-    k = config.num_classes
-    total = len(split)
-    n = total if limit is None else min(int(limit), total)
-    cm = ConfusionMatrix(k, spec.ignore_index, strict=True)
-    stats = _Stats(model, merge)
-    image_gflops: list[float] = []
 
-    # pending windows, grouped by size: (image, window position)
-    queues: dict[tuple[int, int], list[tuple[_Image, int]]] = {}
-    in_flight: dict[int, _Image] = {}
+class _SlidingRun:
+    """The sliding-window loop: windows of several images share forwards; logits accumulate in raster order."""
 
-    def finish(img: _Image) -> None:
-        logits = (img.logits / img.count)[None]
-        logits = resize_logits(logits, img.size)[0]
-        pred = logits.argmax(dim=0)
-        cm.update(pred, img.label, name=img.name)
-        del in_flight[img.index]
+    def __init__(self, model, setup: _Setup, backend: str, batch_size: int, ignore_index: int) -> None:
+        self.model, self.setup, self.backend, self.batch_size = model, setup, backend, batch_size
+        self.k = model.config.num_classes
+        self.cm = ConfusionMatrix(self.k, ignore_index, strict=True)
+        self.stats = _Stats(model, setup.merge)
+        self.image_gflops: list[float] = []
+        self.queues: dict[tuple[int, int], list[tuple[_Image, int]]] = {}  # by window size: (image, position)
+        self.in_flight: dict[int, _Image] = {}
+        dev = setup.device
+        self.mean = torch.tensor(setup.proto.mean, dtype=torch.float32, device=dev).view(3, 1, 1)
+        self.std = torch.tensor(setup.proto.std, dtype=torch.float32, device=dev).view(3, 1, 1)
 
-    def absorb(img: _Image) -> None:
+    def add(self, i: int, sample, resized: np.ndarray) -> None:
+        """Queue the windows of image ``i`` and run every full batch."""
+        s = self.setup
+        h, w = sample.image.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(resized)).to(s.device).permute(2, 0, 1).float()
+        x = ((x - self.mean) / self.std).to(s.dtype)
+        wins = slide_windows(x.shape[-2], x.shape[-1], s.proto.crop, s.proto.stride)
+        img = _Image(i, sample.name, sample.label, (h, w), x, wins)
+        self.in_flight[i] = img
+        self.image_gflops.append(0.0)
+        for pos, (y1, y2, x1, x2) in enumerate(wins):
+            self.queues.setdefault((y2 - y1, x2 - x1), []).append((img, pos))
+        self.drain(force=False)
+
+    def drain(self, force: bool) -> None:
+        """Run every batch of ``batch_size`` windows of one size (``force``: the rest too)."""
+        for key in list(self.queues):
+            q = self.queues[key]
+            while len(q) >= self.batch_size or (force and q):
+                chunk, self.queues[key] = q[:self.batch_size], q[self.batch_size:]
+                q = self.queues[key]
+                self._run_batch(key, chunk)
+            if not q:
+                del self.queues[key]
+
+    def _run_batch(self, key: tuple[int, int], jobs: list[tuple[_Image, int]]) -> None:
+        crops = []
+        for img, pos in jobs:
+            y1, y2, x1, x2 = img.windows[pos]
+            crops.append(img.x[:, y1:y2, x1:x2])
+        xb = torch.stack(crops, 0)  # (B, 3, h, w)
+        logits, enc = self.model(xb, method=self.setup.merge, backend=self.backend, return_encoder=True)
+        if tuple(logits.shape) != (len(jobs), self.k, key[0], key[1]):
+            raise ConfigError(f"model returned logits of shape {tuple(logits.shape)} for windows "
+                              f"{tuple(xb.shape)}; expected {(len(jobs), self.k, key[0], key[1])}")
+        flops = self.stats.add(xb, enc)
+        logits = logits.float()
+        touched = []
+        for j, (img, pos) in enumerate(jobs):
+            img.outputs[pos] = logits[j]
+            self.image_gflops[img.index] += flops[j]
+            touched.append(img)
+        for img in dict.fromkeys(touched):  # unique, in order
+            self._absorb(img)
+
+    def _absorb(self, img: _Image) -> None:
         """Add the window logits that are next in raster order to the accumulators."""
         while img.next_window in img.outputs:
             y1, y2, x1, x2 = img.windows[img.next_window]
             out = img.outputs.pop(img.next_window)
             if img.logits is None:
                 h, w = img.x.shape[-2:]
-                img.logits = torch.zeros((k, h, w), dtype=torch.float32, device=device)
-                img.count = torch.zeros((1, h, w), dtype=torch.float32, device=device)
+                img.logits = torch.zeros((self.k, h, w), dtype=torch.float32, device=self.setup.device)
+                img.count = torch.zeros((1, h, w), dtype=torch.float32, device=self.setup.device)
             img.logits[:, y1:y2, x1:x2] += out
             img.count[:, y1:y2, x1:x2] += 1
             img.next_window += 1
         if img.next_window == len(img.windows):
-            finish(img)
+            self._finish(img)
 
-    def run_batch(key: tuple[int, int], jobs: list[tuple[_Image, int]]) -> None:
-        crops = []
-        for img, pos in jobs:
-            y1, y2, x1, x2 = img.windows[pos]
-            crops.append(img.x[:, y1:y2, x1:x2])
-        xb = torch.stack(crops, 0)
-        logits, enc = model(xb, method=merge, backend=backend, return_encoder=True)
-        if tuple(logits.shape) != (len(jobs), k, key[0], key[1]):
-            raise ConfigError(f"model returned logits of shape {tuple(logits.shape)} for windows "
-                              f"{tuple(xb.shape)}; expected {(len(jobs), k, key[0], key[1])}")
-        flops = stats.add(xb, enc)
-        logits = logits.float()
-        touched = []
-        for j, (img, pos) in enumerate(jobs):
-            img.outputs[pos] = logits[j]
-            image_gflops[img.index] += flops[j]
-            touched.append(img)
-        for img in dict.fromkeys(touched):  # unique, in order
-            absorb(img)
+    def _finish(self, img: _Image) -> None:
+        logits = resize_logits((img.logits / img.count)[None], img.size)[0]  # (K, H, W)
+        self.cm.update(logits.argmax(dim=0), img.label, name=img.name)
+        del self.in_flight[img.index]
 
-    def drain(force: bool) -> None:
-        for key in list(queues):
-            q = queues[key]
-            while len(q) >= batch_size or (force and q):
-                chunk, queues[key] = q[:batch_size], q[batch_size:]
-                q = queues[key]
-                run_batch(key, chunk)
-            if not q:
-                del queues[key]
 
+def _run(run: _SlidingRun, split: SegmentationSplit, opts: EvalOptions) -> None:
+    """Read (``workers`` threads ahead), queue and evaluate the first ``setup.n`` images, with a progress bar."""
+    setup = run.setup
     bar = None
-    if progress and sys.stderr.isatty() and n:
+    if opts.progress and sys.stderr.isatty() and setup.n:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc=f"eval {spec.name}/{split.split} {merge.name}", unit="img", leave=False)
+        bar = tqdm(total=setup.n, desc=f"eval {split.spec.name}/{split.split} {setup.merge.name}", unit="img",
+                   leave=False)
+
     def load(i: int):  # read, decode and resize (in reader threads)
         sample = split[i]
-        return sample, resize_keep_ratio(sample.image, proto.test_scale, backend=resize_backend)
+        return sample, resize_keep_ratio(sample.image, setup.proto.test_scale, backend=opts.resize_backend)
 
-    samples = _prefetch(load, n, workers)
+    samples = _prefetch(load, setup.n, opts.workers)
     try:
         for i, (sample, resized) in enumerate(samples):
-            h, w = sample.image.shape[:2]
-            x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1).float()
-            x = ((x - mean) / std).to(torch_dtype)
-            wins = slide_windows(x.shape[-2], x.shape[-1], proto.crop, proto.stride)
-            img = _Image(i, sample.name, sample.label, (h, w), x, wins)
-            in_flight[i] = img
-            image_gflops.append(0.0)
-            for pos, (y1, y2, x1, x2) in enumerate(wins):
-                queues.setdefault((y2 - y1, x2 - x1), []).append((img, pos))
-            done_before = cm.num_images
-            drain(force=False)
+            done_before = run.cm.num_images
+            run.add(i, sample, resized)
             if bar is not None:
-                bar.update(cm.num_images - done_before)
-        done_before = cm.num_images
-        drain(force=True)
+                bar.update(run.cm.num_images - done_before)
+        done_before = run.cm.num_images
+        run.drain(force=True)
         if bar is not None:
-            bar.update(cm.num_images - done_before)
+            bar.update(run.cm.num_images - done_before)
     finally:
         if bar is not None:
             bar.close()
         samples.close()
-    _sync(device)
-    if in_flight or cm.num_images != n:  # pragma: no cover - internal invariant
-        raise RuntimeError(f"evaluation finished with {len(in_flight)} image(s) unaccounted for")
-    wall = time.perf_counter() - t_start
+    _sync(setup.device)
+    if run.in_flight or run.cm.num_images != setup.n:  # pragma: no cover - internal invariant
+        raise RuntimeError(f"evaluation finished with {len(run.in_flight)} image(s) unaccounted for")
 
-    metrics = cm.compute()
-    class_names = list(spec.class_names)
-    steps_info = []
-    if stats.counts:
-        first = torch.cat(stats.counts, 0).mean(0).tolist()
-        for s in merge_steps(config, merge, first, proto.crop):
-            steps_info.append({"step": s.index, "block": s.block, "site": s.site})
-    n_params = sum(p.numel() for p in model.parameters())
-    record: dict[str, Any] = {
+
+def _dataset_section(split: SegmentationSplit) -> dict[str, Any]:
+    spec = split.spec
+    return {
+        "name": spec.name,
+        "split": split.split,
+        "root": str(Path(split.root).resolve()),
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "ignore_index": spec.ignore_index,
+        "reduce_zero_label": spec.reduce_zero_label,
+        "synthetic": bool(spec.synthetic or split.manifest.get("synthetic")),
+    }
+
+
+def _model_section(model) -> dict[str, Any]:
+    config = model.config
+    return {
+        "name": f"Seg-{config.size_name}/{config.patch_size}-{config.decoder}",
+        "size": config.size_name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": config.to_dict(),
+    }
+
+
+def _steps_info(run: _SlidingRun, model) -> list[dict]:
+    """Step, block and site of every merge step (from the first window's token counts)."""
+    if not run.stats.counts:
+        return []
+    first = torch.cat(run.stats.counts, 0).mean(0).tolist()
+    return [{"step": s.index, "block": s.block, "site": s.site}
+            for s in merge_steps(model.config, run.setup.merge, first, run.setup.proto.crop)]
+
+
+def _build_record(model, split: SegmentationSplit, opts: EvalOptions, run: _SlidingRun, metrics: SegMetrics,
+                  wall: float) -> EvalRecord:
+    """The ``mpm.eval/1`` record of a finished run (see :func:`evaluate`)."""
+    from mpm.environment import describe_environment
+
+    s, total, stats = run.setup, len(split), run.stats
+    names = resolve_names(opts.names, dataset=split.spec.name, model=model_name_of(opts.checkpoint),
+                          method=s.merge.name, schedule=s.merge.describe()["schedule"])
+    record = EvalRecord({
         "schema": SCHEMA,
         "complete": True,
-        "partial": n < total,
-        "limit": limit,
+        "partial": s.n < total,
+        "limit": opts.limit,
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "started_utc": started_utc,  # the job's start and end (ms), e.g. for its MLflow run
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "dataset": {
-            "name": spec.name,
-            "split": split.split,
-            "root": str(Path(split.root).resolve()),
-            "num_classes": spec.num_classes,
-            "class_names": class_names,
-            "ignore_index": spec.ignore_index,
-            "reduce_zero_label": spec.reduce_zero_label,
-            "synthetic": bool(spec.synthetic or split.manifest.get("synthetic")),
-        },
-        "images": {"evaluated": n, "total": total, "limit": limit, "partial": n < total},
-        "checkpoint": ckpt,
-        "model": {
-            "name": f"Seg-{config.size_name}/{config.patch_size}-{config.decoder}",
-            "size": config.size_name,
-            "parameters": n_params,
-            "config": config.to_dict(),
-        },
-        "method": merge.describe(),
-        "protocol": proto.to_dict(),
-        "run": {"batch_size": batch_size, "forwards": stats.forwards, "windows": stats.windows,
-                "workers": workers},
-        "metrics": {**metrics.to_dict(class_names), "unit": "percent"},
-        "tokens": stats.tokens(steps_info),
-        "gflops": stats.gflops(n, batch_size),
+        "started_utc": s.started_utc,  # the job's start and end (ms), e.g. for its MLflow run
+        "finished_utc": _utc_ms(),
+        "names": names.to_dict(),
+        "dataset": _dataset_section(split),
+        "images": {"evaluated": s.n, "total": total, "limit": opts.limit, "partial": s.n < total},
+        "checkpoint": s.checkpoint,
+        "model": _model_section(model),
+        "method": s.merge.describe(),
+        "protocol": s.proto.to_dict(),
+        "run": {"batch_size": opts.batch_size, "forwards": stats.forwards, "windows": stats.windows,
+                "workers": opts.workers},
+        "metrics": {**metrics.to_dict(list(split.spec.class_names)), "unit": "percent"},
+        "tokens": stats.tokens(_steps_info(run, model)),
+        "gflops": stats.gflops(s.n, opts.batch_size),
         "wall_time_s": wall,
-        "images_per_s": n / wall if wall > 0 else None,
-        "device": str(device),
-        "dtype": dtype_name,
-        "backend": backend,
-        "environment": describe_environment(device, backend, dtype_name),
-        "confusion_matrix": cm.mat.tolist(),
-    }
-    if image_gflops:
-        record["gflops"]["per_image_std"] = float(np.std(image_gflops))
-    return EvalResult(metrics=metrics, confusion=cm.mat.copy(), class_names=class_names, record=record)
+        "images_per_s": s.n / wall if wall > 0 else None,
+        "device": str(s.device),
+        "dtype": s.dtype_name,
+        "backend": opts.backend,
+        "environment": describe_environment(s.device, opts.backend, s.dtype_name),
+        "confusion_matrix": run.cm.mat.tolist(),
+    })
+    if run.image_gflops:
+        record["gflops"]["per_image_std"] = float(np.std(run.image_gflops))
+    return record
+
+
+@torch.no_grad()
+def evaluate(model, split: SegmentationSplit, options: EvalOptions | None = None, **overrides: Any) -> EvalResult:
+    """Evaluate ``model`` on ``split`` with a merge method; see the module docstring.
+
+    Args:
+        model: a :class:`~mpm.models.segmenter.Segmenter`; it is moved to ``device`` and
+            cast to ``dtype`` (in place) and put in eval mode.
+        split: a prepared split (:func:`mpm.data.datasets.load_split`); its spec gives
+            classes, ignore index, test scale, crop and stride, its reader applies
+            ``reduce_zero_label``.
+        options: an :class:`EvalOptions`; ``overrides`` replace its fields by name
+            (``evaluate(model, split, method="mpm", schedule=(2, 5))``).
+    Returns:
+        :class:`EvalResult`; ``result.record`` is the :class:`~mpm.records.EvalRecord` (schema
+        ``mpm.eval/1``) with the keys ``schema, complete, partial, limit, created_utc, started_utc,
+        finished_utc, names, dataset, images, checkpoint, model, method, protocol, run, metrics, tokens,
+        gflops, wall_time_s, images_per_s, device, dtype, backend, environment, confusion_matrix``.
+    """
+    try:
+        opts = replace(options or EvalOptions(), **overrides)
+    except TypeError as err:
+        raise ConfigError(f"evaluate: {err}") from None
+    setup = _prepare(model, split, opts)
+    model = model.to(device=setup.device, dtype=setup.dtype).eval()
+    run = _SlidingRun(model, setup, opts.backend, opts.batch_size, split.spec.ignore_index)
+    _run(run, split, opts)
+    wall = time.perf_counter() - setup.t_start
+    metrics = run.cm.compute()
+    record = _build_record(model, split, opts, run, metrics, wall)
+    return EvalResult(metrics=metrics, confusion=run.cm.mat.copy(), class_names=list(split.spec.class_names),
+                      record=record)

@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from mpm.errors import ConfigError, MPMError
-from mpm.io import write_json_atomic
+from mpm.records import TRAIN_SCHEMA, TrainRecord
 
 __all__ = ["TrainDemoConfig", "TrainTimeLimit", "sidecar_path", "train_demo"]
 
-SIDECAR_SCHEMA = "mpm.train-demo/1"
+SIDECAR_SCHEMA = TRAIN_SCHEMA
 
 
 class TrainTimeLimit(MPMError, RuntimeError):
@@ -204,6 +204,184 @@ def _loss_summary(losses: list[float], every: int) -> dict:
     }
 
 
+def _resolve_config(config: TrainDemoConfig | None, seed: int, steps: int | None, threads: int | None,
+                    time_limit: float | None, overrides: dict[str, Any]) -> TrainDemoConfig:
+    """The run's configuration, checked before anything is loaded."""
+    fields: dict[str, Any] = dict(overrides)
+    fields.update(seed=seed, threads=threads)
+    if steps is not None:
+        fields["steps"] = steps
+    try:
+        cfg = replace(config or TrainDemoConfig(), **fields)
+    except TypeError as err:
+        raise ConfigError(f"train_demo: {err}") from None
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_crop < 16:
+        raise ConfigError(f"train_demo: invalid steps={cfg.steps}, batch_size={cfg.batch_size}, "
+                          f"train_crop={cfg.train_crop}")
+    if time_limit is not None and not time_limit > 0:
+        raise ConfigError(f"train_demo: time_limit={time_limit} must be a positive number of seconds")
+    return cfg
+
+
+def _check_train_set(spec, cfg: TrainDemoConfig) -> None:
+    if cfg.train_crop > spec.crop_size:
+        raise ConfigError(f"train_crop {cfg.train_crop} > the dataset's crop {spec.crop_size}")
+    if spec.crop_size % 16 or cfg.train_crop % 16:
+        raise ConfigError("train_crop and the dataset crop must be multiples of the patch size 16")
+
+
+def _build(cfg: TrainDemoConfig, num_classes: int):
+    """The seeded model (at the training crop) and its AdamW (no weight decay on norms, biases, embeddings)."""
+    from mpm.models.segmenter import SegmenterConfig, build_segmenter
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = SegmenterConfig.preset(cfg.size, num_classes=num_classes, image_size=(cfg.train_crop, cfg.train_crop))
+    model = build_segmenter(model_cfg).train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(("pos_embed", "cls_token", "cls_emb")) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2),
+                            fused=True)
+    return model, opt
+
+
+@dataclass
+class _Loop:
+    """The optimisation loop: a fixed number of steps; a time limit aborts, it never shortens training."""
+
+    cfg: TrainDemoConfig
+    time_limit: float | None
+    out_checkpoint: Path
+    log: Callable[[str], None]
+    progress: bool
+
+    def run(self, model, opt, images, labels, ignore_index: int) -> tuple[list[float], float]:
+        """Train; returns the per-step losses and the training wall time (s)."""
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, desc="train-demo", unit="step", leave=False)
+        losses: list[float] = []
+        order: list[int] = []
+        t_train = time.perf_counter()
+        try:
+            for step in range(cfg.steps):
+                x, y = _batch(rng, order, images, labels, cfg.batch_size, cfg.train_crop)
+                losses.append(self._step(model, opt, step, x, y, ignore_index))
+                self._after_step(step, losses, t_train, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return losses, time.perf_counter() - t_train
+
+    def _step(self, model, opt, step: int, x: torch.Tensor, y: torch.Tensor, ignore_index: int) -> float:
+        cfg = self.cfg
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        logits = model(model.normalize(x), backend=cfg.backend)
+        loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"train_demo: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        return float(loss.detach())
+
+    def _after_step(self, step: int, losses: list[float], t_train: float, bar) -> None:
+        cfg = self.cfg
+        if self.time_limit is not None and time.perf_counter() - t_train > self.time_limit:
+            raise TrainTimeLimit(
+                f"training passed the time limit of {self.time_limit:g} s after {step + 1} of "
+                f"{cfg.steps} steps; aborted, {self.out_checkpoint} not written (training stops by steps "
+                f"only: raise or drop the time limit)")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            window = losses[-cfg.log_every:]
+            self.log(f"step {step + 1}/{cfg.steps}  loss {sum(window) / len(window):.4f}  "
+                     f"lr {_lr_at(step, cfg):.2e}  {time.perf_counter() - t_train:.0f} s")
+
+
+_NOTE = ("DEMO MODEL trained from scratch on SYNTHETIC data (mpm synth: textured Voronoi "
+         "regions in ADE20K's layout). Its weights are trained on that synthetic set only "
+         "and mean nothing on real images; it exists to exercise the evaluation pipeline "
+         "offline.")
+
+
+def _data_section(data_root, split, n_images: int) -> dict[str, Any]:
+    spec = split.spec
+    return {
+        "root": str(Path(data_root).resolve()),
+        "dataset": spec.name,
+        "split": split.split,
+        "images": n_images,
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "generator": split.manifest.get("generator"),
+        "preprocessing": f"keep-ratio resize to test scale {list(spec.test_scale)} (as at test time)",
+    }
+
+
+def _model_section(model, cfg: TrainDemoConfig, crop_size: int) -> dict[str, Any]:
+    return {
+        "architecture": f"Seg-{model.config.size_name}/{model.config.patch_size} mask transformer",
+        "config": model.config.to_dict(),
+        "trained_image_size": [cfg.train_crop, cfg.train_crop],
+        "pos_embed": ("resampled from the training grid to the evaluation crop (bicubic, no antialias)"
+                      if cfg.train_crop != crop_size else "as trained"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "init": "random (timm defaults), torch.manual_seed(seed)",
+    }
+
+
+def _training_section(cfg: TrainDemoConfig, ignore_index: int) -> dict[str, Any]:
+    return {
+        **cfg.to_dict(),
+        "optimizer": "AdamW",
+        "schedule": "linear warm-up, cosine decay to min_lr",
+        "betas": [0.9, cfg.beta2],
+        "loss": f"cross-entropy, ignore_index={ignore_index}",
+        "augmentation": f"random {cfg.train_crop}x{cfg.train_crop} crop + horizontal flip (p=0.5)",
+        "deterministic_algorithms": True,
+    }
+
+
+def _train_record(cfg: TrainDemoConfig, model, out_checkpoint: Path, data_root, split, n_images: int,
+                  losses: list[float], times: dict[str, float]) -> TrainRecord:
+    """The ``mpm.train-demo/1`` record of a saved demo checkpoint."""
+    from mpm.environment import package_version
+    from mpm.evaluation.evaluate import checkpoint_info
+
+    info = checkpoint_info(out_checkpoint)
+    spec = split.spec
+    return TrainRecord({
+        "schema": SIDECAR_SCHEMA,
+        "kind": "mpm-demo-model",
+        "synthetic": True,
+        "note": _NOTE,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "checkpoint": {"path": str(out_checkpoint.resolve()), "sha256": info["sha256"], "bytes": info["bytes"]},
+        "data": _data_section(data_root, split, n_images),
+        "model": _model_section(model, cfg, spec.crop_size),
+        "training": _training_section(cfg, spec.ignore_index),
+        "steps_done": len(losses),
+        "stopped_by": "steps",  # always: a time limit aborts, it never ends training early
+        "deterministic": True,
+        "loss": _loss_summary(losses, max(1, cfg.log_every)),
+        "wall_time_s": {**times, "per_step": times["train"] / max(len(losses), 1)},
+        "environment": {"torch": torch.__version__, "timm": package_version("timm"),
+                        "python": platform.python_version(), "threads": torch.get_num_threads(),
+                        "platform": platform.platform()},
+    })
+
+
 def train_demo(
     data_root: str | os.PathLike,
     out_checkpoint: str | os.PathLike,
@@ -217,7 +395,7 @@ def train_demo(
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> dict:
-    """Train the demo Seg-T/16 on the synthetic set and save it; returns the sidecar dict.
+    """Train the demo Seg-T/16 on the synthetic set and save it; returns the sidecar (a :class:`TrainRecord`).
 
     Args:
         data_root: root of the prepared synthetic set (``mpm synth --root DIR --prepare``).
@@ -235,159 +413,44 @@ def train_demo(
         progress: a tqdm bar on a terminal.
         log: where progress lines go (default: stderr when not a terminal, else nothing).
     """
-    from mpm.models.checkpoints import save_segmenter
-    from mpm.models.segmenter import SegmenterConfig, build_segmenter
-
-    cfg = config or TrainDemoConfig()
-    fields: dict[str, Any] = dict(overrides)
-    fields.update(seed=seed, threads=threads)
-    if steps is not None:
-        fields["steps"] = steps
-    try:
-        cfg = replace(cfg, **fields)
-    except TypeError as err:
-        raise ConfigError(f"train_demo: {err}") from None
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_crop < 16:
-        raise ConfigError(f"train_demo: invalid steps={cfg.steps}, batch_size={cfg.batch_size}, "
-                          f"train_crop={cfg.train_crop}")
-    if time_limit is not None and not time_limit > 0:
-        raise ConfigError(f"train_demo: time_limit={time_limit} must be a positive number of seconds")
+    cfg = _resolve_config(config, seed, steps, threads, time_limit, overrides)
     out_checkpoint = Path(out_checkpoint)
     _check_writable(out_checkpoint)
     tty = sys.stderr.isatty()
     if log is None:
         log = (lambda msg: None) if (progress and tty) else (lambda msg: print(msg, file=sys.stderr, flush=True))
-
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    t_start = time.perf_counter()
     try:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-        t_data = time.perf_counter()
-        split, images, labels = _load_train_set(data_root, cfg)
-        spec = split.spec
-        data_s = time.perf_counter() - t_data
-        if cfg.train_crop > spec.crop_size:
-            raise ConfigError(f"train_crop {cfg.train_crop} > the dataset's crop {spec.crop_size}")
-        if spec.crop_size % 16 or cfg.train_crop % 16:
-            raise ConfigError("train_crop and the dataset crop must be multiples of the patch size 16")
-
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        model_cfg = SegmenterConfig.preset(cfg.size, num_classes=spec.num_classes,
-                                           image_size=(cfg.train_crop, cfg.train_crop))
-        model = build_segmenter(model_cfg).train()
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if p.ndim < 2 or name.endswith(("pos_embed", "cls_token", "cls_emb")) else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2),
-                                fused=True)
-
-        bar = None
-        if progress and tty:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, desc="train-demo", unit="step", leave=False)
-        losses: list[float] = []
-        order: list[int] = []
-        t_train = time.perf_counter()
-        try:
-            for step in range(cfg.steps):
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, cfg)
-                x, y = _batch(rng, order, images, labels, cfg.batch_size, cfg.train_crop)
-                logits = model(model.normalize(x), backend=cfg.backend)
-                loss = F.cross_entropy(logits, y, ignore_index=spec.ignore_index)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"train_demo: loss became {loss.item()} at step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                losses.append(float(loss.detach()))
-                if time_limit is not None and time.perf_counter() - t_train > time_limit:
-                    raise TrainTimeLimit(
-                        f"training passed the time limit of {time_limit:g} s after {step + 1} of "
-                        f"{cfg.steps} steps; aborted, {out_checkpoint} not written (training stops by steps "
-                        f"only: raise or drop the time limit)")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                    window = losses[-cfg.log_every:]
-                    log(f"step {step + 1}/{cfg.steps}  loss {sum(window) / len(window):.4f}  "
-                        f"lr {_lr_at(step, cfg):.2e}  {time.perf_counter() - t_train:.0f} s")
-        finally:
-            if bar is not None:
-                bar.close()
-        train_s = time.perf_counter() - t_train
-
-        model.eval()
-        model = _resize_to(model, (spec.crop_size, spec.crop_size))
-        save_segmenter(model, out_checkpoint)
-        from mpm.evaluation.evaluate import checkpoint_info
-
-        info = checkpoint_info(out_checkpoint)
-        from mpm.environment import package_version
-
-        sidecar = {
-            "schema": SIDECAR_SCHEMA,
-            "kind": "mpm-demo-model",
-            "synthetic": True,
-            "note": ("DEMO MODEL trained from scratch on SYNTHETIC data (mpm synth: textured Voronoi "
-                     "regions in ADE20K's layout). Its weights are trained on that synthetic set only "
-                     "and mean nothing on real images; it exists to exercise the evaluation pipeline "
-                     "offline."),
-            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "checkpoint": {"path": str(out_checkpoint.resolve()), "sha256": info["sha256"], "bytes": info["bytes"]},
-            "data": {
-                "root": str(Path(data_root).resolve()),
-                "dataset": spec.name,
-                "split": split.split,
-                "images": len(images),
-                "num_classes": spec.num_classes,
-                "class_names": list(spec.class_names),
-                "generator": split.manifest.get("generator"),
-                "preprocessing": f"keep-ratio resize to test scale {list(spec.test_scale)} (as at test time)",
-            },
-            "model": {
-                "architecture": f"Seg-{model.config.size_name}/{model.config.patch_size} mask transformer",
-                "config": model.config.to_dict(),
-                "trained_image_size": [cfg.train_crop, cfg.train_crop],
-                "pos_embed": ("resampled from the training grid to the evaluation crop (bicubic, no antialias)"
-                              if cfg.train_crop != spec.crop_size else "as trained"),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "init": "random (timm defaults), torch.manual_seed(seed)",
-            },
-            "training": {
-                **cfg.to_dict(),
-                "optimizer": "AdamW",
-                "schedule": "linear warm-up, cosine decay to min_lr",
-                "betas": [0.9, cfg.beta2],
-                "loss": f"cross-entropy, ignore_index={spec.ignore_index}",
-                "augmentation": f"random {cfg.train_crop}x{cfg.train_crop} crop + horizontal flip (p=0.5)",
-                "deterministic_algorithms": True,
-            },
-            "steps_done": len(losses),
-            "stopped_by": "steps",  # always: a time limit aborts, it never ends training early
-            "deterministic": True,
-            "loss": _loss_summary(losses, max(1, cfg.log_every)),
-            "wall_time_s": {"total": time.perf_counter() - t_start, "train": train_s, "data": data_s,
-                            "per_step": train_s / max(len(losses), 1)},
-            "environment": {"torch": torch.__version__, "timm": package_version("timm"),
-                            "python": platform.python_version(), "threads": torch.get_num_threads(),
-                            "platform": platform.platform()},
-        }
-        write_json_atomic(sidecar_path(out_checkpoint), sidecar)
-        log(f"saved {out_checkpoint} ({len(losses)} steps, {train_s:.0f} s, final loss "
-            f"{sidecar['loss'].get('mean_last_10pct', float('nan')):.4f})")
-        return sidecar
+        return _train_and_save(cfg, data_root, out_checkpoint, _Loop(cfg, time_limit, out_checkpoint, log,
+                                                                     progress and tty), log)
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_det_warn)
+
+
+def _train_and_save(cfg: TrainDemoConfig, data_root, out_checkpoint: Path, loop: _Loop,
+                    log: Callable[[str], None]) -> TrainRecord:
+    """Load the data, train, save the checkpoint (resized to the dataset's crop), then its record."""
+    from mpm.models.checkpoints import save_segmenter
+
+    t_start = time.perf_counter()
+    split, images, labels = _load_train_set(data_root, cfg)
+    spec = split.spec
+    data_s = time.perf_counter() - t_start
+    _check_train_set(spec, cfg)
+    model, opt = _build(cfg, spec.num_classes)
+    losses, train_s = loop.run(model, opt, images, labels, spec.ignore_index)
+    model.eval()
+    model = _resize_to(model, (spec.crop_size, spec.crop_size))
+    save_segmenter(model, out_checkpoint)
+    times = {"total": time.perf_counter() - t_start, "train": train_s, "data": data_s}
+    record = _train_record(cfg, model, out_checkpoint, data_root, split, len(images), losses, times)
+    record.write(sidecar_path(out_checkpoint))
+    log(f"saved {out_checkpoint} ({len(losses)} steps, {train_s:.0f} s, final loss "
+        f"{record['loss'].get('mean_last_10pct', float('nan')):.4f})")
+    return record

@@ -1,13 +1,17 @@
 """Result records: what the pipeline's jobs write and every later layer (tracking, tables) reads.
 
-One JSON schema per kind, found by the record's ``schema`` field:
+One typed record per kind (:mod:`mpm.records.typed`), one JSON schema per kind, found by the
+record's ``schema`` field (the tags are defined once, in :mod:`mpm.records.tags`):
 
-==================  ==========================================  =================================
-``schema``          written by                                  JSON schema
-==================  ==========================================  =================================
-``mpm.eval/1``      :func:`mpm.evaluation.evaluate.evaluate`    ``mpm/records/eval.schema.json``
-``mpm.bench/1``     :func:`mpm.benchmarking.bench.run_point`    ``mpm/benchmarking/bench.schema.json``
-==================  ==========================================  =================================
+- ``mpm.eval/1``: :class:`EvalRecord`, written by :func:`mpm.evaluation.evaluate.evaluate`
+  (``mpm eval``), schema ``mpm/records/eval.schema.json``;
+- ``mpm.bench/1``: :class:`BenchRecord`, made by :func:`mpm.benchmarking.bench.run_point`
+  (``mpm bench``), schema ``mpm/records/bench.schema.json``;
+- ``mpm.train-demo/1``: :class:`TrainRecord`, written by :func:`mpm.evaluation.train_demo.train_demo`
+  beside its checkpoint (``mpm train-demo``), schema ``mpm/records/train.schema.json``.
+
+Evaluation and benchmark records carry the config's names of their job (``names``: dataset, model,
+method, schedule; :mod:`mpm.records.names`) beside the resolved values.
 
 :func:`load_record` reads a file, :func:`parse_record` bytes and :func:`validate_record` a parsed
 dict; each returns the record or raises :class:`RecordError` (a :class:`~mpm.errors.ConfigError`)
@@ -21,117 +25,23 @@ Importing this package imports neither torch nor jsonschema.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
+from mpm.records.names import NAME_KEYS, Names, model_name_of, parse_names, resolve_names, schedule_name
+from mpm.records.schema import (
+    KINDS,
+    SCHEMAS,
+    RecordError,
+    _validator,
+    load_record,
+    parse_record,
+    record_kind,
+    validate_record,
+)
+from mpm.records.tags import BENCH_SCHEMA, EVAL_SCHEMA, TRAIN_SCHEMA
+from mpm.records.typed import BenchRecord, EvalRecord, Record, TrainRecord, record_class
 
-from mpm.errors import ConfigError
-
-__all__ = ["KINDS", "SCHEMAS", "RecordError", "load_record", "parse_record", "record_kind", "validate_record"]
-
-_PACKAGE = Path(__file__).resolve().parents[1]
-#: schema tag -> JSON schema file
-SCHEMAS: dict[str, Path] = {
-    "mpm.eval/1": _PACKAGE / "records" / "eval.schema.json",
-    "mpm.bench/1": _PACKAGE / "benchmarking" / "bench.schema.json",
-}
-#: schema tag -> short kind name (tracking's ``mpm.kind``, result folders)
-KINDS: dict[str, str] = {"mpm.eval/1": "eval", "mpm.bench/1": "bench"}
-_MAX_LISTED = 40
-
-
-class RecordError(ConfigError):
-    """A result record that cannot be read or does not follow its schema."""
-
-
-def load_record(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated record in the JSON file ``path`` (see the module docstring)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RecordError(f"cannot read result {path}: {err.strerror or err}") from None
-    return parse_record(data, path)
-
-
-def parse_record(data: bytes | str, where: str | os.PathLike) -> dict[str, Any]:
-    """The validated record in ``data`` (the bytes of the file ``where``)."""
-    try:
-        record = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise RecordError(f"result {where} is not valid JSON: {err}") from None
-    return validate_record(record, where)
-
-
-def record_kind(record: Mapping[str, Any], where: str | os.PathLike = "record") -> str:
-    """``eval`` or ``bench``: the kind of a record by its ``schema`` field."""
-    if not isinstance(record, Mapping):
-        raise RecordError(f"result {where} holds a JSON {type(record).__name__}, expected an object")
-    tag = record.get("schema")
-    if tag not in SCHEMAS:
-        what = "has no schema field" if tag is None else f"has an unknown schema {tag!r}"
-        raise RecordError(f"result {where} {what} (expected one of {', '.join(SCHEMAS)})")
-    return KINDS[tag]
-
-
-def validate_record(record: Any, where: str | os.PathLike = "record") -> dict[str, Any]:
-    """``record`` itself when it follows its schema; else :class:`RecordError` naming every problem."""
-    record_kind(record, where)
-    if record.get("complete") is False:
-        raise RecordError(f"result {where} is marked incomplete (\"complete\": false); it is no result")
-    problems = _problems(record, record["schema"])
-    if problems:
-        missing = [p for kind, p in problems if kind == "missing"]
-        invalid = [p for kind, p in problems if kind == "invalid"]
-        parts = []
-        if missing:
-            parts.append("missing " + _listed(missing))
-        if invalid:
-            parts.append("invalid: " + _listed(invalid))
-        raise RecordError(f"result {where}: not a valid {record['schema']} record: {'; '.join(parts)}")
-    return dict(record)
-
-
-# --------------------------------------------------------------------------- internals
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
-
-@lru_cache(maxsize=None)
-def _validator(tag: str):
-    try:
-        import jsonschema
-    except ImportError:
-        raise RecordError("validating result records needs the jsonschema package: "
-                          "pip install 'mpm[pipeline]' (or pip install jsonschema)") from None
-    schema = json.loads(SCHEMAS[tag].read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
-
-
-def _dotted(path) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[") or "(top level)"
-
-
-def _problems(record: Mapping[str, Any], tag: str) -> list[tuple[str, str]]:
-    """``[("missing", "dataset.name"), ("invalid", "limit (0 is less than the minimum of 1)")]``, sorted by field."""
-    out: list[tuple[str, str]] = []
-    errors = sorted(_validator(tag).iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path])
-    for err in errors:
-        path = list(err.absolute_path)
-        if err.validator == "required":
-            present = err.instance if isinstance(err.instance, Mapping) else {}
-            for name in err.validator_value:
-                if name not in present:
-                    out.append(("missing", _dotted([*path, name])))
-        else:
-            message = err.message if len(err.message) <= 120 else err.message[:117] + "..."
-            out.append(("invalid", f"{_dotted(path)} ({message})"))
-    seen: set[tuple[str, str]] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+__all__ = [
+    "BENCH_SCHEMA", "EVAL_SCHEMA", "KINDS", "NAME_KEYS", "SCHEMAS", "TRAIN_SCHEMA",
+    "BenchRecord", "EvalRecord", "Names", "Record", "RecordError", "TrainRecord",
+    "load_record", "model_name_of", "parse_names", "parse_record", "record_class", "record_kind",
+    "resolve_names", "schedule_name", "validate_record",
+]

@@ -6,13 +6,20 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from mpm.records import record_class
 from mpm.tables.bench import bench_target
 from mpm.tables.labels import METHOD_ORDER, _ckpt_id, _crop, _method_fields, _model_text, _path_key
 from mpm.tables.results import _get, _is_number
 
+def _schedule_name(record: dict) -> str:
+    """The config's name of the record's schedule (``2-5``; :attr:`mpm.records.EvalRecord.names`)."""
+    return record_class(record["schema"])(record).names.schedule
+
+
 EVAL_COLUMNS = [
     "file", "dataset", "split", "synthetic", "model", "size", "model_name", "model_key", "model_id", "crop", "depth",
-    "method_name", "schedule", "method_key", "method", "schedule_text", "label", "batch_policy",
+    "method_name", "schedule", "method_key", "method", "schedule_text", "schedule_name", "label",
+    "batch_policy",
     "mIoU", "aAcc", "mAcc", "gflops", "dense_gflops", "tokens_after", "token_steps", "image_tokens",
     "partial", "evaluated", "total", "limit", "extent", "extent_key", "eval_device", "eval_dtype", "eval_backend",
     "eval_setup",
@@ -51,6 +58,7 @@ def eval_frame(records: Iterable[dict]) -> pd.DataFrame:
             "crop": crop,
             "depth": config.get("depth"),
             **_method_fields(method),
+            "schedule_name": _schedule_name(r),
             "batch_policy": method.get("batch_policy", "exact"),
             "mIoU": float(r["metrics"]["mIoU"]),
             "aAcc": _get(r, "metrics", "aAcc"),
@@ -76,7 +84,8 @@ def eval_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 TIMING_COLUMNS = [
     "file", "target", "target_source", "device", "device_kind", "weights", "model", "size", "crop", "model_key",
-    "model_id", "method_name", "schedule", "method_key", "method", "schedule_text", "label", "batch_policy",
+    "model_id", "method_name", "schedule", "method_key", "method", "schedule_text", "schedule_name", "label",
+    "batch_policy",
     "batch_size", "backend", "dtype", "threads", "images_per_s", "per_image_ms", "gflops", "tokens_after",
 ]
 
@@ -106,6 +115,7 @@ def timing_frame(records: Iterable[dict]) -> pd.DataFrame:
             "model_key": _path_key(ckpt) if ckpt else f"random-init:{size}:{crop}",
             "model_id": _ckpt_id(ckpt) if ckpt else "random-init",
             **_method_fields(method),
+            "schedule_name": _schedule_name(r),
             "batch_policy": method.get("batch_policy", spec.get("batch_policy", "exact")),
             "batch_size": int(spec["batch_size"]),
             "backend": spec["backend"],

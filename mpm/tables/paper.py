@@ -273,6 +273,7 @@ class Paper:
             weights = self._timing_cells(gr, rows, frame, notes, self.gpu_columns)
             if rows["eval_setup"].nunique() > 1:
                 frame["eval setup"] = rows["eval_setup"]
+            frame["schedule name"] = rows["schedule_name"]  # the config's name of the schedule (the record's names)
             notes = self._extent_notes(rows) + [
                 "GFLOPs: per image as evaluated (sliding windows), 1 multiply-add = 2 FLOPs."] + notes
             if not self.gpu_columns:

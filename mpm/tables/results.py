@@ -1,7 +1,9 @@
 """Result records read for the paper's tables: ``mpm.eval/1`` and ``mpm.bench/1`` files, folders and manifests.
 
-Every record is checked for the keys the tables need; a file that cannot be read, is not JSON or
-lacks a key raises :class:`~mpm.errors.ConfigError` naming the file.
+Every record is checked for the keys the tables need, then against its schema (the typed records of
+:mod:`mpm.records`); a file that cannot be read, is not JSON, lacks a key or does not follow its
+schema raises :class:`~mpm.errors.ConfigError` naming the file (and the fields). Each record read
+gets ``_file``: where it came from.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mpm.errors import ConfigError
+from mpm.records import BENCH_SCHEMA, EVAL_SCHEMA, BenchRecord, EvalRecord
 
-EVAL_SCHEMA = "mpm.eval/1"
-BENCH_SCHEMA = "mpm.bench/1"
+_TYPED = {EVAL_SCHEMA: EvalRecord, BENCH_SCHEMA: BenchRecord}
 
 _REQUIRED = {
     EVAL_SCHEMA: [("dataset", "name"), ("model",), ("method", "method"), ("metrics", "mIoU")],
@@ -138,6 +140,7 @@ def load_results(paths: Iterable[str | Path], manifest: str | Path | None = None
         for i, (rec, schema) in enumerate(zip(records, schemas)):
             where = f"{path}" + (f" [record {i}]" if isinstance(data, list) else "")
             _check_record(rec, schema, where)
+            _TYPED[schema].from_dict(rec, where)  # the schema, after the tables' own checks
             digest = hashlib.sha256(json.dumps(rec, sort_keys=True, default=str).encode()).hexdigest()
             if digest in seen:
                 res.duplicates += 1

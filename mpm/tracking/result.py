@@ -35,6 +35,10 @@ invalid field, so nothing half-described is ever logged. What is read:
 
 A remote target's result is the same JSON (its ``environment`` describes the remote host).
 
+The config's *names* of the job (``names``: dataset, model, method, schedule, e.g. schedule ``2-5``;
+:mod:`mpm.records.names`) are params ``names.<key>`` and the schedule's name is the tag
+``mpm.schedule_name``; they are not part of the identity (the resolved values are).
+
 The *identity* of a job is what the pipeline varies: the wildcard/spec fields (dataset,
 split, model/checkpoint, method, schedule, method kwargs, batch policy, batch size, backend,
 dtype, device type, limit, protocol, target; for a benchmark its whole spec) plus any extra
@@ -46,7 +50,7 @@ The *job's times* (the run's start and end in MLflow) are the record's ``started
 ``finished_utc``; a record written before they existed gives its end as ``created_utc`` (else
 the file's modification time) and its start as the end minus its wall time. The *model's
 config name* (the pipeline's ``models:`` key, e.g. ``seg-t-demo``), which every run name
-carries, is the record's ``model.config_name`` when it has one, else the model part of the
+carries, is the record's ``names.model`` when it has one, else the model part of the
 pipeline's job path (the extra param ``pipeline.job``: ``eval/<dataset>/<model>/...`` or
 ``bench/<target>/<model>/...``); without either, an evaluation's run is named by its
 architecture (``Seg-T/16-mask``) and a benchmark's by its checkpoint's file name or ViT size.
@@ -64,7 +68,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mpm.records import RecordError, parse_record, record_kind, validate_record
+from mpm.records import BenchRecord, EvalRecord, RecordError, model_name_of, parse_record, record_kind, validate_record
 from mpm.tracking.store import TrackingError
 from mpm.tracking.values import clean_key, flatten, stringify
 
@@ -81,8 +85,6 @@ ENV_METRIC_KEYS = ("soc_temp_before_c", "soc_temp_after_c")
 VOLATILE_KEYS = ("created_utc", "started_utc", "finished_utc", "env.hostname", "env.device", "env.throttled")
 #: the extra param holding the pipeline's job path (``<kind>/<dataset or target>/<model>/...``)
 JOB_PATH_PARAM = "pipeline.job"
-#: checkpoint file names that say nothing about the model: the folder names it instead
-_GENERIC_STEMS = frozenset({"checkpoint", "model", "weights", "best", "last", "latest", "final"})
 _METHOD_BASE_KEYS = ("method", "schedule", "batch_policy")
 #: the metrics shown as columns of the UI's runs view (:func:`mpm.tracking.store.runs_view_state`)
 VIEW_METRICS = ("mIoU", "gflops_per_image", "tokens_full", "images_per_s", "per_image_ms", "latency_median_ms",
@@ -177,10 +179,15 @@ def describe_result(record: Mapping[str, Any], path: str | os.PathLike, extra_pa
 def _describe(record: dict[str, Any], path: Path, extra_params: Mapping[str, Any] | None, sha256: str | None,
               strict_artifacts: bool) -> TrackedResult:
     kind = record_kind(record, path)
-    reader = _Eval(record) if kind == "eval" else _Bench(record)
+    if kind not in _READERS:
+        raise TrackingError(f"result {path} is a {record['schema']} record (kind {kind}): only evaluation and "
+                            "benchmark results are tracked")
+    reader = _READERS[kind](record)
     identity = reader.identity()
     params = dict(identity)
     params.update(reader.params())
+    names = reader.names
+    params.update({f"names.{k}": v for k, v in names.to_dict().items() if v is not None})
     params.update(_environment_params(record))
     extra = {clean_key(k): v for k, v in (extra_params or {}).items()}
     params.update(extra)
@@ -207,6 +214,7 @@ def _describe(record: dict[str, Any], path: Path, extra_params: Mapping[str, Any
     }
     if model_name:
         tags["mpm.model"] = model_name
+    tags["mpm.schedule_name"] = names.schedule
     tags.update({k: stringify(v) for k, v in volatile.items() if v is not None})
     if missing:
         tags["mpm.missing_artifacts"] = json.dumps(missing)
@@ -223,8 +231,8 @@ def _describe(record: dict[str, Any], path: Path, extra_params: Mapping[str, Any
 
 def model_config_name(record: Mapping[str, Any], extra_params: Mapping[str, Any] | None = None) -> str | None:
     """The model's config name (see the module docstring); None when nothing names it."""
-    named = _get(record, "model.config_name")
-    if isinstance(named, str) and named:
+    named = record_names(record).model
+    if named:
         return named
     job = (extra_params or {}).get(JOB_PATH_PARAM)
     if isinstance(job, str):
@@ -234,12 +242,9 @@ def model_config_name(record: Mapping[str, Any], extra_params: Mapping[str, Any]
     return None
 
 
-def _checkpoint_name(path: Any) -> str | None:
-    """``seg-t-demo`` of ``models/seg-t-demo.pth``; ``seg_tiny_mask`` of ``seg_tiny_mask/checkpoint.pth``."""
-    if not isinstance(path, str) or not path:
-        return None
-    p = Path(path)
-    return (p.parent.name or p.stem) if p.stem.lower() in _GENERIC_STEMS else p.stem
+def record_names(record: Mapping[str, Any]):
+    """The config's names of a validated evaluation or benchmark record (:attr:`mpm.records.EvalRecord.names`)."""
+    return (EvalRecord if record["schema"] == EvalRecord.schema else BenchRecord)(record).names
 
 
 def job_times(record: Mapping[str, Any], path: Path | None = None) -> tuple[int | None, int | None]:
@@ -252,7 +257,7 @@ def job_times(record: Mapping[str, Any], path: Path | None = None) -> tuple[int 
             end = None
     start = _utc_ms(record.get("started_utc"))
     if start is None and end is not None:
-        wall = _num(record.get("wall_time_s", record.get("wall_s")))
+        wall = _num(record["wall_time_s"] if record["schema"] == EvalRecord.schema else record["wall_s"])
         start = end - int(round(wall * 1000)) if wall is not None and wall >= 0 else end
     if start is not None and end is not None and start > end:
         start = end
@@ -272,15 +277,6 @@ def _utc_ms(text: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _get(record: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    cur: Any = record
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
 
 
 def _num(value: Any) -> float | None:
@@ -317,15 +313,12 @@ def _target(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     raw = record.get("target")
     if raw is None:
         return "local", {}
-    if isinstance(raw, Mapping):
-        name = raw.get("name") or raw.get("host") or raw.get("kind") or "remote"
-        return str(name), {f"target.{k}": v for k, v in flatten(raw).items() if k != "name"}
+    if isinstance(raw, Mapping):  # both schemas require its name
+        return str(raw["name"]), {f"target.{k}": v for k, v in flatten(raw).items() if k != "name"}
     return str(raw), {}
 
 
-def _method_kwargs(method: Any) -> dict[str, Any]:
-    if not isinstance(method, Mapping):
-        return {}
+def _method_kwargs(method: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in method.items() if k not in _METHOD_BASE_KEYS}
 
 
@@ -369,7 +362,7 @@ def _local_git_commit() -> str | None:
 
 def _artifacts(record: Mapping[str, Any], path: Path, strict: bool) -> tuple[list[Path], list[str]]:
     """The files a record lists (its per-class CSV), found as given, beside the JSON or in the cwd."""
-    listed = [str(v) for v in (record.get("per_class_csv"),) if isinstance(v, str) and v]
+    listed = [record["per_class_csv"]] if "per_class_csv" in record else []  # a non-empty string (eval schema)
     found, missing = [], []
     for text in listed:
         p = Path(text).expanduser()
@@ -394,6 +387,7 @@ class _Eval:
 
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.r = record
+        self.names = EvalRecord(record).names
 
     def identity(self) -> dict[str, Any]:
         r = self.r
@@ -452,16 +446,16 @@ class _Eval:
         for key in ("mIoU", "aAcc", "mAcc"):
             _put(m, key, r["metrics"][key])
         g = r["gflops"]
-        _put(m, "gflops", g.get("per_window"))
-        _put(m, "gflops_dense", g.get("dense_per_window"))
+        _put(m, "gflops", g["per_window"])
+        _put(m, "gflops_dense", g["dense_per_window"])
         _put(m, "gflops_ratio_to_dense", g.get("ratio_to_dense"))
-        _put(m, "gflops_per_image", g.get("per_image"))
+        _put(m, "gflops_per_image", g["per_image"])
         _put(m, "gflops_per_image_std", g.get("per_image_std"))
         _put(m, "gflops_padded", g.get("padded_per_window"))
         for part, v in (g.get("breakdown_per_window") or {}).items():
             _put(m, f"gflops_{part}", v)
         tok = r["tokens"]
-        full = _num(tok["image_tokens"].get("mean"))
+        full = _num(tok["image_tokens"]["mean"])
         _put(m, "tokens_full", full)
         steps = tok["steps"]
         _put_series(s, "tokens_after_step", tok["after_step_mean"])
@@ -513,12 +507,13 @@ class _Bench:
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.r = record
         self.spec = record["spec"]
+        self.names = BenchRecord(record).names
 
     def identity(self) -> dict[str, Any]:
         target, _ = _target(self.r)
         ident: dict[str, Any] = {"kind": "bench"}
         for k, v in self.spec.items():
-            if k == "target":
+            if k in ("target", "names"):  # names: params of their own (names.*), not the job's identity
                 continue
             ident[k] = _device_type(v) if k == "device" else v
         ident.setdefault("limit", None)
@@ -540,7 +535,7 @@ class _Bench:
         return out
 
     def partial(self) -> bool:
-        return bool(self.r.get("partial", False))
+        return False  # a benchmark point times every iteration it was asked for
 
     def metrics(self) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
         r = self.r
@@ -548,13 +543,13 @@ class _Bench:
         s: dict[str, list[tuple[int, float]]] = {}
         timing = r["timing"]
         for key in ("median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"):
-            _put(m, f"latency_{key}", timing.get(key))
+            _put(m, f"latency_{key}", timing[key])
         _put(m, "images_per_s", timing["images_per_s"])
         _put(m, "per_image_ms", timing["per_image_ms"])
         for key, v in r["breakdown_ms"].items():
             _put(m, f"breakdown_{key}" if key.endswith("_ms") else f"breakdown_{key}_ms", v)
         tok = r["tokens"]
-        _put(m, "tokens_full", tok.get("full"))
+        _put(m, "tokens_full", tok["full"])
         for stat in ("mean", "std", "min", "max"):
             _put_series(s, "tokens_after_step" if stat == "mean" else f"tokens_after_step_{stat}",
                         tok.get(f"after_step_{stat}"))
@@ -565,6 +560,9 @@ class _Bench:
     def run_name(self, ident: Mapping[str, str], model_name: str | None = None) -> str:
         sched = _sched_text(self.spec["schedule"])
         method = ident["method"] + (f"({sched})" if sched else "")
-        model = model_name or _checkpoint_name(self.r["model"].get("checkpoint")) or ident["model"]
+        model = model_name or model_name_of(self.r["model"].get("checkpoint")) or ident["model"]
         return (f"bench {model} {method} bs{ident['batch_size']} {ident['backend']} "
                 f"{ident['dtype']} {ident['device']}")
+
+
+_READERS = {"eval": _Eval, "bench": _Bench}

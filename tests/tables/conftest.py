@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mpm.records import schedule_name
+
 REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "h100" / "points_TSB.json"
 H100 = "NVIDIA H100 80GB HBM3"
 PI = "Cortex-A76"
@@ -66,6 +68,7 @@ def make_eval(real_eval, tmp_path):
             r["protocol"]["crop"] = list(crop)
             r["model"]["config"]["image_size"] = list(crop)
         r["method"] = {"method": method, "schedule": list(schedule), "batch_policy": "exact", **method_args}
+        r["names"].update(method=method, schedule=schedule_name(schedule))  # the base's names are MPM(2,5)'s
         r["metrics"]["mIoU"] = miou
         r["gflops"].update(per_image=gflops, dense_per_image=25.28)
         r["tokens"]["after_step_mean"] = list(tokens)

@@ -131,7 +131,9 @@ BENCH_CMD = (
     "mpm bench --target {wildcards.target} --targets-config {params.targets} --images {input.images} "
     "--model {input.checkpoint} --method {wildcards.method} --schedule={params.blocks} {params.method_args} "
     "--batch-size {wildcards.batch} --backend {wildcards.backend} --mode {wildcards.mode} --dtype {wildcards.dtype} "
-    "--warmup {params.warmup} --iters {params.iters} {params.threads} --out {output} > {log} 2>&1"
+    "--warmup {params.warmup} --iters {params.iters} {params.threads} "
+    "--names dataset={params.dataset},model={wildcards.model},method={wildcards.method},schedule={wildcards.schedule} "
+    "--out {output} > {log} 2>&1"
 )
 
 
@@ -148,6 +150,7 @@ def _bench_params():
         targets=TARGETS_CONFIG,
         blocks=lambda w: schedule_blocks(w.method, w.schedule),
         method_args=lambda w: method_args(w.method),
+        dataset=lambda w: config["models"][w.model]["dataset"],
         warmup=config["benchmark"].get("warmup", 10),
         iters=config["benchmark"].get("iters", 50),
         threads=lambda w: (f"--threads {bench_point(w.target, w.model)['threads']}"

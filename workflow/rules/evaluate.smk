@@ -31,4 +31,5 @@ rule evaluate:
         "--checkpoint {input.checkpoint} --method {wildcards.method} --schedule={params.blocks} "
         "{params.method_args} --backend {params.backend} --dtype {params.dtype} --device {params.device} "
         "--batch-size {params.batch} --threads {threads} {params.limit} "
+        "--names dataset={wildcards.dataset},model={wildcards.model},method={wildcards.method},schedule={wildcards.schedule} "
         "--out {output.result} --per-class-csv {output.classes} --no-progress > {log} 2>&1"
