@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpm.backends import exportable_backends
 from mpm.benchmarking.onnx_merge import MergeStep, plan_steps
 from mpm.errors import ConfigError
 from mpm.merging.algm import window_similarity
@@ -54,7 +55,7 @@ OPSET = 17
 MANIFEST = "manifest.json"
 FORMAT = "mpm.onnx-segments/1"
 #: attention backends whose computation exports to plain ONNX ops
-EXPORTABLE_BACKENDS = ("math", "sdpa")
+EXPORTABLE_BACKENDS = exportable_backends()
 EXPORTER = "torch.onnx.export (TorchScript, dynamo=False)"
 
 
