@@ -3,6 +3,11 @@
 - :mod:`mpm.tables.paper`   main table per dataset and model, cross-platform table, schedule
   ablation (Markdown, LaTeX, CSV) from ``mpm.eval/1`` and ``mpm.bench/1`` records;
   ``mpm tables`` on the command line
+- :mod:`mpm.tables.results` reading result files, folders and manifests
+- :mod:`mpm.tables.labels`  method, schedule, model and device texts
+- :mod:`mpm.tables.frames`  one row per evaluation / benchmark record
+- :mod:`mpm.tables.columns` timing columns (one target, backend and batch size)
+- :mod:`mpm.tables.render`  a table as Markdown, LaTeX, CSV and HTML
 - :mod:`mpm.tables.figures` speed–accuracy Pareto fronts, tokens entering each encoder block
 - :mod:`mpm.tables.bench`   benchmark results alone (the H100 reference tables)
 
@@ -15,15 +20,15 @@ from typing import Any
 
 _EXPORTS = {
     "build_paper": "mpm.tables.paper",
-    "load_results": "mpm.tables.paper",
+    "load_results": "mpm.tables.results",
     "Paper": "mpm.tables.paper",
-    "Results": "mpm.tables.paper",
-    "Table": "mpm.tables.paper",
-    "eval_frame": "mpm.tables.paper",
-    "timing_frame": "mpm.tables.paper",
-    "write_table": "mpm.tables.paper",
-    "render_markdown": "mpm.tables.paper",
-    "render_latex": "mpm.tables.paper",
+    "Results": "mpm.tables.results",
+    "Table": "mpm.tables.render",
+    "eval_frame": "mpm.tables.frames",
+    "timing_frame": "mpm.tables.frames",
+    "write_table": "mpm.tables.render",
+    "render_markdown": "mpm.tables.render",
+    "render_latex": "mpm.tables.render",
     "speed_accuracy_figure": "mpm.tables.figures",
     "tokens_layer_figure": "mpm.tables.figures",
     "tokens_entering_blocks": "mpm.tables.figures",

@@ -150,7 +150,7 @@ def _family_shades(rows: pd.DataFrame) -> dict:
 def tokens_layer_figure(rows: pd.DataFrame, *, title: str, note: str | None = None):
     """Image tokens entering each encoder block, one line per method and schedule, dense flat.
 
-    ``rows`` are evaluation rows (:func:`mpm.tables.paper.eval_frame`): ``method_name``, ``label``,
+    ``rows`` are evaluation rows (:func:`mpm.tables.frames.eval_frame`): ``method_name``, ``label``,
     ``schedule``, ``tokens_after``, ``token_steps``, ``image_tokens``, ``depth``, ``partial``,
     ``method_key``. A partial run is drawn (dotted) only when no full run of the same method exists.
     """

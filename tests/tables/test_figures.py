@@ -12,7 +12,8 @@ from mpm.tables.figures import (
     speed_accuracy_figure,
     tokens_entering_blocks,
 )
-from mpm.tables.paper import Paper, build_paper, load_results
+from mpm.tables.paper import Paper, build_paper
+from mpm.tables.results import load_results
 
 
 def test_pareto_front() -> None:

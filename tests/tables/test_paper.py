@@ -13,18 +13,11 @@ import pandas as pd
 import pytest
 
 from mpm.errors import ConfigError
-from mpm.tables.paper import (
-    Paper,
-    Table,
-    build_paper,
-    cell_text,
-    eval_frame,
-    load_results,
-    render_html,
-    render_latex,
-    schedule_text,
-    timing_frame,
-)
+from mpm.tables.frames import eval_frame, timing_frame
+from mpm.tables.labels import schedule_text
+from mpm.tables.paper import Paper, build_paper
+from mpm.tables.render import Table, cell_text, render_html, render_latex
+from mpm.tables.results import load_results
 
 
 def _csv(path: Path) -> dict[str, dict]:
