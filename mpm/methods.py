@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from mpm.errors import ConfigError
 
-__all__ = ["BATCH_POLICIES", "MethodIdentity", "MethodSpec", "available_methods", "get_spec", "identify",
-           "register_spec", "resolve_schedule", "schedule_text"]
+__all__ = ["BATCH_POLICIES", "PAPER_METHOD", "MethodIdentity", "MethodSpec", "available_methods", "find_spec",
+           "get_spec", "identify", "is_dense", "method_order", "register_spec", "resolve_schedule", "schedule_text"]
 
 Site = Literal["before_block", "after_attention"]
 BATCH_POLICIES = ("exact", "batch-min")
@@ -161,6 +161,27 @@ def get_spec(name: str) -> MethodSpec:
     return spec
 
 
+def find_spec(name: str) -> MethodSpec | None:
+    """The spec of a registered method, or None (records may name methods this checkout lacks)."""
+    return _SPECS.get(str(name).lower())
+
+
+def method_order(name: str) -> int:
+    """Position of a method in the registry (table rows, legends, colours); unregistered names last."""
+    names = available_methods()
+    return names.index(name) if name in names else len(names)
+
+
+def is_dense(name: str) -> bool:
+    """Whether the method never merges (the dense baseline)."""
+    spec = find_spec(name)
+    return spec is not None and not spec.merges
+
+
+#: the method the paper proposes: the ablation of schedules is about it
+PAPER_METHOD = "mpm"
+
+
 def identify(name: str | None, schedule: Sequence[int] | str = (), depth: int | None = None,
              batch_policy: str = "exact", **params: Any) -> MethodIdentity:
     """The checked identity of a method configuration (what :func:`mpm.merging.build_method` would build)."""
@@ -220,7 +241,7 @@ class MethodIdentity:
     @property
     def spec(self) -> MethodSpec | None:
         """The registered spec of this method, or None for a name the registry does not know."""
-        return _SPECS.get(self.name)
+        return find_spec(self.name)
 
     @property
     def merges(self) -> bool:
@@ -237,8 +258,7 @@ class MethodIdentity:
     @property
     def order(self) -> int:
         """Position of the method in the registry (table rows, legends); unregistered names last."""
-        names = available_methods()
-        return names.index(self.name) if self.name in names else len(names)
+        return method_order(self.name)
 
     def check_depth(self, depth: int) -> None:
         """Fail clearly if the schedule does not fit an encoder of ``depth`` blocks."""
