@@ -67,7 +67,7 @@ def check_exportable(method, backend: str, batch_size: int = 1, dtype: str = "fl
     if dtype != "float32":
         raise ConfigError(f"--runtime onnxruntime runs float32 only, not {dtype}")
     plan_steps(method)  # a method without an ONNX Runtime path fails here
-    if method.schedule and method.name != "none" and method.batch_policy != "exact" and batch_size > 1:
+    if method.identity.merges and method.batch_policy != "exact" and batch_size > 1:
         raise ConfigError(f"--runtime onnxruntime merges each image as if alone (batch policy 'exact'); "
                           f"{method.name} with batch policy {method.batch_policy!r} at batch size {batch_size} "
                           "needs the whole batch's counts (use --runtime torch)")
