@@ -179,14 +179,15 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
         cu = packing.cu_seqlens
         return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
                                                  softmax_scale=scale)
-    if backend in ("math", "sdpa") and isinstance(packing, Varlen):  # a testing path: syncs once
+    varlen = get_backend(backend).varlen  # else no varlen kernel: attention on the padded layout
+    if not varlen and isinstance(packing, Varlen):  # a testing path: syncs once
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale).transpose(1, 2).flatten(2)
         j = torch.arange(packing.max_len, device=q.device)
         valid = j < packing.lengths[:, None]
         rows = (packing.start[:, None] + j)[valid]
         return torch.zeros_like(q.flatten(1)).index_copy_(0, rows, out[valid]).view_as(q)
-    if backend in ("math", "sdpa"):  # no varlen kernel: masked attention on the padded layout
+    if not varlen:  # no varlen kernel: masked attention on the padded layout
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale)
         return packing.pack(out.transpose(1, 2).flatten(2)).view_as(q)
