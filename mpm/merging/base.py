@@ -19,8 +19,8 @@ from torch import Tensor
 
 from mpm.errors import ConfigError
 from mpm.merging.maps import TokenMerge
-from mpm.methods import (BATCH_POLICIES, MethodIdentity, MethodSpec, Site, check_schedule, get_spec,  # noqa: F401
-                         resolve_schedule)
+from mpm.methods import (BATCH_POLICIES, MethodIdentity, MethodSpec, Site, check_schedule, find_spec,  # noqa: F401
+                         get_spec, resolve_schedule)
 from mpm.methods import available_methods as _spec_names
 
 
@@ -135,7 +135,8 @@ register(NoMerge)
 
 def available_methods() -> list[str]:
     """The methods with a torch implementation, in the registry's order (:func:`mpm.methods.available_methods`)."""
-    return [name for name in _spec_names() if name in _REGISTRY]
+    named = [name for name in _spec_names() if name in _REGISTRY]
+    return named + sorted(set(_REGISTRY) - set(named))
 
 
 def build_method(name: str | MergeMethod | None, schedule: Sequence[int] | str = (), depth: int | None = None,
@@ -150,7 +151,10 @@ def build_method(name: str | MergeMethod | None, schedule: Sequence[int] | str =
     if isinstance(name, MergeMethod):
         return name
     schedule = resolve_schedule(schedule, depth)
-    spec = get_spec("none" if name is None else name)
+    key = "none" if name is None else str(name).lower()
+    if key in _REGISTRY and find_spec(key) is None:  # a class registered by hand, without a spec
+        return _REGISTRY[key](schedule, **kwargs)
+    spec = get_spec(key)
     if spec.name not in _REGISTRY:
         raise ConfigError(f"merge method {spec.name!r} has no implementation here; available: "
                           f"{', '.join(available_methods())}")
