@@ -1,6 +1,7 @@
 """Build the H100 reference tables from the study's JSON results.
 
-    python benchmarks/h100_table.py results/reference/h100/points_*.json --out results/reference/h100
+    python benchmarks/h100_table.py results/reference/h100/points_TSB.json results/reference/h100/points_L.json \
+        --out results/reference/h100
 """
 
 from __future__ import annotations

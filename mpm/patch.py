@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from mpm.backends import get_backend
 from mpm.merging.base import MergeMethod, build_method
-from mpm.models.attention import check_backend
 from mpm.models.encoder import check_vit, run_encoder
 
 __all__ = ["timm", "unpatch"]
@@ -36,7 +36,7 @@ def timm(model: nn.Module, schedule: Sequence[int] | str = (2, 5), method: str |
         schedule: the blocks (0-based) with a merge site, e.g. ``(2, 5)`` for MPM(2,5),
             or ``"all"`` (ToMe's usual setting).
         method: ``"mpm"``, ``"tome"``, ``"algm"``, ``"none"`` or a :class:`MergeMethod`.
-        backend: attention backend (``math``, ``sdpa``, ``fa2``, ``flash-attn``).
+        backend: a registered attention backend (:func:`mpm.backends.backend_names`).
         batch_policy: ``"exact"`` or ``"batch-min"`` for methods with per-image counts.
         method_kwargs: extra parameters of the method (ToMe's ``r``, ALGM's thresholds).
     """
@@ -44,8 +44,7 @@ def timm(model: nn.Module, schedule: Sequence[int] | str = (2, 5), method: str |
     merge = method if isinstance(method, MergeMethod) else build_method(
         method, schedule, depth=len(model.blocks), batch_policy=batch_policy, **method_kwargs)
     merge.validate(len(model.blocks))
-    if backend not in ("math", "sdpa", "fa2", "flash-attn"):
-        check_backend(backend, "cpu", torch.float32)  # raises the uniform error
+    get_backend(backend)  # an unknown name fails here, naming the registered ones
     if not hasattr(model, "_mpm_original_forward_features"):
         model._mpm_original_forward_features = model.forward_features
     model.mpm_method = merge

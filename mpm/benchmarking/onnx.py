@@ -94,7 +94,7 @@ def run_point_onnx(spec) -> dict:
     model = model.float().eval()
     method = _method(spec, model.config.depth)
     method.validate(model.config.depth)
-    dense = not method.schedule or method.name == "none"
+    dense = not method.identity.merges
     crop = tuple(spec.crop) if spec.crop else tuple(model.config.image_size)
     pool, source = load_batch_images(spec.images, spec.batch_size * spec.pool_batches, crop)
     with torch.inference_mode():

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpm.backends import exportable_backends
 from mpm.benchmarking.onnx_merge import MergeStep, plan_steps
 from mpm.errors import ConfigError
 from mpm.merging.algm import window_similarity
@@ -54,7 +55,7 @@ OPSET = 17
 MANIFEST = "manifest.json"
 FORMAT = "mpm.onnx-segments/1"
 #: attention backends whose computation exports to plain ONNX ops
-EXPORTABLE_BACKENDS = ("math", "sdpa")
+EXPORTABLE_BACKENDS = exportable_backends()
 EXPORTER = "torch.onnx.export (TorchScript, dynamo=False)"
 
 
@@ -66,7 +67,7 @@ def check_exportable(method, backend: str, batch_size: int = 1, dtype: str = "fl
     if dtype != "float32":
         raise ConfigError(f"--runtime onnxruntime runs float32 only, not {dtype}")
     plan_steps(method)  # a method without an ONNX Runtime path fails here
-    if method.schedule and method.name != "none" and method.batch_policy != "exact" and batch_size > 1:
+    if method.identity.merges and method.batch_policy != "exact" and batch_size > 1:
         raise ConfigError(f"--runtime onnxruntime merges each image as if alone (batch policy 'exact'); "
                           f"{method.name} with batch policy {method.batch_policy!r} at batch size {batch_size} "
                           "needs the whole batch's counts (use --runtime torch)")

@@ -252,7 +252,7 @@ def plan_steps(method, grid: tuple[int, int] = (0, 0)) -> list[tuple[int, str, M
 
     Raises :class:`ConfigError` (one line) when the method has no ONNX Runtime path.
     """
-    if method.name == "none" or not method.schedule:
+    if not method.identity.merges:
         return []
     if method.name not in _PLANNERS:
         raise ConfigError(f"--runtime onnxruntime: merge method {method.name!r} has no ONNX Runtime path "

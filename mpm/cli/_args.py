@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mpm.backends import backend_names
 from mpm.errors import ConfigError
-
-#: schedule of a method when none is given on the command line
-DEFAULT_SCHEDULES: dict[str, tuple[int, ...]] = {"mpm": (2, 5)}
+from mpm.methods import BATCH_POLICIES, available_methods, get_spec, identify
 
 
 # --------------------------------------------------------------------------- the parser
@@ -94,6 +93,14 @@ def schedule(text: str) -> tuple[int, ...] | str:
         return parse_schedule(text)  # type: ignore[return-value]
     except ConfigError:
         raise _type_error(text, "comma-separated block indices (e.g. 2,5), 'all' or 'none'") from None
+
+
+def method_name(text: str) -> str:
+    """argparse ``type=`` of ``--method``: a registered merge method (:mod:`mpm.methods`), lower-cased."""
+    name = text.strip().lower()
+    if name not in available_methods():
+        raise argparse.ArgumentTypeError(f"unknown merge method {text!r}; available: {', '.join(available_methods())}")
+    return name
 
 
 def input_file(text: str) -> str:
@@ -188,20 +195,60 @@ def method_schedule(method: str, given: tuple[int, ...] | str | None,
 
     A schedule that the method would ignore (``--method none --schedule 2,5``: the
     dense model never merges) is refused rather than dropped silently, so a result
-    is never labelled with blocks that did nothing. Which methods ignore a schedule
-    is asked of the method registry, not listed here.
+    is never labelled with blocks that did nothing. Which methods ignore a schedule,
+    and each method's default, are asked of the method specs (:mod:`mpm.methods`),
+    not listed here.
     """
     if given is None:
-        return DEFAULT_SCHEDULES.get(method, ())
+        return get_spec(method).default_schedule
     if given:
-        from mpm.merging import build_method
-
-        probe = build_method(method, (0,) if given == "all" else given, **dict(method_kwargs or {}))
+        probe = identify(method, (0,) if given == "all" else given, **dict(method_kwargs or {}))
         if not probe.schedule:
             shown = given if isinstance(given, str) else ",".join(str(b) for b in given)
             raise ConfigError(f"--schedule {shown}: method {method!r} never merges, so a schedule does nothing; "
                               "drop --schedule (or give --schedule none), or choose a merge method")
     return given
+
+
+# --------------------------------------------------------------------------- the merge options
+
+
+def add_merge_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                      defaults: dict[str, Any] | None = None) -> None:
+    """``--method``, ``--schedule``, ``--method-arg``, ``--batch-policy``, ``--backend``: declared once for
+    ``mpm eval`` and ``mpm bench``; names and choices come from the method and backend registries.
+
+    ``defaults``: the values of ``method``, ``batch_policy`` and ``backend`` when not given (``mpm eval``:
+    ``none``, ``exact``, ``math``); without them the options default to None (``mpm bench``: a ``--spec``
+    file or the benchmark's own defaults fill them), and the help shows the same values.
+    """
+    given = dict(defaults or {})
+    shown = {"method": "none", "batch_policy": "exact", "backend": "math", **given}
+    methods = " | ".join(available_methods())
+    parser.add_argument("--method", type=method_name, default=given.get("method"),
+                        help=f"merge method: {methods} (default {shown['method']})")
+    defaults_text = ", ".join(f"{n}: {','.join(map(str, get_spec(n).default_schedule))}"
+                              for n in available_methods() if get_spec(n).default_schedule)
+    parser.add_argument("--schedule", type=schedule, default=None,
+                        help="blocks (0-based) before/in which the method runs, e.g. 2,5, or all "
+                             f"(default: {defaults_text or 'none'}; the method's own otherwise)")
+    params = "; ".join(f"{n}: {', '.join(get_spec(n).defaults)}" for n in available_methods()
+                       if get_spec(n).defaults)
+    parser.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"method parameter, e.g. r=8 for tome (repeatable; {params})")
+    parser.add_argument("--batch-policy", default=given.get("batch_policy"), choices=BATCH_POLICIES,
+                        help="how images of one batch with different token counts run "
+                             f"(default {shown['batch_policy']})")
+    parser.add_argument("--backend", default=given.get("backend"), choices=backend_names(),
+                        help=f"attention backend (default {shown['backend']})")
+
+
+def merge_options(args: argparse.Namespace) -> tuple[str, tuple[int, ...] | str, dict[str, Any]]:
+    """(method, schedule, method kwargs) of the options of :func:`add_merge_options`: the schedule is the
+    given one or the method's default, and one the method would ignore is refused (:func:`method_schedule`)."""
+    name = (args.method or "none").strip().lower()
+    kwargs = parse_method_args(args.method_args)
+    return name, method_schedule(name, args.schedule, kwargs), kwargs
 
 
 # --------------------------------------------------------------------------- parsers

@@ -15,6 +15,7 @@ from typing import Any
 
 from mpm.cli._args import (
     Parser,
+    add_merge_options,
     check_device,
     count,
     input_file,
@@ -24,9 +25,9 @@ from mpm.cli._args import (
     parse_int_pair,
     parse_method_args,
     positive_number,
-    schedule,
 )
 from mpm.errors import ConfigError
+from mpm.methods import MethodIdentity
 from mpm.records.names import NAMES_HELP, names_argument
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
@@ -75,14 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=count(1), default=None, help="classes of a random-init model (default 150)")
     p.add_argument("--crop", type=int_pair(_CROP_EXAMPLE, single=True), default=None, metavar="H[,W]",
                    help="input size (default: the model's, 512 or 640 for L)")
-    p.add_argument("--method", default=None, help="none | mpm | tome | algm (default none)")
-    p.add_argument("--schedule", type=schedule, default=None,
-                   help="blocks (0-based) where the method runs, e.g. 2,5 (default 2,5 for mpm)")
-    p.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
-                   help="method parameter, e.g. r=8 for tome (repeatable)")
-    p.add_argument("--batch-policy", default=None, choices=("exact", "batch-min"))
+    add_merge_options(p)  # --method --schedule --method-arg --batch-policy --backend, as `mpm eval`
     p.add_argument("--batch-size", type=count(1), default=None, metavar="N", help="images per forward (default 1)")
-    p.add_argument("--backend", default=None, help="attention: math | sdpa | fa2 | flash-attn (default math)")
     p.add_argument("--mode", default=None, choices=("eager", "graphs"),
                    help="execution mode: eager (default) or graphs (CUDA graphs, one per token-count bucket)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
@@ -188,7 +183,7 @@ def run(args) -> int:
         return 130
     timing, tokens = result["timing"], result["tokens"]
     left = ",".join(f"{v:.0f}" for v in tokens.get("after_step_mean", [])) or "-"
-    print(f"{target.name}: {spec.model} {spec.method}{list(spec.schedule) if spec.schedule else ''} "
+    print(f"{target.name}: {spec.model} {MethodIdentity.from_dict(result['method']).short} "
           f"bs={spec.batch_size} {spec.backend}/{spec.dtype} on {result['environment'].get('device_name')}: "
           f"{timing['per_image_ms']:.2f} ms/img, {timing['images_per_s']:.2f} img/s, "
           f"tokens {tokens['full']} -> {left}")

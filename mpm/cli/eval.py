@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 from mpm.cli._args import (
+    add_merge_options,
     check_device,
     count,
     input_file,
     int_pair,
-    method_schedule,
+    merge_options,
     output_file,
     output_file_or_dir,
     parse_method_args,
@@ -34,16 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
     parser.add_argument("--checkpoint", required=True, type=input_file,
                         help="checkpoint file (Segmenter, mmseg or mpm format)")
-    parser.add_argument("--method", default="none", help="merge method: none | mpm | tome | algm (default none)")
-    parser.add_argument("--schedule", default=None,
-                        help="blocks (0-based) before/in which the method runs, e.g. 2,5 "
-                             "(default: 2,5 for mpm, the method's own default otherwise)")
-    parser.add_argument("--method-arg", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra method parameter, e.g. r=8 for tome (repeatable)")
-    parser.add_argument("--batch-policy", default="exact", choices=("exact", "batch-min"),
-                        help="how images of one batch with different token counts run (default exact)")
-    parser.add_argument("--backend", default="math", help="attention backend: math | sdpa | fa2 | flash-attn "
-                                                          "(default math)")
+    add_merge_options(parser, defaults={"method": "none", "batch_policy": "exact", "backend": "math"})
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=count(1), default=1, metavar="N",
@@ -76,9 +68,7 @@ def run(args) -> int:
     from mpm.evaluation.evaluate import evaluate
     from mpm.models.checkpoints import load_segmenter
 
-    method = args.method.strip().lower()
-    method_kwargs = parse_method_args(args.method_args)
-    schedule = method_schedule(method, parse_schedule(args.schedule), method_kwargs)
+    method, schedule, method_kwargs = merge_options(args)
     check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

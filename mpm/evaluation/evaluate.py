@@ -49,6 +49,7 @@ from mpm.errors import CheckpointError, ConfigError, DatasetError
 from mpm.evaluation.metrics import ConfusionMatrix, SegMetrics, write_per_class_csv
 from mpm.evaluation.sliding import resize_keep_ratio, resize_logits, slide_windows
 from mpm.merging.base import MergeMethod, build_method
+from mpm.methods import MethodIdentity
 from mpm.models.flops import flops_of_run, merge_steps, segmenter_flops
 from mpm.records import EVAL_SCHEMA, EvalRecord, model_name_of, resolve_names
 
@@ -221,9 +222,7 @@ class EvalResult:
         steps = tok["steps"]
         tokens = "dense" if not steps else " -> ".join(
             f"{s['mean']:.1f}" for s in steps) + f" of {tok['image_tokens']['mean']:.0f} tokens"
-        m = r["method"]
-        sched = ",".join(str(b) for b in m.get("schedule", []))
-        name = m["method"] + (f"({sched})" if sched else "")
+        name = MethodIdentity.from_dict(r["method"]).short
         saving = (1.0 - g["per_window"] / g["dense_per_window"]) * 100 if g["dense_per_window"] else 0.0
         part = f" PARTIAL (limit {r['limit']})" if r["partial"] else ""
         return (f"{r['dataset']['name']}/{r['dataset']['split']} {r['model']['name']} {name}: "
@@ -248,14 +247,7 @@ def result_filename(record: Mapping[str, Any]) -> str:
         model = path.parent.name if path.stem == "checkpoint" else path.stem
     else:
         model = f"seg_{record['model']['size']}".lower()
-    m = record["method"]
-    method = m["method"] + ("-" + "_".join(str(b) for b in m.get("schedule", [])) if m.get("schedule") else "")
-    extra = {k: v for k, v in m.items() if k not in ("method", "schedule", "batch_policy")}
-    if m.get("batch_policy", "exact") != "exact":
-        method += f"-{m['batch_policy']}"
-    if m["method"] == "tome" and "r" in extra:
-        r = extra["r"]
-        method += "-r" + ("_".join(str(v) for v in r) if isinstance(r, list) else str(r))
+    method = MethodIdentity.from_dict(record["method"]).slug
     name = f"{record['dataset']['name']}-{record['dataset']['split']}__{model}__{method}"
     if record.get("partial"):
         name += f"__limit{record['images']['evaluated']}"

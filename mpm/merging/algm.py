@@ -53,6 +53,7 @@ from torch import Tensor
 from mpm.errors import ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, register
 from mpm.merging.maps import TokenMerge
+from mpm.methods import ALGM_DEFAULT_LOCAL_THRESHOLD, ALGM_DEFAULT_SCHEDULE
 from mpm.merging.tome import (
     Matching,
     bipartite_matching,
@@ -75,8 +76,8 @@ ALGM_LOCAL_THRESHOLDS: dict[tuple[str, str], float] = {
 #: published schedules, ViT size -> (local block, global block), 0-based ("--selected-layers 1 5" / "1 7")
 ALGM_SCHEDULES: dict[str, tuple[int, int]] = {"T": (0, 4), "S": (0, 4), "B": (0, 4), "L": (0, 6)}
 #: defaults of the reference code (apply_patch / eval --threshold, README)
-DEFAULT_SCHEDULE: tuple[int, int] = (0, 4)
-DEFAULT_LOCAL_THRESHOLD = 0.88
+DEFAULT_SCHEDULE: tuple[int, int] = ALGM_DEFAULT_SCHEDULE
+DEFAULT_LOCAL_THRESHOLD = ALGM_DEFAULT_LOCAL_THRESHOLD
 
 Metric = Literal["tokens", "keys"]
 
@@ -245,16 +246,13 @@ class ALGM(MergeMethod):
                  window: Sequence[int] = (2, 2), metric: Metric = "tokens", prop_attn: bool = False) -> None:
         schedule = tuple(schedule) or DEFAULT_SCHEDULE
         super().__init__(schedule, batch_policy)
-        window = tuple(int(v) for v in window)
-        if len(window) != 2 or min(window) < 1 or window[0] * window[1] < 2:
-            raise ConfigError(f"algm: window must be two sizes >= 1 covering >= 2 tokens, got {window!r}")
-        if metric not in ("tokens", "keys"):
-            raise ConfigError(f"algm: metric must be 'tokens' or 'keys', got {metric!r}")
-        self.local_threshold = float(local_threshold)
-        self.global_threshold = None if global_threshold is None else float(global_threshold)
-        self.window: tuple[int, int] = window  # type: ignore[assignment]
-        self.metric = metric
-        self.proportional_attention = bool(prop_attn)
+        checked = self._checked(schedule, local_threshold=local_threshold, global_threshold=global_threshold,
+                                window=window, metric=metric, prop_attn=prop_attn)  # mpm.methods.ALGMSpec
+        self.local_threshold: float = checked["local_threshold"]
+        self.global_threshold: float | None = checked["global_threshold"]
+        self.window: tuple[int, int] = tuple(checked["window"])  # type: ignore[assignment]
+        self.metric: Metric = checked["metric"]
+        self.proportional_attention = checked["prop_attn"]
 
     @classmethod
     def published(cls, size: str = "S", dataset: str = "ade20k", batch_policy: str = "exact") -> "ALGM":
@@ -291,9 +289,8 @@ class ALGM(MergeMethod):
                 f"but it gets {n} tokens after an earlier merge; run ALGM first and alone"
             )
 
-    def describe(self) -> dict:
+    def params(self) -> dict:
         return {
-            **super().describe(),
             "local_threshold": self.local_threshold,
             "global_threshold": self.global_threshold,
             "window": list(self.window),

@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpm.errors import ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, register
 from mpm.merging.maps import identity_map, TokenMerge, valid_mask
 
@@ -356,23 +355,15 @@ class ToMe(MergeMethod):
                  prop_attn: bool = False) -> None:
         super().__init__(schedule, batch_policy)
         given = [int(b) for b in schedule]
-        if isinstance(r, (list, tuple)):
-            if len(r) != len(given):
-                raise ConfigError(f"tome: r has {len(r)} entries but the schedule has {len(given)} blocks")
-            rs = [int(v) for v in r]
-        elif isinstance(r, int) and not isinstance(r, bool):
-            rs = [r] * len(given)
-        else:
-            raise ConfigError(f"tome: r must be an int or a list of ints, got {r!r}")
-        if any(v < 0 for v in rs):
-            raise ConfigError(f"tome: r must be >= 0, got {r!r}")
+        checked = self._checked(given, r=r, prop_attn=prop_attn)  # mpm.methods.ToMeSpec
+        self.r: int | list[int] = checked["r"]
+        rs = self.r if isinstance(self.r, list) else [self.r] * len(given)
         self.r_per_block: dict[int, int] = dict(zip(given, rs))
-        self.r = r if isinstance(r, int) else list(rs)
-        self.proportional_attention = bool(prop_attn)
+        self.proportional_attention = checked["prop_attn"]
 
     def merge(self, x: Tensor, ctx: MergeContext) -> TokenMerge:
         r = self.r_per_block.get(ctx.block, 0)
         return tome_merge(x, ctx.size, ctx.metric, r, ctx.lengths, self.batch_policy)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "r": self.r, "prop_attn": self.proportional_attention}
+    def params(self) -> dict:
+        return {"r": self.r, "prop_attn": self.proportional_attention}

@@ -20,16 +20,16 @@ A backend that cannot run with the given inputs raises
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mpm.backends import backend_names, backends, get_backend
 from mpm.errors import BackendError
 
-Backend = Literal["math", "sdpa", "fa2", "flash-attn"]
-BACKENDS: tuple[str, ...] = ("math", "sdpa", "fa2", "flash-attn")
+#: a registered backend's name (:mod:`mpm.backends`)
+Backend = str
+BACKENDS: tuple[str, ...] = backend_names()
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -41,21 +41,20 @@ def flash_attn_available() -> bool:
 def check_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> None:
     """Raise :class:`BackendError` unless ``backend`` can run on ``device`` with ``dtype``."""
     device = torch.device(device)
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend in ("fa2", "flash-attn"):
-        if device.type != "cuda":
-            raise BackendError(
-                f"attention backend {backend!r} (FlashAttention-2) needs a CUDA device, got {device}; "
-                "use 'math' or 'sdpa' on this device"
-            )
-        if dtype not in _HALF:
-            raise BackendError(
-                f"attention backend {backend!r} (FlashAttention-2) needs float16 or bfloat16 inputs, got {dtype}; "
-                "run the model in half precision or use 'math' / 'sdpa'"
-            )
-        if backend == "flash-attn" and not flash_attn_available():
-            raise BackendError("attention backend 'flash-attn' needs the flash-attn package (pip install 'mpm[flash]')")
+    spec = get_backend(backend)
+    anywhere = " / ".join(f"'{b.name}'" for b in backends() if not b.devices and not b.half_only)
+    if not spec.runs_on(device.type):
+        raise BackendError(
+            f"attention backend {backend!r} (FlashAttention-2) needs a CUDA device, got {device}; "
+            f"use {anywhere.replace(' / ', ' or ')} on this device"
+        )
+    if spec.half_only and dtype not in _HALF:
+        raise BackendError(
+            f"attention backend {backend!r} (FlashAttention-2) needs float16 or bfloat16 inputs, got {dtype}; "
+            f"run the model in half precision or use {anywhere}"
+        )
+    if spec.package and importlib.util.find_spec(spec.package) is None:
+        raise BackendError(f"attention backend {backend!r} needs the {backend} package (pip install 'mpm[flash]')")
 
 
 def key_padding_mask(lengths: Tensor, num_keys: int) -> Tensor:
@@ -90,10 +89,11 @@ def attention(
         return _math(q, k, v, lengths, bias, scale)
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(q, lengths, bias), scale=scale)
-    if bias is not None:
+    if bias is not None and not get_backend(backend).takes_bias:
+        biased = " or ".join(f"'{b.name}'" for b in backends() if b.takes_bias)
         raise BackendError(
             f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional attention "
-            "(ToMe's prop_attn) needs backend 'math' or 'sdpa'"
+            f"(ToMe's prop_attn) needs backend {biased}"
         )
     if backend == "fa2":
         return _fa2(q, k, v, lengths, scale)
@@ -179,14 +179,15 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
         cu = packing.cu_seqlens
         return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
                                                  softmax_scale=scale)
-    if backend in ("math", "sdpa") and isinstance(packing, Varlen):  # a testing path: syncs once
+    varlen = get_backend(backend).varlen  # else no varlen kernel: attention on the padded layout
+    if not varlen and isinstance(packing, Varlen):  # a testing path: syncs once
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale).transpose(1, 2).flatten(2)
         j = torch.arange(packing.max_len, device=q.device)
         valid = j < packing.lengths[:, None]
         rows = (packing.start[:, None] + j)[valid]
         return torch.zeros_like(q.flatten(1)).index_copy_(0, rows, out[valid]).view_as(q)
-    if backend in ("math", "sdpa"):  # no varlen kernel: masked attention on the padded layout
+    if not varlen:  # no varlen kernel: masked attention on the padded layout
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
         out = attention(*padded, backend=backend, lengths=packing.lengths, scale=scale)
         return packing.pack(out.transpose(1, 2).flatten(2)).view_as(q)

@@ -17,13 +17,14 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
+from mpm.backends import varlen_backends
 from mpm.errors import BackendError, ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
 from mpm.merging.maps import compose, gather_mean, identity_map, merge_sizes, row_sources, rows_to_padded, unmerge
 from mpm.models.attention import Packing, Varlen, attention, attention_packed
 
-#: backends whose attention runs packed variable-length sequences (FlashAttention-2 varlen)
-VARLEN_BACKENDS = ("fa2", "flash-attn")
+#: backends whose attention runs packed variable-length sequences (FlashAttention-2 varlen; :mod:`mpm.backends`)
+VARLEN_BACKENDS = varlen_backends()
 #: exact batches keep their tokens packed (no padding in the linear layers) with these backends ...
 PACKED_BACKENDS = VARLEN_BACKENDS
 #: ... and with every backend on these devices (attention then unpacks to a masked padded layout).

@@ -8,13 +8,19 @@ from typing import Iterable
 
 import pandas as pd
 
+from mpm.backends import cuda_labels
+from mpm.methods import MethodIdentity
+
 #: what a throughput column is called after the backend that ran on a CUDA device (FlashAttention-2 off
 #: or on); on any other device it is called after the device and backend as run, e.g. ``CPU math``
-CUDA_BACKEND_LABELS = {"math": "FA2 off", "fa2": "FA2 on"}
+#: (the backend registry's ``cuda_label``: :mod:`mpm.backends`)
+CUDA_BACKEND_LABELS = cuda_labels()
+#: the backends of the FA2 off / on columns, in that order
+FA2_OFF, FA2_ON = CUDA_BACKEND_LABELS
 
 
 def backend_label(backend: str, device_kind: str) -> str:
-    """``FA2 off`` / ``FA2 on`` for ``math`` / ``fa2`` on ``cuda``, else e.g. ``CPU math``."""
+    """A backend's ``cuda_label`` (``FA2 off`` / ``FA2 on``) on ``cuda``, else e.g. ``CPU math``."""
     if device_kind == "cuda" and backend in CUDA_BACKEND_LABELS:
         return CUDA_BACKEND_LABELS[backend]
     return f"{(device_kind or 'device').upper()} {backend}"
@@ -22,7 +28,7 @@ def backend_label(backend: str, device_kind: str) -> str:
 
 #: column order of :func:`bench_frame`
 BENCH_COLUMNS = [
-    "device", "weights", "model", "method", "schedule", "batch_policy", "batch_size", "backend", "dtype",
+    "device", "weights", "model", "method", "schedule", "dense", "batch_policy", "batch_size", "backend", "dtype",
     "images_per_s", "per_image_ms", "median_ms", "p10_ms", "p90_ms", "gflops", "tokens_after_steps",
     "embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms", "image_source", "git_commit",
 ]
@@ -37,17 +43,6 @@ def read_results(paths: Iterable[str | Path]) -> list[dict]:
     return out
 
 
-def schedule_label(method: str, schedule: list[int] | tuple[int, ...], kwargs: dict | None = None) -> str:
-    """``MPM(2,5)``-style label of a method and its schedule."""
-    if method == "none":
-        return "none"
-    if method == "tome":
-        r = (kwargs or {}).get("r")
-        return f"ToMe(r={r}, {len(schedule)} layers)" if r is not None else "ToMe"
-    name = {"mpm": "MPM", "algm": "ALGM"}.get(method, method)
-    return f"{name}({','.join(str(s) for s in schedule)})"
-
-
 def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     """One row per benchmark point."""
     rows = []
@@ -58,8 +53,9 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
             "device": env.get("device_name"),
             "weights": r["model"].get("weights"),
             "model": f"Seg-{r['model'].get('size', spec['model'])}/16",
-            "method": schedule_label(spec["method"], r["method"]["schedule"], spec.get("method_kwargs")),
+            "method": MethodIdentity.from_dict(r["method"]).label,
             "schedule": ",".join(map(str, r["method"]["schedule"])),
+            "dense": not MethodIdentity.from_dict(r["method"]).merges,
             "batch_policy": spec["batch_policy"],
             "batch_size": spec["batch_size"],
             "backend": spec["backend"],
@@ -81,31 +77,31 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
 def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``speedup``: images/s over the dense model's at the same device, model, batch, backend, dtype."""
     keys = ["device", "model", "batch_size", "backend", "dtype"]
-    dense = df[df["method"] == "none"].set_index(keys)["images_per_s"].rename("dense_images_per_s")
+    dense = df[df["dense"].astype(bool)].set_index(keys)["images_per_s"].rename("dense_images_per_s")
     out = df.join(dense, on=keys)
     out["speedup"] = out["images_per_s"] / out["dense_images_per_s"]
     return out.drop(columns="dense_images_per_s")
 
 
 def fa2_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Throughput with FA2 off (``math``) and on (``fa2``) side by side, with speedups over dense."""
+    """Throughput with FA2 off and on (the backends with a ``cuda_label``) side by side, with speedups over dense."""
     d = with_speedups(df[df["batch_size"] == batch_size])
     keys = ["model", "method", "batch_policy"]
-    off = d[d["backend"] == "math"].set_index(keys)
-    on = d[d["backend"] == "fa2"].set_index(keys)
+    off = d[d["backend"] == FA2_OFF].set_index(keys)
+    on = d[d["backend"] == FA2_ON].set_index(keys)
     table = pd.DataFrame({
         "GFLOPs": off["gflops"].combine_first(on["gflops"]),
         "tokens": off["tokens_after_steps"].combine_first(on["tokens_after_steps"]),
-        f"img/s {CUDA_BACKEND_LABELS['math']}": off["images_per_s"],
+        f"img/s {CUDA_BACKEND_LABELS[FA2_OFF]}": off["images_per_s"],
         "speedup off": off["speedup"],
-        f"img/s {CUDA_BACKEND_LABELS['fa2']}": on["images_per_s"],
+        f"img/s {CUDA_BACKEND_LABELS[FA2_ON]}": on["images_per_s"],
         "speedup on": on["speedup"],
         "merge ms (on)": on["merge_ms"],
     })
     order = {m: i for i, m in enumerate(dict.fromkeys(df["model"]))}
     table = table.reset_index()
     table["_m"] = table["model"].map(order)
-    table["_d"] = table["method"] != "none"
+    table["_d"] = ~table["method"].isin(set(d.loc[d["dense"].astype(bool), "method"]))
     return table.sort_values(["_m", "_d"], kind="stable").drop(columns=["_m", "_d"]).reset_index(drop=True)
 
 

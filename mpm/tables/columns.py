@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from mpm.errors import ConfigError
+from mpm.methods import is_dense
 from mpm.tables.labels import _crop, _short_device
 
 class TimingColumn:
@@ -43,7 +44,7 @@ class TimingColumn:
                 if warnings is not None:
                     warnings.append(f"{self.where}: {rows[0].label} measured more than once ({files}); the last is used")
             self.cells[(mk, kk)] = rows[-1]
-        self.dense = {mk: row for (mk, kk), row in self.cells.items() if row.method_name == "none"}
+        self.dense = {mk: row for (mk, kk), row in self.cells.items() if is_dense(row.method_name)}
         self.device_text = self._setup_text(self.setups[0]) if len(self.setups) == 1 else "MIXED devices/settings"
         self.weights = sorted({row.weights for row in self.cells.values()})
 

@@ -17,15 +17,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mpm.methods import available_methods, find_spec, is_dense, method_order  # noqa: E402
 
-#: colour and marker of each method family
-STYLE = {"none": ("black", "s"), "mpm": ("tab:blue", "o"), "tome": ("tab:orange", "^"), "algm": ("tab:green", "D")}
+
+#: colour and marker of each method family, by its place in the method registry (:func:`mpm.methods.method_order`)
+PALETTE = (("black", "s"), ("tab:blue", "o"), ("tab:orange", "^"), ("tab:green", "D"), ("tab:red", "v"),
+           ("tab:purple", "P"))
 _OTHER = ("tab:gray", "x")
+#: colour map of each merging family's shades, by the same place (the dense baseline has none)
+_CMAPS = (None, "Blues", "Oranges", "Greens", "Reds", "Purples")
 #: least span of the mIoU axis (points): differences far below a point are noise on most benchmarks,
 #: and an axis fitted to them would magnify them
 MIN_MIOU_SPAN = 2.0
-#: where each method merges when a record does not say (eval records list every step's site)
-MERGE_SITE = {"mpm": "before_block", "tome": "after_attention", "algm": "after_attention"}
+
+
+def style(method_name: str) -> tuple[str, str]:
+    """(colour, marker) of a method family; grey crosses for a method the registry does not know."""
+    order = method_order(method_name)
+    return PALETTE[order] if find_spec(method_name) is not None and order < len(PALETTE) else _OTHER
+
+
+def family_legend(method_name: str) -> str:
+    """A family's legend entry: ``dense`` for the baseline, else the method's title; ``other`` if unknown."""
+    spec = find_spec(method_name)
+    if spec is None or style(method_name) == _OTHER:
+        return "other"
+    return "dense" if not spec.merges else spec.title
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -74,11 +91,10 @@ def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_
         front_from, suffix = part, f" — {part['extent'].iloc[0]}"
     seen: set[str] = set()
     for row in pts.itertuples():
-        colour, marker = STYLE.get(row.method_name, _OTHER)
+        colour, marker = style(row.method_name)
         hollow = bool(row.partial) and front_from is not part
-        family = row.method_name if row.method_name in STYLE else "other"
-        legend = None if family in seen else {"none": "dense", "mpm": "MPM", "tome": "ToMe", "algm": "ALGM"}.get(
-            family, family)
+        family = family_legend(row.method_name)
+        legend = None if family in seen else family
         seen.add(family)
         ax.scatter(row.x, row.mIoU, marker=marker, s=40, zorder=3, label=legend,
                    facecolors="none" if hollow else colour, edgecolors=colour)
@@ -130,17 +146,19 @@ def _steps_of(row) -> list[tuple[int, str, float]]:
     steps = list(row.token_steps or [])
     if steps:
         return steps
-    site = MERGE_SITE.get(row.method_name, "before_block")
+    spec = find_spec(row.method_name)  # where the method merges when a record does not say
+    site = spec.site if spec is not None else "before_block"
     return [(int(b), site, float(t)) for b, t in zip(sorted(row.schedule or []), row.tokens_after or [])]
-
-
-_CMAPS = {"mpm": "Blues", "tome": "Oranges", "algm": "Greens"}
 
 
 def _family_shades(rows: pd.DataFrame) -> dict:
     """A shade of the family's colour for each merging row (index -> colour), darker for later rows."""
     out = {}
-    for family, cmap in _CMAPS.items():
+    for family in available_methods():
+        order = method_order(family)
+        cmap = _CMAPS[order] if order < len(_CMAPS) else None
+        if cmap is None or is_dense(family):
+            continue
         idx = [i for i, m in zip(rows.index, rows["method_name"]) if m == family]
         for k, i in enumerate(idx):
             out[i] = plt.get_cmap(cmap)(0.85 if len(idx) == 1 else 0.45 + 0.5 * k / (len(idx) - 1))
@@ -169,8 +187,8 @@ def tokens_layer_figure(rows: pd.DataFrame, *, title: str, note: str | None = No
         if depth <= max((b for b, _, _ in steps), default=-1):
             depth = max(b for b, _, _ in steps) + 1
         counts = tokens_entering_blocks(steps, full, depth)
-        colour, marker = STYLE.get(row.method_name, _OTHER)
-        if row.method_name == "none" or not steps:
+        colour, marker = style(row.method_name)
+        if is_dense(row.method_name) or not steps:
             if dense_drawn:
                 continue
             dense_drawn = True

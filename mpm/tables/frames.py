@@ -6,9 +6,10 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from mpm.methods import method_order
 from mpm.records import record_class
 from mpm.tables.bench import bench_target
-from mpm.tables.labels import METHOD_ORDER, _ckpt_id, _crop, _method_fields, _model_text, _path_key
+from mpm.tables.labels import _ckpt_id, _crop, _method_fields, _model_text, _path_key
 from mpm.tables.results import _get, _is_number
 
 def _schedule_name(record: dict) -> str:
@@ -130,5 +131,5 @@ def timing_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def _method_sort_key(method_name: str, batch_policy: str, schedule: Sequence[int], method_key_: str) -> tuple:
-    return (METHOD_ORDER.get(method_name, len(METHOD_ORDER)), method_name, batch_policy != "exact",
+    return (method_order(method_name), method_name, batch_policy != "exact",
             len(schedule), list(schedule), method_key_)

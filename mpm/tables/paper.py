@@ -58,6 +58,7 @@ import pandas as pd
 
 from mpm.errors import ConfigError
 from mpm.io import write_json_atomic
+from mpm.methods import PAPER_METHOD, is_dense
 from mpm.tables.bench import CUDA_BACKEND_LABELS, backend_label
 from mpm.tables.columns import TimingColumn
 from mpm.tables.frames import _method_sort_key, eval_frame, timing_frame
@@ -197,7 +198,7 @@ class Paper:
     @staticmethod
     def _deltas(rows: pd.DataFrame) -> list[float]:
         """mIoU minus the dense run's of the same extent (same eval setup preferred); NaN without one."""
-        dense = rows[rows["method_name"] == "none"]
+        dense = rows[rows["method_name"].map(is_dense)]
         out = []
         for r in rows.itertuples():
             same = dense[dense["extent_key"] == r.extent_key]
@@ -327,8 +328,9 @@ class Paper:
         """MPM's insertion schedules: tokens left after each insertion, GFLOPs, mIoU, ΔmIoU, speedups."""
         parts, notes, weights, synthetic = [], [], set(), []
         for gr in self.groups:
-            rows = gr.rows[gr.rows["method_name"].isin(["none", "mpm"])].reset_index(drop=True)
-            if not (rows["method_name"] == "mpm").any():
+            names = gr.rows["method_name"]
+            rows = gr.rows[names.map(is_dense) | (names == PAPER_METHOD)].reset_index(drop=True)
+            if not (rows["method_name"] == PAPER_METHOD).any():
                 continue
             frame = pd.DataFrame({
                 "dataset": gr.dataset, "model": f"{rows['model'].iloc[0]} ({rows['model_id'].iloc[0]})",

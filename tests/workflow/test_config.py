@@ -44,6 +44,11 @@ BAD = {
                                     "config methods.mpm.schedules.2-99[1]: -1 is less than the minimum of 0"),
     "undeclared target": (lambda c: c["benchmark"]["points"][0].update(target="jetson"),
                           "config benchmark.points[0].target: 'jetson' is not declared in"),
+    "unregistered backend, evaluation": (lambda c: c["evaluation"].update(backend="xla"),
+                                         "config evaluation.backend: 'xla' is not one of ['math', 'sdpa', 'fa2',"),
+    "unregistered backend, benchmark point": (
+        lambda c: c["benchmark"]["points"][0].update(backends=["math", "xla"]),
+        "config benchmark.points[0].backends[1]: 'xla' is not one of ['math', 'sdpa', 'fa2', 'flash-attn']"),
     "unknown model": (lambda c: c["evaluation"].update(models=["seg-x"]),
                       "config evaluation.models: unknown model 'seg-x'"),
     "zoo entry of another size": (

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mpm.data.datasets import get_spec
 from mpm.data.zoo import checkpoint_path
-from mpm.merging import available_methods
+from mpm.backends import backend_names
+from mpm.methods import available_methods
 
 DATA = config["data_root"]
 RESULTS = config["results"]
@@ -164,5 +165,5 @@ wildcard_constraints:
     method=alternatives(available_methods()),
     schedule="[A-Za-z0-9_.-]+",
     target="[A-Za-z0-9_]+",
-    backend="math|sdpa|fa2|flash-attn",
+    backend=alternatives(backend_names()),
     dtype="float32|float16|bfloat16",

@@ -1,6 +1,6 @@
 # Start-up checks: the schema, then what it cannot express (cross-references, schedules against each
-# model's depth, method parameters against the merge-method registry, benchmark targets, one timing per
-# device). Every problem is one line naming its key path; no traceback, nothing runs (-n and --lint too).
+# model's depth, method parameters against the merge-method specs (mpm.methods), backends against the
+# backend registry (mpm.backends), benchmark targets, one timing per device). Every problem is one line naming its key path; no traceback, nothing runs (-n and --lint too).
 
 import sys
 from pathlib import Path
@@ -9,11 +9,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
 
+from mpm.backends import backend_names
 from mpm.benchmarking.targets import load_targets
 from mpm.cli._args import parse_method_args
 from mpm.data.zoo import get_entry
 from mpm.errors import MPMError
-from mpm.merging import available_methods, build_method
+from mpm.methods import available_methods, identify  # torch-free: the workflow parses without torch
 
 SCHEMA = "../schemas/config.schema.yaml"
 TARGETS_CONFIG = config.get("targets_config", "config/targets.yaml")
@@ -98,8 +99,8 @@ def _check_method(method, errors):
 
     def fails(blocks, depth, **given):
         try:
-            build_method(method, blocks, depth=depth, batch_policy=policy, **given).validate(depth)
-        except (MPMError, TypeError, ValueError) as err:
+            identify(method, blocks, depth=depth, batch_policy=policy, **given)
+        except MPMError as err:
             text = _problem(err)
             return text if text.startswith((f"{method}:", "bad parameters")) else f"{method}: {text}"
         return None
@@ -155,6 +156,14 @@ def _check_config():
                 if model not in config["models"]:
                     errors.append(f"config methods.{method}.schedules.{sched}.models: unknown model {model!r}")
         _check_method(method, errors)
+    known = backend_names()
+    backend = config["evaluation"].get("backend")
+    if backend is not None and backend not in known:
+        errors.append(f"config evaluation.backend: {backend!r} is not one of {list(known)}")
+    for i, point in enumerate(config["benchmark"]["points"]):
+        for j, backend in enumerate(point["backends"]):
+            if backend not in known:
+                errors.append(f"config benchmark.points[{i}].backends[{j}]: {backend!r} is not one of {list(known)}")
     for model in config["evaluation"].get("models", []):
         if model not in config["models"]:
             errors.append(f"config evaluation.models: unknown model {model!r}")
