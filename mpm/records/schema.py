@@ -6,7 +6,7 @@ with one line naming the file and every missing or invalid field, e.g.::
 
     results/eval/x.json: not a valid mpm.eval/1 record: missing dataset, images, metrics; invalid: limit (0 is less than the minimum of 1)
 
-Validation needs ``jsonschema`` (the ``pipeline`` extra); without it the loader says so.
+Validation needs ``jsonschema`` (a core dependency); without it the loader says so.
 """
 
 from __future__ import annotations

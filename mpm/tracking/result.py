@@ -70,7 +70,7 @@ from typing import Any
 
 from mpm.records import BenchRecord, EvalRecord, RecordError, model_name_of, parse_record, record_kind, validate_record
 from mpm.tracking.store import TrackingError
-from mpm.tracking.values import clean_key, flatten, stringify
+from mpm.tracking.values import VIEW_METRICS, clean_key, flatten, stringify
 
 __all__ = ["TrackedResult", "describe_result", "job_key_of", "model_config_name", "read_result"]
 
@@ -86,9 +86,6 @@ VOLATILE_KEYS = ("created_utc", "started_utc", "finished_utc", "env.hostname", "
 #: the extra param holding the pipeline's job path (``<kind>/<dataset or target>/<model>/...``)
 JOB_PATH_PARAM = "pipeline.job"
 _METHOD_BASE_KEYS = ("method", "schedule", "batch_policy")
-#: the metrics shown as columns of the UI's runs view (:func:`mpm.tracking.store.runs_view_state`)
-VIEW_METRICS = ("mIoU", "gflops_per_image", "tokens_full", "images_per_s", "per_image_ms", "latency_median_ms",
-                "gflops")
 
 
 @dataclass

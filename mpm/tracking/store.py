@@ -374,9 +374,9 @@ def runs_view_state() -> dict:
 
     Runs grouped by ``mpm.kind`` (pipeline, eval, bench; groups open, so the jobs are not folded
     under their parent run), oldest first, with the headline metrics as columns
-    (:data:`mpm.tracking.result.VIEW_METRICS`).
+    (:data:`mpm.tracking.values.VIEW_METRICS`).
     """
-    from mpm.tracking.result import VIEW_METRICS
+    from mpm.tracking.values import VIEW_METRICS
 
     return {"orderByKey": "attributes.start_time", "orderByAsc": True,
             "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "mpm.kind"}]},

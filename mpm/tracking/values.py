@@ -32,6 +32,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
+#: the metrics shown as columns of the UI's runs view (:func:`mpm.tracking.store.runs_view_state`)
+VIEW_METRICS = ("mIoU", "gflops_per_image", "tokens_full", "images_per_s", "per_image_ms", "latency_median_ms",
+                "gflops")
+
 __all__ = [
     "KEY_LIMIT",
     "PARAM_VALUE_LIMIT",

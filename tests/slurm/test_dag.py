@@ -44,7 +44,10 @@ def test_every_job_is_a_slurm_job_of_its_rule(ci_dag, slurm_cluster):
     ran = Counter(rule_of(j) for j in jobs)
     planned = job_stats(ci_dag.run.output)
     planned.pop("all")  # the target rule has no command: Snakemake finishes it itself
+    logged = planned.pop("track_result")  # a localrule: it logs to the server from the submit host
     assert ran == planned
+    assert logged == len(list((ci_dag.results / "tracking").rglob("*.json")))
+    assert "track_result" not in ran
     assert {j["JobState"] for j in jobs} == {"COMPLETED"}
     assert {j["Partition"] for j in jobs} == {slurm_cluster.partition}
 

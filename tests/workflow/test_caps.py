@@ -8,6 +8,7 @@ them start together on 2 cores.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -79,6 +80,8 @@ def test_missing_caps_stop_at_start_up(smk, config_file):
 def test_readme_command_caps_timings_and_reruns_after_interrupt(smk, sshd, tmp_path):
     targets = sshd.write_config(tmp_path / "targets.yaml", rpi5=sshd.target(work_dir=str(tmp_path / "board")))
     cfg = smk.tiny_config(tmp_path, targets_config=str(targets))
+    # a schedule name no rule could rebuild from its blocks [2, 5] (issue 11's trace, checked at the end)
+    cfg["methods"]["mpm"]["schedules"] = {"paper-default": [2, 5]}
     cfg["benchmark"]["points"] = [{"target": "rpi5", "backends": ["math"], "batch_sizes": [1, 2],
                                    "dtype": "float32", "threads": 1}]
     cfg["tables"] = {"gpu_target": "", "cpu_target": "rpi5", "batch_size": 1}
@@ -121,3 +124,28 @@ def test_readme_command_caps_timings_and_reruns_after_interrupt(smk, sshd, tmp_p
     # 4. nothing left to do
     third = smk.run("-n", *command, timeout=300)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+    # 5. the config's schedule name reached the eval JSON, the bench JSON (through the board), MLflow, the table
+    assert_names_reach_every_layer(tmp_path / "results", cfg["experiment"], target="rpi5", schedule="paper-default")
+
+
+def assert_names_reach_every_layer(results, experiment: str, target: str, schedule: str) -> None:
+    """The config's names in the eval and bench records, the MLflow runs and the main table's MPM row."""
+    ev = json.loads((results / f"eval/synthetic/seg-t-demo/mpm/{schedule}.json").read_text())
+    assert ev["names"] == {"dataset": "synthetic", "model": "seg-t-demo", "method": "mpm", "schedule": schedule}
+    assert ev["method"]["schedule"] == [2, 5]  # the resolved blocks beside the name
+    bench = json.loads((results / f"bench/{target}/seg-t-demo/mpm/{schedule}/bs1-math-float32-eager.json").read_text())
+    assert bench["names"] == ev["names"] and bench["method"]["schedule"] == [2, 5]
+    dense = json.loads((results / "eval/synthetic/seg-t-demo/none/dense.json").read_text())
+    assert dense["names"]["schedule"] == "dense"
+
+    from mpm.tracking import resolve_store
+
+    client = resolve_store(f"sqlite:///{results}/mlruns/mlflow.db").client()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`mpm.schedule_name` = '{schedule}'")
+    assert sorted(r.data.tags["mpm.kind"] for r in runs) == ["bench", "bench", "eval"]  # batch 1 and 2 on the board
+    assert all(r.data.params["names.schedule"] == schedule and r.data.params["names.model"] == "seg-t-demo"
+               for r in runs)
+    (table,) = (results / "tables").glob("main_*.md")
+    [row] = [line for line in table.read_text().splitlines() if line.startswith("| MPM |")]
+    assert row.rstrip(" |").endswith(schedule), row

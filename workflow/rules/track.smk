@@ -7,6 +7,10 @@
 import datetime
 import os
 
+# Logging a result is a few HTTP calls to the tracking store: on a cluster it runs on the submit host,
+# beside the MLflow server, rather than as a job of its own in the queue.
+localrules: track_result
+
 _INVOCATION_KEY = []  # this invocation's parent key (set by onstart, read by onsuccess / onerror)
 
 
