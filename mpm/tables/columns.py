@@ -118,6 +118,19 @@ class TimingColumn:
         v, d = self._value(row), self._value(dense)
         return v / d if self.kind == "ips" else d / v
 
+    def significant(self, model_key: str | None, method_key_: str) -> bool | None:
+        """Whether the speedup over dense stands out of the timings' spread (None: no speedup).
+
+        Not significant when the ratio's range, the dense p10 over the method's p90 to the dense
+        p90 over the method's p10 (per batch, same batch size), contains 1.0.
+        """
+        row = self.cells.get((model_key, method_key_)) if model_key else None
+        dense = self.dense.get(model_key) if model_key else None
+        if row is None or dense is None or self._setup(row) != self._setup(dense) or row is dense:
+            return None
+        low, high = dense.p10_ms / row.p90_ms, dense.p90_ms / row.p10_ms
+        return not (low <= 1.0 <= high)
+
     def device(self, model_key: str | None, method_key_: str) -> str | None:
         row = self.cells.get((model_key, method_key_)) if model_key else None
         return self._setup_text(self._setup(row)) if row is not None else None

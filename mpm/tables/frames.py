@@ -87,7 +87,7 @@ TIMING_COLUMNS = [
     "file", "target", "target_source", "device", "device_kind", "weights", "model", "size", "crop", "model_key",
     "model_id", "method_name", "schedule", "method_key", "method", "schedule_text", "schedule_name", "label",
     "batch_policy",
-    "batch_size", "backend", "dtype", "threads", "images_per_s", "per_image_ms", "gflops", "tokens_after",
+    "batch_size", "backend", "dtype", "threads", "images_per_s", "per_image_ms", "p10_ms", "p90_ms", "gflops", "tokens_after",
 ]
 
 
@@ -124,6 +124,8 @@ def timing_frame(records: Iterable[dict]) -> pd.DataFrame:
             "threads": env.get("torch_threads") if kind.split(":")[0] == "cpu" else None,
             "images_per_s": float(r["timing"]["images_per_s"]),
             "per_image_ms": float(r["timing"]["per_image_ms"]),
+            "p10_ms": float(r["timing"]["p10_ms"]),
+            "p90_ms": float(r["timing"]["p90_ms"]),
             "gflops": r.get("gflops"),
             "tokens_after": [float(t) for t in _get(r, "tokens", "after_step_mean", default=[]) or []],
         })

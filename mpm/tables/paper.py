@@ -63,7 +63,7 @@ from mpm.tables.bench import CUDA_BACKEND_LABELS, backend_label
 from mpm.tables.columns import TimingColumn
 from mpm.tables.frames import _method_sort_key, eval_frame, timing_frame
 from mpm.tables.labels import SIZE_ORDER, _crop, _slug
-from mpm.tables.render import Table, write_table
+from mpm.tables.render import Table, concat_frames, mark_not_significant, write_table
 from mpm.tables.results import Results, load_results
 
 INDEX_SCHEMA = "mpm.tables/1"
@@ -228,6 +228,7 @@ class Paper:
             if values:
                 frame[col.value_header] = [col.value(mk, k) for k in rows["method_key"]]
             frame[col.speedup_header] = [col.speedup(mk, k) for k in rows["method_key"]]
+            mark_not_significant(frame, col.speedup_header, [col.significant(mk, k) for k in rows["method_key"]])
             if col.mixed:
                 frame[col.device_header] = [col.device(mk, k) for k in rows["method_key"]]
             extra = " Timed with RANDOM-INITIALISED weights of the same architecture (the tokens merged are those " \
@@ -315,6 +316,7 @@ class Paper:
         for col in columns:
             frame[col.value_header] = [col.value(mk, kk) for mk, kk in order]
             frame[col.speedup_header] = [col.speedup(mk, kk) for mk, kk in order]
+            mark_not_significant(frame, col.speedup_header, [col.significant(mk, kk) for mk, kk in order])
             if col.mixed:
                 frame[col.device_header] = [col.device(mk, kk) for mk, kk in order]
             notes.append(col.note())
@@ -349,7 +351,7 @@ class Paper:
             parts.append(frame)
         if not parts:
             return None
-        frame = pd.concat(parts, ignore_index=True)
+        frame = concat_frames(parts)
         notes = [("tokens: mean image tokens left after each MPM insertion (over all sliding windows); "
                   "image tokens: before any merge."), *notes]
         caption = "MPM insertion schedules" + self._provenance(pd.concat(synthetic), weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ class Table:
     caption: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.frame.attrs.get(NOT_SIGNIFICANT) and NOT_SIGNIFICANT_NOTE not in self.notes:
+            self.notes.append(NOT_SIGNIFICANT_NOTE)
 
 
 
@@ -40,10 +45,35 @@ def cell_text(column: str, value: Any, missing: str = "—") -> str:
     return str(value)
 
 
+#: ``frame.attrs`` key: the (row position, column) cells whose value is not significant (shown with ``*``)
+NOT_SIGNIFICANT = "not_significant"
+NOT_SIGNIFICANT_NOTE = ("*: not significant: the speedup's range (the dense model's p10 over the method's p90 to "
+                        "its p90 over the method's p10) contains 1.0.")
+
+
+def mark_not_significant(frame: pd.DataFrame, column: str, flags: Sequence[bool | None]) -> None:
+    """Record which cells of ``column`` hold a speedup that is not significant (``flags[i] is False``)."""
+    marks = frame.attrs.setdefault(NOT_SIGNIFICANT, set())
+    marks.update((i, column) for i, flag in enumerate(flags) if flag is False)
+
+
+def concat_frames(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat`` of ``parts`` (new row numbers) keeping their not-significant marks."""
+    frame = pd.concat(parts, ignore_index=True)
+    marks, offset = set(), 0
+    for part in parts:
+        marks |= {(i + offset, c) for i, c in part.attrs.get(NOT_SIGNIFICANT, ())}
+        offset += len(part)
+    frame.attrs = {NOT_SIGNIFICANT: marks} if marks else {}
+    return frame
+
+
 def _cells(table: Table, missing: str) -> list[list[str]]:
     cols = [str(c) for c in table.frame.columns]
-    return [[cell_text(c, v.item() if hasattr(v, "item") else v, missing) for c, v in zip(cols, row)]
-            for row in table.frame.itertuples(index=False)]
+    marks = table.frame.attrs.get(NOT_SIGNIFICANT, set())
+    return [[cell_text(c, v.item() if hasattr(v, "item") else v, missing) + ("*" if (i, c) in marks else "")
+             for c, v in zip(cols, row)]
+            for i, row in enumerate(table.frame.itertuples(index=False))]
 
 
 def render_markdown(table: Table) -> str:

@@ -89,7 +89,8 @@ def make_bench(real_bench, make_eval):
 
     def make(method: str, schedule: list[int], backend: str, ips: float, *, batch: int = 32, target="h100",
              target_where: str = "top", device: str = H100, dtype: str = "float16", ckpt: Path | str | None = None,
-             weights: str = "checkpoint", kind: str = "cuda", threads: int = 16, **method_args) -> dict:
+             weights: str = "checkpoint", kind: str = "cuda", threads: int = 16, spread: float = 0.01,
+             **method_args) -> dict:
         r = copy.deepcopy(real_bench)
         ckpt = str(ckpt or make_eval.ckpt)
         r["spec"].update(method=method, schedule=list(schedule), batch_size=batch, backend=backend, dtype=dtype,
@@ -100,7 +101,11 @@ def make_bench(real_bench, make_eval):
             r["model"]["checkpoint"] = ckpt
         r["environment"].update(device_name=device, dtype=dtype, device=kind, attention_backend=backend,
                                 torch_threads=threads)
-        r["timing"].update(images_per_s=ips, per_image_ms=1000.0 / ips, batch_size=batch)
+        # a timing distribution around the new median: p10 / p90 at -/+ ``spread`` of it
+        median = 1000.0 / ips * batch
+        r["timing"].update(median_ms=median, mean_ms=median, p10_ms=median * (1 - spread), p90_ms=median * (1 + spread),
+                           min_ms=median * (1 - 2 * spread), max_ms=median * (1 + 2 * spread),
+                           images_per_s=ips, per_image_ms=1000.0 / ips, batch_size=batch)
         if target_where == "top":
             r["target"] = {"name": target, "type": "slurm", "device": kind}
         elif target_where == "top-string":

@@ -287,3 +287,24 @@ def test_labels_and_cells() -> None:
     assert schedule_text(list(range(12))) == "0-11" and schedule_text([1, 2, 5]) == "1,2,5"
     assert cell_text("ΔmIoU", -0.456) == "-0.46" and cell_text("img/s FA2 off (x)", 123.456) == "123.5"
     assert cell_text("mIoU", math.nan) == "—" and cell_text("speedup FA2 on", 1.2) == "1.20"
+
+
+def test_speedups_within_the_timings_spread_are_marked_not_significant(make_eval, make_bench, write, tmp_path) -> None:
+    """A speedup whose range (dense p10 / method p90 .. dense p90 / method p10) holds 1.0 gets a ``*``."""
+    evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680]),
+             make_eval("mpm", [5], 37.9, 22.0, tokens=[790])]
+    benches = [make_bench("none", [], "fa2", 300.0, spread=0.05),
+               make_bench("mpm", [2, 5], "fa2", 360.0, spread=0.05),  # 1.20 [1.09, 1.33]: significant
+               make_bench("mpm", [5], "fa2", 309.0, spread=0.05)]  # 1.03 [0.93, 1.14]: not significant
+    build_paper(write(evals, "eval") + write(benches, "bench"), tmp_path / "tables", tmp_path / "figures",
+                gpu_target="h100", cpu_target="", batch_size=32)
+    md = (tmp_path / "tables" / "main_ade20k_seg_t_mask.md").read_text()
+    [mpm25] = [line for line in md.splitlines() if line.startswith("| MPM | 2,5 |")]
+    [mpm5] = [line for line in md.splitlines() if line.startswith("| MPM | 5 |")]
+    assert "| 1.20 |" in mpm25 and "*" not in mpm25
+    assert "| 1.03* |" in mpm5
+    assert "*: not significant" in md
+    tex = (tmp_path / "tables" / "main_ade20k_seg_t_mask.tex").read_text()
+    assert "1.03*" in tex
+    rows = _csv(tmp_path / "tables" / "main_ade20k_seg_t_mask.csv")  # the CSV keeps plain numbers
+    assert float(rows["MPM|5|full"]["speedup FA2 on"]) == pytest.approx(309 / 300)
