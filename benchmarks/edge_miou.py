@@ -119,12 +119,14 @@ def pipeline_miou(folder: str | None, schedule: tuple[int, ...]) -> dict[str, fl
     """The pipeline's mIoU of dense and of MPM with this schedule, from its eval records (if given)."""
     if not folder:
         return {}
+    from mpm.records import EvalRecord
+
     out = {}
     for path in Path(folder).rglob("*.json"):
-        record = json.loads(path.read_text())
-        method = record.get("method", {})
-        if record.get("limit") is None and method.get("method") in ("none", "mpm"):
-            if method["method"] == "none" or tuple(method.get("schedule", ())) == schedule:
+        record = EvalRecord.read(path)  # a record that does not match its schema stops here, naming the file
+        method = record["method"]
+        if record["limit"] is None and method["method"] in ("none", "mpm"):
+            if method["method"] == "none" or tuple(method["schedule"]) == schedule:
                 out[method["method"]] = float(record["metrics"]["mIoU"])
     return out
 
