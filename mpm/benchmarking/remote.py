@@ -379,10 +379,10 @@ class SSHRunner:
 
     def run(self, spec, out: str | os.PathLike, runtime: str = "torch",
             cooldown: CooldownConfig | None = None) -> dict:
-        """Measure ``spec`` on the target; write the result to ``out`` atomically; return it."""
-        from mpm.benchmarking.bench import validate_result
-        from mpm.io import atomic_path
+        """Measure ``spec`` on the target; write the result to ``out`` atomically; return it.
 
+        Steps: precheck, probe (creates the job directory), ship, run, fetch, clean up.
+        """
         t = self.target
         out = Path(out)
         modules = REQUIRED_MODULES + (ONNX_MODULES if runtime == "onnxruntime" else ())
@@ -394,71 +394,96 @@ class SSHRunner:
         info = self.probe(job_id, modules)
         job_dir = info["job_dir"]
         try:
-            with tempfile.TemporaryDirectory(prefix="mpm-ship-") as tmpdir:
-                tar_path, remote_spec, facts = self._bundle(spec, job_dir, Path(tmpdir))
-                size_mb = tar_path.stat().st_size / 2**20
-                self.log(f"[{t.name}] shipping {size_mb:.1f} MiB to {job_dir}")
-                done = self._ssh(remote_command(_UNPACK_SCRIPT, job_dir, t.python, _UNPACK_CODE),
-                                 stdin_path=tar_path, timeout=t.connect_timeout + 60 + size_mb * 2)
-                if done.rc == 255:
-                    raise self._connection_error(done, "shipping the job")
-                if done.rc != 0:
-                    raise RemoteError(f"{self._where()}: unpacking the job in {job_dir} failed (exit {done.rc}):\n"
-                                      f"{_tail(done.stderr)}")
-            # paths relative to the job directory the run script starts in: a work_dir holding ':' cannot
-            # split PYTHONPATH (python makes the entry absolute at start-up)
-            env = {"PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-            if commit:
-                env["MPM_GIT_COMMIT"] = commit
-            if remote_spec.threads:
-                env["OMP_NUM_THREADS"] = str(remote_spec.threads)
-            env.update(t.env)
-            argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", "spec.json",
-                    "--runtime", runtime, "--out", "out/result.json"]
-            if cooldown:
-                argv += cooldown.cli_args()
-            command = remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), str(len(env)),
-                                     *(f"{k}={v}" for k, v in env.items()), *argv)
+            remote_spec, facts = self._ship(spec, job_dir)
             self.log(f"[{t.name}] running {spec.method} {list(spec.schedule)} bs={spec.batch_size} on {t.host}")
-            done = self._ssh(command, stream=True,
-                             timeout=(t.run_timeout + t.connect_timeout + 90) if t.run_timeout else None)
-            if done.rc == 255:
-                raise RemoteError(f"{self._where()}: ssh connection failed or was lost during the run (exit 255):\n"
-                                  f"{_tail(done.stderr)}")
-            if done.rc == 124 and t.run_timeout:
-                raise RemoteError(f"{self._where()}: the remote benchmark exceeded run_timeout = {t.run_timeout} s "
-                                  f"and was stopped:\n{_tail(done.stderr)}")
-            if done.rc != 0:
-                raise RemoteError(f"{self._where()}: remote benchmark failed (exit {done.rc}); remote stderr:\n"
-                                  f"{_tail(done.stderr)}")
-            with atomic_path(out) as tmp:
-                self._fetch(job_dir, tmp)
-                try:
-                    result = json.loads(tmp.read_text())
-                except (OSError, ValueError) as err:
-                    raise RemoteError(f"{self._where()}: the fetched result is not valid JSON: {err}") from None
-                problems = validate_result(result)
-                if problems:
-                    raise RemoteError(f"{self._where()}: the fetched result does not match the mpm.bench/1 schema: "
-                                      + "; ".join(problems[:5]))
-                self._localise(result, spec, remote_spec, facts)
-                result["target"] = {
-                    **t.describe(),
-                    "remote_job_dir": job_dir,
-                    "remote_python_version": info["python"],
-                    "remote_versions": info["versions"],
-                    "source_sha256": facts["source_sha256"],
-                    "source_git_commit": commit,
-                    "source_dirty": dirty,
-                    "images_shipped": facts["images_shipped"],
-                    "elapsed_s": round(time.monotonic() - start, 1),
-                }
-                tmp.write_text(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+            self._execute(self._run_command(job_dir, remote_spec, runtime, cooldown, commit))
+            provenance = {
+                "remote_job_dir": job_dir,
+                "remote_python_version": info["python"],
+                "remote_versions": info["versions"],
+                "source_sha256": facts["source_sha256"],
+                "source_git_commit": commit,
+                "source_dirty": dirty,
+                "images_shipped": facts["images_shipped"],
+            }
+            result = self._collect(out, job_dir, spec, remote_spec, facts, provenance, start)
             self.log(f"[{t.name}] wrote {out}")
             return result
         finally:
             if not t.keep_job_dir:
                 self.cleanup(job_dir)
+
+    def _ship(self, spec, job_dir: str) -> tuple[object, dict]:
+        """Bundle the job and unpack it in ``job_dir`` (one ssh call, the tar on stdin); (remote spec, facts)."""
+        t = self.target
+        with tempfile.TemporaryDirectory(prefix="mpm-ship-") as tmpdir:
+            tar_path, remote_spec, facts = self._bundle(spec, job_dir, Path(tmpdir))
+            size_mb = tar_path.stat().st_size / 2**20
+            self.log(f"[{t.name}] shipping {size_mb:.1f} MiB to {job_dir}")
+            done = self._ssh(remote_command(_UNPACK_SCRIPT, job_dir, t.python, _UNPACK_CODE),
+                             stdin_path=tar_path, timeout=t.connect_timeout + 60 + size_mb * 2)
+        if done.rc == 255:
+            raise self._connection_error(done, "shipping the job")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: unpacking the job in {job_dir} failed (exit {done.rc}):\n"
+                              f"{_tail(done.stderr)}")
+        return remote_spec, facts
+
+    def _run_command(self, job_dir: str, remote_spec, runtime: str, cooldown: CooldownConfig | None,
+                     commit: str | None) -> str:
+        """The remote command line that runs ``mpm.cli.bench --target local`` in the job directory."""
+        t = self.target
+        # paths relative to the job directory the run script starts in: a work_dir holding ':' cannot
+        # split PYTHONPATH (python makes the entry absolute at start-up)
+        env = {"PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        if commit:
+            env["MPM_GIT_COMMIT"] = commit
+        if remote_spec.threads:
+            env["OMP_NUM_THREADS"] = str(remote_spec.threads)
+        env.update(t.env)
+        argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", "spec.json",
+                "--runtime", runtime, "--out", "out/result.json"]
+        if cooldown:
+            argv += cooldown.cli_args()
+        return remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), str(len(env)),
+                              *(f"{k}={v}" for k, v in env.items()), *argv)
+
+    def _execute(self, command: str) -> None:
+        """Run the benchmark command, remote stderr streamed to the log; raise on any failure."""
+        t = self.target
+        done = self._ssh(command, stream=True,
+                         timeout=(t.run_timeout + t.connect_timeout + 90) if t.run_timeout else None)
+        if done.rc == 255:
+            raise RemoteError(f"{self._where()}: ssh connection failed or was lost during the run (exit 255):\n"
+                              f"{_tail(done.stderr)}")
+        if done.rc == 124 and t.run_timeout:
+            raise RemoteError(f"{self._where()}: the remote benchmark exceeded run_timeout = {t.run_timeout} s "
+                              f"and was stopped:\n{_tail(done.stderr)}")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: remote benchmark failed (exit {done.rc}); remote stderr:\n"
+                              f"{_tail(done.stderr)}")
+
+    def _collect(self, out: Path, job_dir: str, spec, remote_spec, facts: dict, provenance: dict,
+                 start: float) -> dict:
+        """Fetch the result beside ``out``, check its schema, localise it, add ``target``, rename onto ``out``."""
+        from mpm.benchmarking.bench import validate_result
+        from mpm.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            self._fetch(job_dir, tmp)
+            try:
+                result = json.loads(tmp.read_text())
+            except (OSError, ValueError) as err:
+                raise RemoteError(f"{self._where()}: the fetched result is not valid JSON: {err}") from None
+            problems = validate_result(result)
+            if problems:
+                raise RemoteError(f"{self._where()}: the fetched result does not match the mpm.bench/1 schema: "
+                                  + "; ".join(problems[:5]))
+            self._localise(result, spec, remote_spec, facts)
+            result["target"] = {**self.target.describe(), **provenance,
+                                "elapsed_s": round(time.monotonic() - start, 1)}
+            tmp.write_text(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        return result
 
     @staticmethod
     def _precheck(spec) -> None:
