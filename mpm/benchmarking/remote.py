@@ -176,6 +176,58 @@ def _git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit, bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size, info.mode, info.mtime = len(data), 0o644, mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """``path`` as ``arcname``, owned by root, mode 0644."""
+    info = tar.gettarinfo(str(path), arcname)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    with open(path, "rb") as fh:
+        tar.addfile(info, fh)
+
+
+def _add_source(tar: tarfile.TarFile, root: Path) -> str:
+    """The package under ``src/mpm/``; the sha256 of what was shipped (as :func:`source_digest` computes it)."""
+    digest = hashlib.sha256()
+    for path in _source_files(root):
+        rel = path.relative_to(root).as_posix()
+        data = path.read_bytes()  # hashed and shipped from the same bytes
+        digest.update(rel.encode() + b"\0" + data + b"\0")
+        _add_bytes(tar, "src/mpm/" + rel, data, int(path.stat().st_mtime))
+    return digest.hexdigest()
+
+
+def _add_images(tar: tarfile.TarFile, images_src: Path, needed: list[Path], job_dir: str) -> str:
+    """The images the point reads under ``images/``; the remote path the spec names."""
+    if images_src.is_dir() or images_src.suffix.lower() == ".json":  # a folder or a manifest
+        for i, path in enumerate(needed):  # numbered: the remote folder keeps this order
+            _add_file(tar, path, f"images/{i:06d}_{path.name}")
+        return f"{job_dir}/images"
+    _add_file(tar, images_src, "images/" + images_src.name)
+    return f"{job_dir}/images/{images_src.name}"
+
+
+def _add_model(tar: tarfile.TarFile, model: str, job_dir: str, facts: dict) -> str:
+    """A checkpoint file (and its ``variant.yml``) under ``model/``; the remote model argument."""
+    if model.upper() in ("T", "S", "B", "L"):
+        return model
+    ckpt = Path(model)
+    if not ckpt.is_file():
+        raise ConfigError(f"model {model!r} is neither a ViT size (T, S, B, L) nor an existing checkpoint file")
+    _add_file(tar, ckpt, "model/" + ckpt.name)
+    variant = ckpt.with_name("variant.yml")
+    if variant.is_file() and ckpt.name != "variant.yml":
+        _add_file(tar, variant, "model/variant.yml")
+    facts["checkpoint_bytes"] = ckpt.stat().st_size
+    return f"{job_dir}/model/{ckpt.name}"
+
+
 class _Completed:
     def __init__(self, rc: int, stdout: str, stderr: str) -> None:
         self.rc, self.stdout, self.stderr = rc, stdout, stderr
@@ -325,55 +377,16 @@ class SSHRunner:
         from mpm.benchmarking.bench import BenchSpec
         from mpm.benchmarking.images import find_images
 
-        src_root = package_source_dir()
         files = find_images(spec.images)
-        images_src = Path(spec.images)
         needed = files[: spec.batch_size * spec.pool_batches]
         tar_path = tmp / "job.tar"
         facts: dict = {"images_shipped": len(needed), "images_available": len(files)}
-
-        def add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-            info = tar.gettarinfo(str(path), arcname)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mode = 0o644
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
-
-        digest = hashlib.sha256()
         with tarfile.open(tar_path, "w") as tar:
-            for path in _source_files(src_root):
-                rel = path.relative_to(src_root).as_posix()
-                data = path.read_bytes()  # hashed and shipped from the same bytes
-                digest.update(rel.encode() + b"\0" + data + b"\0")
-                info = tarfile.TarInfo("src/mpm/" + rel)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(path.stat().st_mtime)
-                tar.addfile(info, io.BytesIO(data))
-            facts["source_sha256"] = digest.hexdigest()
-            if images_src.is_dir() or images_src.suffix.lower() == ".json":  # a folder or a manifest
-                for i, path in enumerate(needed):  # numbered: the remote folder keeps this order
-                    add(tar, path, f"images/{i:06d}_{path.name}")
-                remote_images = f"{job_dir}/images"
-            else:
-                add(tar, images_src, "images/" + images_src.name)
-                remote_images = f"{job_dir}/images/{images_src.name}"
-            remote_model = spec.model
-            if spec.model.upper() not in ("T", "S", "B", "L"):
-                ckpt = Path(spec.model)
-                if not ckpt.is_file():
-                    raise ConfigError(f"model {spec.model!r} is neither a ViT size (T, S, B, L) nor an existing "
-                                      "checkpoint file")
-                add(tar, ckpt, "model/" + ckpt.name)
-                variant = ckpt.with_name("variant.yml")
-                if variant.is_file() and ckpt.name != "variant.yml":
-                    add(tar, variant, "model/variant.yml")
-                remote_model = f"{job_dir}/model/{ckpt.name}"
-                facts["checkpoint_bytes"] = ckpt.stat().st_size
+            facts["source_sha256"] = _add_source(tar, package_source_dir())
+            remote_images = _add_images(tar, Path(spec.images), needed, job_dir)
+            remote_model = _add_model(tar, spec.model, job_dir, facts)
             remote_spec = replace(spec, images=remote_images, model=remote_model)
-            data = json.dumps(remote_spec.to_dict(), indent=1).encode()
-            info = tarfile.TarInfo("spec.json")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
+            _add_bytes(tar, "spec.json", json.dumps(remote_spec.to_dict(), indent=1).encode(), int(time.time()))
         assert isinstance(remote_spec, BenchSpec)
         return tar_path, remote_spec, facts
 
