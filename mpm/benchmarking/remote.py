@@ -288,6 +288,27 @@ class SSHRunner:
                 proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
             except OSError as err:
                 raise RemoteError(f"{self._where()}: cannot start ssh: {err}") from None
+        out_chunks, err_lines, threads = self._readers(proc, stream)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            for th in threads:
+                th.join(5)
+            raise RemoteError(f"{self._where()}: no answer within {timeout:.0f} s; remote stderr tail:\n"
+                              f"{_tail(chr(10).join(err_lines))}") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        for th in threads:
+            th.join()
+        return _Completed(rc, b"".join(out_chunks).decode("utf-8", "replace"), "\n".join(err_lines))
+
+    def _readers(self, proc: subprocess.Popen, stream: bool
+                 ) -> tuple[list[bytes], collections.deque[str], list[threading.Thread]]:
+        """Started threads draining ``proc``'s stdout (chunks) and stderr (last 400 lines, logged when ``stream``)."""
         out_chunks: list[bytes] = []
         err_lines: collections.deque[str] = collections.deque(maxlen=400)
 
@@ -307,22 +328,7 @@ class SSHRunner:
         threads = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
         for th in threads:
             th.start()
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            for th in threads:
-                th.join(5)
-            raise RemoteError(f"{self._where()}: no answer within {timeout:.0f} s; remote stderr tail:\n"
-                              f"{_tail(chr(10).join(err_lines))}") from None
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        for th in threads:
-            th.join()
-        return _Completed(rc, b"".join(out_chunks).decode("utf-8", "replace"), "\n".join(err_lines))
+        return out_chunks, err_lines, threads
 
     def _connection_error(self, done: _Completed, during: str) -> RemoteError:
         return RemoteError(f"{self._where()}: cannot connect to {self.target.host}:{self.target.port} ({during}; "
@@ -336,6 +342,19 @@ class SSHRunner:
         command = remote_command(_PROBE_SCRIPT, self.target.python, self.target.work_dir, job_id,
                                  ",".join(modules), _PROBE_CODE)
         done = self._ssh(command, timeout=self.target.connect_timeout + 120)
+        info = self._probe_findings(done)
+        if done.rc == _NO_JOBDIR_RC or (job_id and "MPM_JOB_DIR=" not in done.stdout):
+            raise RemoteError(f"{self._where()}: cannot create the job directory under {self.target.work_dir} "
+                              f"(exit {done.rc}):\n{_tail(done.stderr)}")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: probe failed (exit {done.rc}):\n{_tail(done.stderr)}")
+        for line in done.stdout.splitlines():
+            if line.startswith("MPM_JOB_DIR="):
+                info["job_dir"] = line.split("=", 1)[1].strip()
+        return info
+
+    def _probe_findings(self, done: _Completed) -> dict:
+        """The probe's ``MPM_PROBE`` JSON: python version and modules; raise when the environment falls short."""
         py = self.target.python
         if done.rc == 255:
             raise self._connection_error(done, "probe")
@@ -362,14 +381,6 @@ class SSHRunner:
             raise RemoteError(f"{self._where()}: missing remote environment: remote python {py!r} "
                               f"({info['python']}) cannot import {', '.join(info['missing'])}: {what}. "
                               "Install them there (envs/rpi5/setup.sh)")
-        if done.rc == _NO_JOBDIR_RC or (job_id and "MPM_JOB_DIR=" not in done.stdout):
-            raise RemoteError(f"{self._where()}: cannot create the job directory under {self.target.work_dir} "
-                              f"(exit {done.rc}):\n{_tail(done.stderr)}")
-        if done.rc != 0:
-            raise RemoteError(f"{self._where()}: probe failed (exit {done.rc}):\n{_tail(done.stderr)}")
-        for line in done.stdout.splitlines():
-            if line.startswith("MPM_JOB_DIR="):
-                info["job_dir"] = line.split("=", 1)[1].strip()
         return info
 
     def _bundle(self, spec, job_dir: str, tmp: Path) -> tuple[Path, object, dict]:
