@@ -159,10 +159,9 @@ class DecoderHead(nn.Module):
         return upsample(masks, (self.grid[0] * p, self.grid[1] * p))[..., :h, :w]
 
 
-class MutualScores(nn.Module):
-    """Each image token's most cosine-similar *other* real token (MPM's
-    :func:`~mpm.merging.mpm.best_partners`, written without in-place ops so that it traces):
-    ``feats`` (B, P + M, D) [, ``lengths``] -> ``best`` (B, M) int64, ``score`` (B, M)."""
+class _TokenScores(nn.Module):
+    """A scoring graph on the image tokens of ``feats`` (B, P + M, D), the prefix's ``P`` tokens skipped;
+    ``masked``: it takes the (B,) ``lengths`` of a padded batch too."""
 
     def __init__(self, num_prefix: int, masked: bool) -> None:
         super().__init__()
@@ -170,6 +169,12 @@ class MutualScores(nn.Module):
 
     def input_names(self) -> list[str]:
         return ["feats", "lengths"] if self.masked else ["feats"]
+
+
+class MutualScores(_TokenScores):
+    """Each image token's most cosine-similar *other* real token (MPM's
+    :func:`~mpm.merging.mpm.best_partners`, written without in-place ops so that it traces):
+    ``feats`` (B, P + M, D) [, ``lengths``] -> ``best`` (B, M) int64, ``score`` (B, M)."""
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None):
         x = feats[:, self.num_prefix:]
@@ -183,16 +188,9 @@ class MutualScores(nn.Module):
         return best, score
 
 
-class BipartiteScores(nn.Module):
+class BipartiteScores(_TokenScores):
     """ToMe's :func:`~mpm.merging.tome.bipartite_scores` of the image tokens:
     ``feats`` [, ``lengths``] -> ``node_max``, ``node_idx`` (B, ceil(M/2))."""
-
-    def __init__(self, num_prefix: int, masked: bool) -> None:
-        super().__init__()
-        self.num_prefix, self.masked = num_prefix, masked
-
-    def input_names(self) -> list[str]:
-        return ["feats", "lengths"] if self.masked else ["feats"]
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None):
         node_max, node_idx = bipartite_scores(feats[:, self.num_prefix:], lengths)

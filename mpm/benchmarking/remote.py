@@ -176,6 +176,58 @@ def _git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit, bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size, info.mode, info.mtime = len(data), 0o644, mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """``path`` as ``arcname``, owned by root, mode 0644."""
+    info = tar.gettarinfo(str(path), arcname)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    with open(path, "rb") as fh:
+        tar.addfile(info, fh)
+
+
+def _add_source(tar: tarfile.TarFile, root: Path) -> str:
+    """The package under ``src/mpm/``; the sha256 of what was shipped (as :func:`source_digest` computes it)."""
+    digest = hashlib.sha256()
+    for path in _source_files(root):
+        rel = path.relative_to(root).as_posix()
+        data = path.read_bytes()  # hashed and shipped from the same bytes
+        digest.update(rel.encode() + b"\0" + data + b"\0")
+        _add_bytes(tar, "src/mpm/" + rel, data, int(path.stat().st_mtime))
+    return digest.hexdigest()
+
+
+def _add_images(tar: tarfile.TarFile, images_src: Path, needed: list[Path], job_dir: str) -> str:
+    """The images the point reads under ``images/``; the remote path the spec names."""
+    if images_src.is_dir() or images_src.suffix.lower() == ".json":  # a folder or a manifest
+        for i, path in enumerate(needed):  # numbered: the remote folder keeps this order
+            _add_file(tar, path, f"images/{i:06d}_{path.name}")
+        return f"{job_dir}/images"
+    _add_file(tar, images_src, "images/" + images_src.name)
+    return f"{job_dir}/images/{images_src.name}"
+
+
+def _add_model(tar: tarfile.TarFile, model: str, job_dir: str, facts: dict) -> str:
+    """A checkpoint file (and its ``variant.yml``) under ``model/``; the remote model argument."""
+    if model.upper() in ("T", "S", "B", "L"):
+        return model
+    ckpt = Path(model)
+    if not ckpt.is_file():
+        raise ConfigError(f"model {model!r} is neither a ViT size (T, S, B, L) nor an existing checkpoint file")
+    _add_file(tar, ckpt, "model/" + ckpt.name)
+    variant = ckpt.with_name("variant.yml")
+    if variant.is_file() and ckpt.name != "variant.yml":
+        _add_file(tar, variant, "model/variant.yml")
+    facts["checkpoint_bytes"] = ckpt.stat().st_size
+    return f"{job_dir}/model/{ckpt.name}"
+
+
 class _Completed:
     def __init__(self, rc: int, stdout: str, stderr: str) -> None:
         self.rc, self.stdout, self.stderr = rc, stdout, stderr
@@ -236,6 +288,27 @@ class SSHRunner:
                 proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
             except OSError as err:
                 raise RemoteError(f"{self._where()}: cannot start ssh: {err}") from None
+        out_chunks, err_lines, threads = self._readers(proc, stream)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            for th in threads:
+                th.join(5)
+            raise RemoteError(f"{self._where()}: no answer within {timeout:.0f} s; remote stderr tail:\n"
+                              f"{_tail(chr(10).join(err_lines))}") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        for th in threads:
+            th.join()
+        return _Completed(rc, b"".join(out_chunks).decode("utf-8", "replace"), "\n".join(err_lines))
+
+    def _readers(self, proc: subprocess.Popen, stream: bool
+                 ) -> tuple[list[bytes], collections.deque[str], list[threading.Thread]]:
+        """Started threads draining ``proc``'s stdout (chunks) and stderr (last 400 lines, logged when ``stream``)."""
         out_chunks: list[bytes] = []
         err_lines: collections.deque[str] = collections.deque(maxlen=400)
 
@@ -255,22 +328,7 @@ class SSHRunner:
         threads = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
         for th in threads:
             th.start()
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            for th in threads:
-                th.join(5)
-            raise RemoteError(f"{self._where()}: no answer within {timeout:.0f} s; remote stderr tail:\n"
-                              f"{_tail(chr(10).join(err_lines))}") from None
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        for th in threads:
-            th.join()
-        return _Completed(rc, b"".join(out_chunks).decode("utf-8", "replace"), "\n".join(err_lines))
+        return out_chunks, err_lines, threads
 
     def _connection_error(self, done: _Completed, during: str) -> RemoteError:
         return RemoteError(f"{self._where()}: cannot connect to {self.target.host}:{self.target.port} ({during}; "
@@ -284,6 +342,19 @@ class SSHRunner:
         command = remote_command(_PROBE_SCRIPT, self.target.python, self.target.work_dir, job_id,
                                  ",".join(modules), _PROBE_CODE)
         done = self._ssh(command, timeout=self.target.connect_timeout + 120)
+        info = self._probe_findings(done)
+        if done.rc == _NO_JOBDIR_RC or (job_id and "MPM_JOB_DIR=" not in done.stdout):
+            raise RemoteError(f"{self._where()}: cannot create the job directory under {self.target.work_dir} "
+                              f"(exit {done.rc}):\n{_tail(done.stderr)}")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: probe failed (exit {done.rc}):\n{_tail(done.stderr)}")
+        for line in done.stdout.splitlines():
+            if line.startswith("MPM_JOB_DIR="):
+                info["job_dir"] = line.split("=", 1)[1].strip()
+        return info
+
+    def _probe_findings(self, done: _Completed) -> dict:
+        """The probe's ``MPM_PROBE`` JSON: python version and modules; raise when the environment falls short."""
         py = self.target.python
         if done.rc == 255:
             raise self._connection_error(done, "probe")
@@ -310,14 +381,6 @@ class SSHRunner:
             raise RemoteError(f"{self._where()}: missing remote environment: remote python {py!r} "
                               f"({info['python']}) cannot import {', '.join(info['missing'])}: {what}. "
                               "Install them there (envs/rpi5/setup.sh)")
-        if done.rc == _NO_JOBDIR_RC or (job_id and "MPM_JOB_DIR=" not in done.stdout):
-            raise RemoteError(f"{self._where()}: cannot create the job directory under {self.target.work_dir} "
-                              f"(exit {done.rc}):\n{_tail(done.stderr)}")
-        if done.rc != 0:
-            raise RemoteError(f"{self._where()}: probe failed (exit {done.rc}):\n{_tail(done.stderr)}")
-        for line in done.stdout.splitlines():
-            if line.startswith("MPM_JOB_DIR="):
-                info["job_dir"] = line.split("=", 1)[1].strip()
         return info
 
     def _bundle(self, spec, job_dir: str, tmp: Path) -> tuple[Path, object, dict]:
@@ -325,64 +388,25 @@ class SSHRunner:
         from mpm.benchmarking.bench import BenchSpec
         from mpm.benchmarking.images import find_images
 
-        src_root = package_source_dir()
         files = find_images(spec.images)
-        images_src = Path(spec.images)
         needed = files[: spec.batch_size * spec.pool_batches]
         tar_path = tmp / "job.tar"
         facts: dict = {"images_shipped": len(needed), "images_available": len(files)}
-
-        def add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-            info = tar.gettarinfo(str(path), arcname)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mode = 0o644
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
-
-        digest = hashlib.sha256()
         with tarfile.open(tar_path, "w") as tar:
-            for path in _source_files(src_root):
-                rel = path.relative_to(src_root).as_posix()
-                data = path.read_bytes()  # hashed and shipped from the same bytes
-                digest.update(rel.encode() + b"\0" + data + b"\0")
-                info = tarfile.TarInfo("src/mpm/" + rel)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(path.stat().st_mtime)
-                tar.addfile(info, io.BytesIO(data))
-            facts["source_sha256"] = digest.hexdigest()
-            if images_src.is_dir() or images_src.suffix.lower() == ".json":  # a folder or a manifest
-                for i, path in enumerate(needed):  # numbered: the remote folder keeps this order
-                    add(tar, path, f"images/{i:06d}_{path.name}")
-                remote_images = f"{job_dir}/images"
-            else:
-                add(tar, images_src, "images/" + images_src.name)
-                remote_images = f"{job_dir}/images/{images_src.name}"
-            remote_model = spec.model
-            if spec.model.upper() not in ("T", "S", "B", "L"):
-                ckpt = Path(spec.model)
-                if not ckpt.is_file():
-                    raise ConfigError(f"model {spec.model!r} is neither a ViT size (T, S, B, L) nor an existing "
-                                      "checkpoint file")
-                add(tar, ckpt, "model/" + ckpt.name)
-                variant = ckpt.with_name("variant.yml")
-                if variant.is_file() and ckpt.name != "variant.yml":
-                    add(tar, variant, "model/variant.yml")
-                remote_model = f"{job_dir}/model/{ckpt.name}"
-                facts["checkpoint_bytes"] = ckpt.stat().st_size
+            facts["source_sha256"] = _add_source(tar, package_source_dir())
+            remote_images = _add_images(tar, Path(spec.images), needed, job_dir)
+            remote_model = _add_model(tar, spec.model, job_dir, facts)
             remote_spec = replace(spec, images=remote_images, model=remote_model)
-            data = json.dumps(remote_spec.to_dict(), indent=1).encode()
-            info = tarfile.TarInfo("spec.json")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
+            _add_bytes(tar, "spec.json", json.dumps(remote_spec.to_dict(), indent=1).encode(), int(time.time()))
         assert isinstance(remote_spec, BenchSpec)
         return tar_path, remote_spec, facts
 
     def run(self, spec, out: str | os.PathLike, runtime: str = "torch",
             cooldown: CooldownConfig | None = None) -> dict:
-        """Measure ``spec`` on the target; write the result to ``out`` atomically; return it."""
-        from mpm.benchmarking.bench import validate_result
-        from mpm.io import atomic_path
+        """Measure ``spec`` on the target; write the result to ``out`` atomically; return it.
 
+        Steps: precheck, probe (creates the job directory), ship, run, fetch, clean up.
+        """
         t = self.target
         out = Path(out)
         modules = REQUIRED_MODULES + (ONNX_MODULES if runtime == "onnxruntime" else ())
@@ -394,71 +418,96 @@ class SSHRunner:
         info = self.probe(job_id, modules)
         job_dir = info["job_dir"]
         try:
-            with tempfile.TemporaryDirectory(prefix="mpm-ship-") as tmpdir:
-                tar_path, remote_spec, facts = self._bundle(spec, job_dir, Path(tmpdir))
-                size_mb = tar_path.stat().st_size / 2**20
-                self.log(f"[{t.name}] shipping {size_mb:.1f} MiB to {job_dir}")
-                done = self._ssh(remote_command(_UNPACK_SCRIPT, job_dir, t.python, _UNPACK_CODE),
-                                 stdin_path=tar_path, timeout=t.connect_timeout + 60 + size_mb * 2)
-                if done.rc == 255:
-                    raise self._connection_error(done, "shipping the job")
-                if done.rc != 0:
-                    raise RemoteError(f"{self._where()}: unpacking the job in {job_dir} failed (exit {done.rc}):\n"
-                                      f"{_tail(done.stderr)}")
-            # paths relative to the job directory the run script starts in: a work_dir holding ':' cannot
-            # split PYTHONPATH (python makes the entry absolute at start-up)
-            env = {"PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-            if commit:
-                env["MPM_GIT_COMMIT"] = commit
-            if remote_spec.threads:
-                env["OMP_NUM_THREADS"] = str(remote_spec.threads)
-            env.update(t.env)
-            argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", "spec.json",
-                    "--runtime", runtime, "--out", "out/result.json"]
-            if cooldown:
-                argv += cooldown.cli_args()
-            command = remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), str(len(env)),
-                                     *(f"{k}={v}" for k, v in env.items()), *argv)
+            remote_spec, facts = self._ship(spec, job_dir)
             self.log(f"[{t.name}] running {spec.method} {list(spec.schedule)} bs={spec.batch_size} on {t.host}")
-            done = self._ssh(command, stream=True,
-                             timeout=(t.run_timeout + t.connect_timeout + 90) if t.run_timeout else None)
-            if done.rc == 255:
-                raise RemoteError(f"{self._where()}: ssh connection failed or was lost during the run (exit 255):\n"
-                                  f"{_tail(done.stderr)}")
-            if done.rc == 124 and t.run_timeout:
-                raise RemoteError(f"{self._where()}: the remote benchmark exceeded run_timeout = {t.run_timeout} s "
-                                  f"and was stopped:\n{_tail(done.stderr)}")
-            if done.rc != 0:
-                raise RemoteError(f"{self._where()}: remote benchmark failed (exit {done.rc}); remote stderr:\n"
-                                  f"{_tail(done.stderr)}")
-            with atomic_path(out) as tmp:
-                self._fetch(job_dir, tmp)
-                try:
-                    result = json.loads(tmp.read_text())
-                except (OSError, ValueError) as err:
-                    raise RemoteError(f"{self._where()}: the fetched result is not valid JSON: {err}") from None
-                problems = validate_result(result)
-                if problems:
-                    raise RemoteError(f"{self._where()}: the fetched result does not match the mpm.bench/1 schema: "
-                                      + "; ".join(problems[:5]))
-                self._localise(result, spec, remote_spec, facts)
-                result["target"] = {
-                    **t.describe(),
-                    "remote_job_dir": job_dir,
-                    "remote_python_version": info["python"],
-                    "remote_versions": info["versions"],
-                    "source_sha256": facts["source_sha256"],
-                    "source_git_commit": commit,
-                    "source_dirty": dirty,
-                    "images_shipped": facts["images_shipped"],
-                    "elapsed_s": round(time.monotonic() - start, 1),
-                }
-                tmp.write_text(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+            self._execute(self._run_command(job_dir, remote_spec, runtime, cooldown, commit))
+            provenance = {
+                "remote_job_dir": job_dir,
+                "remote_python_version": info["python"],
+                "remote_versions": info["versions"],
+                "source_sha256": facts["source_sha256"],
+                "source_git_commit": commit,
+                "source_dirty": dirty,
+                "images_shipped": facts["images_shipped"],
+            }
+            result = self._collect(out, job_dir, spec, remote_spec, facts, provenance, start)
             self.log(f"[{t.name}] wrote {out}")
             return result
         finally:
             if not t.keep_job_dir:
                 self.cleanup(job_dir)
+
+    def _ship(self, spec, job_dir: str) -> tuple[object, dict]:
+        """Bundle the job and unpack it in ``job_dir`` (one ssh call, the tar on stdin); (remote spec, facts)."""
+        t = self.target
+        with tempfile.TemporaryDirectory(prefix="mpm-ship-") as tmpdir:
+            tar_path, remote_spec, facts = self._bundle(spec, job_dir, Path(tmpdir))
+            size_mb = tar_path.stat().st_size / 2**20
+            self.log(f"[{t.name}] shipping {size_mb:.1f} MiB to {job_dir}")
+            done = self._ssh(remote_command(_UNPACK_SCRIPT, job_dir, t.python, _UNPACK_CODE),
+                             stdin_path=tar_path, timeout=t.connect_timeout + 60 + size_mb * 2)
+        if done.rc == 255:
+            raise self._connection_error(done, "shipping the job")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: unpacking the job in {job_dir} failed (exit {done.rc}):\n"
+                              f"{_tail(done.stderr)}")
+        return remote_spec, facts
+
+    def _run_command(self, job_dir: str, remote_spec, runtime: str, cooldown: CooldownConfig | None,
+                     commit: str | None) -> str:
+        """The remote command line that runs ``mpm.cli.bench --target local`` in the job directory."""
+        t = self.target
+        # paths relative to the job directory the run script starts in: a work_dir holding ':' cannot
+        # split PYTHONPATH (python makes the entry absolute at start-up)
+        env = {"PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        if commit:
+            env["MPM_GIT_COMMIT"] = commit
+        if remote_spec.threads:
+            env["OMP_NUM_THREADS"] = str(remote_spec.threads)
+        env.update(t.env)
+        argv = [t.python, "-m", "mpm.cli.bench", "--target", "local", "--spec", "spec.json",
+                "--runtime", runtime, "--out", "out/result.json"]
+        if cooldown:
+            argv += cooldown.cli_args()
+        return remote_command(_RUN_SCRIPT, job_dir, str(t.run_timeout or 0), str(len(env)),
+                              *(f"{k}={v}" for k, v in env.items()), *argv)
+
+    def _execute(self, command: str) -> None:
+        """Run the benchmark command, remote stderr streamed to the log; raise on any failure."""
+        t = self.target
+        done = self._ssh(command, stream=True,
+                         timeout=(t.run_timeout + t.connect_timeout + 90) if t.run_timeout else None)
+        if done.rc == 255:
+            raise RemoteError(f"{self._where()}: ssh connection failed or was lost during the run (exit 255):\n"
+                              f"{_tail(done.stderr)}")
+        if done.rc == 124 and t.run_timeout:
+            raise RemoteError(f"{self._where()}: the remote benchmark exceeded run_timeout = {t.run_timeout} s "
+                              f"and was stopped:\n{_tail(done.stderr)}")
+        if done.rc != 0:
+            raise RemoteError(f"{self._where()}: remote benchmark failed (exit {done.rc}); remote stderr:\n"
+                              f"{_tail(done.stderr)}")
+
+    def _collect(self, out: Path, job_dir: str, spec, remote_spec, facts: dict, provenance: dict,
+                 start: float) -> dict:
+        """Fetch the result beside ``out``, check its schema, localise it, add ``target``, rename onto ``out``."""
+        from mpm.benchmarking.bench import validate_result
+        from mpm.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            self._fetch(job_dir, tmp)
+            try:
+                result = json.loads(tmp.read_text())
+            except (OSError, ValueError) as err:
+                raise RemoteError(f"{self._where()}: the fetched result is not valid JSON: {err}") from None
+            problems = validate_result(result)
+            if problems:
+                raise RemoteError(f"{self._where()}: the fetched result does not match the mpm.bench/1 schema: "
+                                  + "; ".join(problems[:5]))
+            self._localise(result, spec, remote_spec, facts)
+            result["target"] = {**self.target.describe(), **provenance,
+                                "elapsed_s": round(time.monotonic() - start, 1)}
+            tmp.write_text(json.dumps(result, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        return result
 
     @staticmethod
     def _precheck(spec) -> None:

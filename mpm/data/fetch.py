@@ -17,7 +17,7 @@ import logging
 import os
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pooch
@@ -157,6 +157,23 @@ def _host(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
+def _fetch_all(name: str, files: Sequence[RemoteFile], target_of: Callable[[RemoteFile], Path], *,
+               from_paths: Iterable[str | os.PathLike], mirror: str | None, retries: int,
+               progress: bool | None, verify: bool, cli: str) -> Iterator[tuple[RemoteFile, Path]]:
+    """Fetch (or place) each of ``name``'s ``files`` at ``target_of(file)``, in order; yield (file, target)
+    after each, so that the caller can unpack it before the next transfer. One Cityscapes login serves all."""
+    if not verify:
+        log.warning("checksums of %s are NOT verified (--no-verify)", name)
+    local = match_local_files(from_paths, files)
+    mirror = mirror_from_env(mirror)
+    session_box: dict = {}
+    for rf in files:
+        target = target_of(rf)
+        _fetch_remote(rf, target, local=local.get(rf.filename), mirror=mirror, retries=retries,
+                      progress=progress, session_box=session_box, cli=cli, verify=verify)
+        yield rf, target
+
+
 def fetch_dataset(
     name: str,
     root: str | os.PathLike,
@@ -176,17 +193,10 @@ def fetch_dataset(
     """
     files = dataset_files(name)
     root = Path(root)
-    if not verify:
-        log.warning("checksums of %s are NOT verified (--no-verify)", name)
-    local = match_local_files(from_paths, files)
-    mirror = mirror_from_env(mirror)
-    cli = f"mpm fetch dataset {name} --root {root}"
-    session_box: dict = {}
     out = []
-    for rf in files:
-        target = root / rf.dest / rf.filename
-        _fetch_remote(rf, target, local=local.get(rf.filename), mirror=mirror, retries=retries,
-                      progress=progress, session_box=session_box, cli=cli, verify=verify)
+    for rf, target in _fetch_all(name, files, lambda rf: root / rf.dest / rf.filename, from_paths=from_paths,
+                                 mirror=mirror, retries=retries, progress=progress, verify=verify,
+                                 cli=f"mpm fetch dataset {name} --root {root}"):
         if extract and rf.unpack:
             unpack(target, rf.unpack, root / rf.extract_to)
         out.append(target)
@@ -205,13 +215,9 @@ def fetch_checkpoint(
 ) -> Path:
     """Download (or place) checkpoint ``name`` into ``dest/NAME/``; return the weights path."""
     entry = get_entry(name)
-    if not verify:
-        log.warning("checksums of %s are NOT verified (--no-verify)", name)
-    local = match_local_files(from_paths, entry.files)
-    mirror = mirror_from_env(mirror)
     folder = checkpoint_dir(dest, name)
-    cli = f"mpm fetch checkpoint {name} --dest {dest}"
-    for rf in entry.files:
-        _fetch_remote(rf, folder / rf.filename, local=local.get(rf.filename), mirror=mirror,
-                      retries=retries, progress=progress, session_box={}, cli=cli, verify=verify)
+    for _ in _fetch_all(name, entry.files, lambda rf: folder / rf.filename, from_paths=from_paths, mirror=mirror,
+                        retries=retries, progress=progress, verify=verify,
+                        cli=f"mpm fetch checkpoint {name} --dest {dest}"):
+        pass
     return folder / entry.checkpoint_file

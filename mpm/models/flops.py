@@ -456,6 +456,87 @@ def _as_floats(values: Sequence[Any]) -> list[float]:
     return out
 
 
+@dataclass
+class _EncoderPass:
+    """What the encoder blocks and merge steps of one forward cost (FLOPs, not GFLOPs)."""
+
+    blocks_mm: list[float]
+    merge_mm: list[float]
+    blocks_ew: float
+    merge_ew: float
+    attention_tokens: list[float]
+    mlp_tokens: list[float]
+
+
+def _patch_embed(config: SegmenterConfig, n_img: int, prefix: int) -> tuple[float, float]:
+    """Patch-embedding convolution on ``n_img`` patches: (matmul, elementwise) FLOPs.
+
+    Elementwise: the conv bias on ``n_img x C`` and the position embedding on ``(n_img + prefix) x C``.
+    """
+    c, p = config.embed_dim, config.patch_size
+    return 2.0 * n_img * c * 3 * p * p, float(n_img * c + (n_img + prefix) * c)
+
+
+def _encoder_pass(config: SegmenterConfig, method: MergeMethod, steps: Sequence[MergeStep],
+                  n_img: int, prefix: int) -> _EncoderPass:
+    """Walk the encoder blocks in the runner's order, each half at the token count it runs at.
+
+    A ``"before_block"`` step runs the whole block at its new count; an ``"after_attention"``
+    step runs the attention half at the old count and the MLP half at the new one.
+    """
+    c, hidden = config.embed_dim, int(config.embed_dim * config.mlp_ratio)
+    by_site = {(s.block, s.site): s for s in steps}
+    out = _EncoderPass([], [], 0.0, 0.0, [], [])
+    n = float(n_img)
+
+    def merge_at(i: int, site: Site, n: float) -> float:
+        step = by_site.get((i, site))
+        if step is None:
+            return n
+        cost = merge_cost(method, step)
+        out.merge_mm.append(cost.matmul)
+        out.merge_ew += cost.elementwise
+        return step.n_out
+
+    for i in range(config.depth):
+        n = merge_at(i, "before_block", n)
+        a_mm, a_ew = _attn_half(prefix + n, c, config.num_heads)
+        out.attention_tokens.append(prefix + n)
+        n = merge_at(i, "after_attention", n)
+        m_mm, m_ew = _mlp_half(prefix + n, c, hidden)
+        out.mlp_tokens.append(prefix + n)
+        out.blocks_mm.append(a_mm + m_mm)
+        out.blocks_ew += a_ew + m_ew
+    out.blocks_ew += LAYERNORM_PER_ELEM * (prefix + n) * c  # final norm
+    return out
+
+
+def _breakdowns(patch: tuple[float, float], enc: _EncoderPass, decoder: tuple[float, float],
+                upsample_ew: float) -> tuple[float, dict[str, Any], dict[str, float]]:
+    """(headline GFLOPs, matmul breakdown, elementwise breakdown) of the counted parts."""
+    g = 1.0 / GIGA
+    breakdown = {
+        "patch_embed": patch[0] * g,
+        "encoder_blocks": [b * g for b in enc.blocks_mm],
+        "merge": sum(enc.merge_mm) * g,
+        "merge_steps": [m * g for m in enc.merge_mm],
+        "unmerge": 0.0,
+        "decoder": decoder[0] * g,
+        "upsample": 0.0,
+    }
+    elementwise = {
+        "patch_embed": patch[1] * g,
+        "encoder_blocks": enc.blocks_ew * g,
+        "merge": enc.merge_ew * g,
+        "unmerge": 0.0,
+        "decoder": decoder[1] * g,
+        "upsample": upsample_ew * g,
+    }
+    elementwise["total"] = sum(elementwise.values())
+    total = (patch[0] + sum(enc.blocks_mm) + sum(enc.merge_mm) + decoder[0]) * g
+    return total, breakdown, elementwise
+
+
 def segmenter_flops(config: SegmenterConfig, image_size: Sequence[int] | None = None,
                     method: MergeMethod | None = None, tokens_left: Sequence[float] = (),
                     *, dtype_bytes: int = 4) -> FlopReport:
@@ -475,80 +556,24 @@ def segmenter_flops(config: SegmenterConfig, image_size: Sequence[int] | None = 
     """
     method = method or NoMerge()
     (h, w), grid = _grid(config, image_size)
-    p = config.patch_size
-    c = config.embed_dim
-    n_img = grid[0] * grid[1]
-    prefix = 1  # Segmenter's ViT: one class token, no register tokens
-    hidden = int(c * config.mlp_ratio)
+    n_img, prefix = grid[0] * grid[1], 1  # Segmenter's ViT: one class token, no register tokens
     steps = merge_steps(config, method, tokens_left, (h, w))
-    by_site = {(s.block, s.site): s for s in steps}
-
-    patch_mm = 2.0 * n_img * c * 3 * p * p
-    patch_ew = float(n_img * c + (n_img + prefix) * c)  # conv bias, position embedding
-    blocks_mm: list[float] = []
-    merge_mm: list[float] = []
-    enc_ew = 0.0
-    merge_ew = 0.0
-    attn_tokens: list[float] = []
-    mlp_tokens: list[float] = []
-    n = float(n_img)
-    for i in range(config.depth):
-        step = by_site.get((i, "before_block"))
-        if step is not None:  # the whole block runs at the new count
-            cost = merge_cost(method, step)
-            merge_mm.append(cost.matmul)
-            merge_ew += cost.elementwise
-            n = step.n_out
-        a_mm, a_ew = _attn_half(prefix + n, c, config.num_heads)
-        attn_tokens.append(prefix + n)
-        step = by_site.get((i, "after_attention"))
-        if step is not None:  # attention at the old count, MLP at the new one
-            cost = merge_cost(method, step)
-            merge_mm.append(cost.matmul)
-            merge_ew += cost.elementwise
-            n = step.n_out
-        m_mm, m_ew = _mlp_half(prefix + n, c, hidden)
-        mlp_tokens.append(prefix + n)
-        blocks_mm.append(a_mm + m_mm)
-        enc_ew += a_ew + m_ew
-    enc_ew += LAYERNORM_PER_ELEM * (prefix + n) * c  # final norm
-
-    dec_mm, dec_ew = _decoder(config, n_img)
-    k = config.num_classes
-    up_ew = float(BILINEAR_PER_OUTPUT * k * grid[0] * p * grid[1] * p)
-    unmerge_bytes = float(n_img * 8 + 2 * n_img * c * dtype_bytes) if steps else 0.0
-
-    g = 1.0 / GIGA
-    breakdown = {
-        "patch_embed": patch_mm * g,
-        "encoder_blocks": [b * g for b in blocks_mm],
-        "merge": sum(merge_mm) * g,
-        "merge_steps": [m * g for m in merge_mm],
-        "unmerge": 0.0,
-        "decoder": dec_mm * g,
-        "upsample": 0.0,
-    }
-    elementwise = {
-        "patch_embed": patch_ew * g,
-        "encoder_blocks": enc_ew * g,
-        "merge": merge_ew * g,
-        "unmerge": 0.0,
-        "decoder": dec_ew * g,
-        "upsample": up_ew * g,
-    }
-    elementwise["total"] = sum(elementwise.values())
-    total = (patch_mm + sum(blocks_mm) + sum(merge_mm) + dec_mm) * g
+    enc = _encoder_pass(config, method, steps, n_img, prefix)
+    p = config.patch_size
+    upsample_ew = float(BILINEAR_PER_OUTPUT * config.num_classes * grid[0] * p * grid[1] * p)
+    total, breakdown, elementwise = _breakdowns(_patch_embed(config, n_img, prefix), enc,
+                                                _decoder(config, n_img), upsample_ew)
     return FlopReport(
         total=total,
         breakdown=breakdown,
         elementwise=elementwise,
-        unmerge_bytes=unmerge_bytes,
+        unmerge_bytes=float(n_img * 8 + 2 * n_img * config.embed_dim * dtype_bytes) if steps else 0.0,
         tokens={
             "image_tokens": n_img,
             "prefix_tokens": prefix,
             "tokens_left": [s.n_out for s in steps],
-            "attention_tokens": attn_tokens,
-            "mlp_tokens": mlp_tokens,
+            "attention_tokens": enc.attention_tokens,
+            "mlp_tokens": enc.mlp_tokens,
         },
         method=method.name,
         schedule=list(method.schedule),

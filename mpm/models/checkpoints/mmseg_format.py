@@ -130,19 +130,38 @@ def config_from_mmseg(state_dict: Mapping[str, Tensor], meta: Mapping | None = N
         CheckpointError: naming a missing key or an unsupported setting.
     """
     cfg = _mmseg_cfg(meta)
-    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
-    bb = model_cfg.get("backbone") if isinstance(model_cfg.get("backbone"), Mapping) else {}
-    head = model_cfg.get("decode_head") if isinstance(model_cfg.get("decode_head"), Mapping) else {}
+    model_cfg = _section(cfg, "model")
+    bb, head = _section(model_cfg, "backbone"), _section(model_cfg, "decode_head")
+    _check_supported(bb, head)
+    encoder_kw = _mmseg_encoder(state_dict, cfg, model_cfg, bb)
+    k, decoder_kw = _mmseg_decoder(state_dict, head)
+    if num_classes is not None and k != num_classes:
+        raise CheckpointError(f"the checkpoint has {k} classes, {num_classes} were expected")
+    try:
+        return SegmenterConfig(num_classes=k, **encoder_kw, **decoder_kw)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot describe this checkpoint: {err}") from None
 
-    def need(key: str, ndim: int, why: str) -> Tensor:
-        if key not in state_dict:
-            raise CheckpointError(f"missing key {key!r} (needed to infer {why})")
-        value = state_dict[key]
-        if not isinstance(value, Tensor) or value.dim() != ndim:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise CheckpointError(f"key {key!r}: expected a {ndim}-d tensor, found {shape}")
-        return value
 
+def _section(cfg: Mapping, key: str) -> Mapping:
+    """``cfg[key]`` when it is a mapping, else {}."""
+    value = cfg.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _need(state_dict: Mapping[str, Any], key: str, ndim: int, why: str) -> Tensor:
+    """``state_dict[key]``, a tensor of ``ndim`` dimensions, or a CheckpointError naming the key."""
+    if key not in state_dict:
+        raise CheckpointError(f"missing key {key!r} (needed to infer {why})")
+    value = state_dict[key]
+    if not isinstance(value, Tensor) or value.dim() != ndim:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise CheckpointError(f"key {key!r}: expected a {ndim}-d tensor, found {shape}")
+    return value
+
+
+def _check_supported(bb: Mapping, head: Mapping) -> None:
+    """Reject backbone and decode-head settings mpm's Segmenter does not implement."""
     if bb.get("type", "VisionTransformer") != "VisionTransformer":
         raise CheckpointError(f"backbone type {bb.get('type')!r} is not supported (VisionTransformer only)")
     if bb.get("with_cls_token", True) is not True:
@@ -151,7 +170,10 @@ def config_from_mmseg(state_dict: Mapping[str, Tensor], meta: Mapping | None = N
         if isinstance(value, Mapping) and value.get("type", "GELU") != "GELU":
             raise CheckpointError(f"{key} {value.get('type')!r} is not supported (GELU only)")
 
-    proj = need("backbone.patch_embed.projection.weight", 4, "the width and patch size")
+
+def _mmseg_encoder(state_dict: Mapping[str, Any], cfg: Mapping, model_cfg: Mapping, bb: Mapping) -> dict:
+    """The encoder's :class:`SegmenterConfig` fields: shapes for widths, ``bb`` for heads, eps and size."""
+    proj = _need(state_dict, "backbone.patch_embed.projection.weight", 4, "the width and patch size")
     dim, patch = int(proj.shape[0]), int(proj.shape[-1])
     if proj.shape[-2] != patch:
         raise CheckpointError(f"key 'backbone.patch_embed.projection.weight': non-square patches "
@@ -160,40 +182,36 @@ def config_from_mmseg(state_dict: Mapping[str, Tensor], meta: Mapping | None = N
     if depth == 0:
         raise CheckpointError("missing key 'backbone.layers.0.ln1.weight' (no transformer layers found)")
     heads = int(bb.get("num_heads") or max(dim // 64, 1))
-    hidden = need("backbone.layers.0.ffn.layers.0.0.weight", 2, "the MLP width").shape[0]
-    pos = need("backbone.pos_embed", 3, "the training image size")
+    hidden = _need(state_dict, "backbone.layers.0.ffn.layers.0.0.weight", 2, "the MLP width").shape[0]
+    pos = _need(state_dict, "backbone.pos_embed", 3, "the training image size")
     image_size = _mmseg_image_size(int(pos.shape[1]) - 1, patch, bb.get("img_size"))
     enc_eps = _norm_eps(bb.get("norm_cfg"), 1e-6 if not bb else 1e-5)
     mean, std = _mmseg_normalisation(cfg, model_cfg)
-    common = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=hidden / dim, patch_size=patch,
-                  image_size=image_size, encoder_norm_eps=enc_eps, mean=mean, std=std)
+    return dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=hidden / dim, patch_size=patch,
+                image_size=image_size, encoder_norm_eps=enc_eps, mean=mean, std=std)
 
+
+def _mmseg_decoder(state_dict: Mapping[str, Any], head: Mapping) -> tuple[int, dict]:
+    """(number of classes, the decoder's :class:`SegmenterConfig` fields): mask transformer or linear."""
     if "decode_head.cls_emb" in state_dict:
         if head.get("type", "SegmenterMaskTransformerHead") != "SegmenterMaskTransformerHead":
             raise CheckpointError(f"decode_head type {head.get('type')!r} does not match the mask-transformer keys")
-        cls_emb = need("decode_head.cls_emb", 3, "the number of classes")
+        cls_emb = _need(state_dict, "decode_head.cls_emb", 3, "the number of classes")
         k, dec_dim = int(cls_emb.shape[1]), int(cls_emb.shape[2])
         dec_depth = _count_layers(state_dict, "decode_head.layers.")
-        dec_hidden = need("decode_head.layers.0.ffn.layers.0.0.weight", 2, "the decoder MLP width").shape[0] \
-            if dec_depth else 4 * dec_dim
-        config_kw = dict(decoder="mask_transformer", decoder_depth=dec_depth, decoder_dim=dec_dim,
-                         decoder_heads=int(head.get("num_heads") or max(dec_dim // 64, 1)),
-                         decoder_mlp_dim=int(dec_hidden), decoder_norm_eps=_norm_eps(head.get("norm_cfg"), 1e-5))
-    elif "decode_head.conv_seg.weight" in state_dict:
+        dec_hidden = _need(state_dict, "decode_head.layers.0.ffn.layers.0.0.weight", 2,
+                           "the decoder MLP width").shape[0] if dec_depth else 4 * dec_dim
+        return k, dict(decoder="mask_transformer", decoder_depth=dec_depth, decoder_dim=dec_dim,
+                       decoder_heads=int(head.get("num_heads") or max(dec_dim // 64, 1)),
+                       decoder_mlp_dim=int(dec_hidden), decoder_norm_eps=_norm_eps(head.get("norm_cfg"), 1e-5))
+    if "decode_head.conv_seg.weight" in state_dict:
         if head.get("num_convs", 0) != 0:
             raise CheckpointError(f"decode_head num_convs={head.get('num_convs')} is not supported "
                                   "(Segmenter's linear decoder is FCNHead with num_convs=0)")
-        k = int(need("decode_head.conv_seg.weight", 4, "the number of classes").shape[0])
-        config_kw = dict(decoder="linear")
-    else:
-        raise CheckpointError("missing key 'decode_head.cls_emb' (mask transformer) or "
-                              "'decode_head.conv_seg.weight' (linear decoder)")
-    if num_classes is not None and k != num_classes:
-        raise CheckpointError(f"the checkpoint has {k} classes, {num_classes} were expected")
-    try:
-        return SegmenterConfig(num_classes=k, **common, **config_kw)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"cannot describe this checkpoint: {err}") from None
+        return int(_need(state_dict, "decode_head.conv_seg.weight", 4, "the number of classes").shape[0]), \
+            dict(decoder="linear")
+    raise CheckpointError("missing key 'decode_head.cls_emb' (mask transformer) or "
+                          "'decode_head.conv_seg.weight' (linear decoder)")
 
 
 def _count_layers(state_dict: Mapping[str, Any], prefix: str) -> int:
