@@ -6,7 +6,7 @@ schedule and parameters into a :class:`MethodIdentity`, the one value that says
 which configuration of a method ran. Every label and path of a method is a
 property of its identity (:attr:`~MethodIdentity.label` for tables and figures,
 :attr:`~MethodIdentity.display` for the method column, :attr:`~MethodIdentity.short`
-for logs and run names, :attr:`~MethodIdentity.slug` for file names), so no
+for console logs, :attr:`~MethodIdentity.slug` for file names), so no
 module formats one by hand or special-cases a method by name.
 
 The torch implementations (:mod:`mpm.merging`) bind to these specs: a method
@@ -298,7 +298,7 @@ class MethodIdentity:
 
     @property
     def short(self) -> str:
-        """Logs and run names: ``mpm(2,5)``, ``tome(0,1,...,11)``, ``none``."""
+        """Console logs: ``mpm(2,5)``, ``tome(0,1,...,11)``, ``none`` (MLflow run names use the config's schedule name)."""
         return self.name + (f"({','.join(map(str, self.schedule))})" if self.schedule else "")
 
     @property

@@ -6,7 +6,8 @@ point — model, method, schedule, batch size, backend, dtype — on one *target
 file written atomically:
 
 ``main_{dataset}_{model}``
-    per dataset and model: every method and schedule with mIoU, ΔmIoU against dense, GFLOPs
+    per dataset and model: every method and schedule (the config's name, e.g. ``2-5``, ``all``, and its
+    blocks, ``2,5``, ``0-11``) with mIoU, ΔmIoU against dense, GFLOPs
     per image, images/s of backends ``math`` and ``fa2`` on the GPU target at the table's batch size
     (columns "FA2 off" / "FA2 on" on a CUDA device, else named by device and backend as run, e.g.
     "CPU math"), and the speedups over dense;
@@ -267,7 +268,8 @@ class Paper:
         for gr in self.groups:
             rows = gr.rows
             frame = pd.DataFrame({
-                "method": rows["method"], "schedule": rows["schedule_text"], "extent": rows["extent"],
+                "method": rows["method"], "schedule": rows["schedule_name"], "blocks": rows["schedule_text"],
+                "extent": rows["extent"],
                 "mIoU": rows["mIoU"], "ΔmIoU": rows["dmIoU"],
                 "GFLOPs": pd.to_numeric(rows["gflops"], errors="coerce"),
             })
@@ -275,8 +277,8 @@ class Paper:
             weights = self._timing_cells(gr, rows, frame, notes, self.gpu_columns)
             if rows["eval_setup"].nunique() > 1:
                 frame["eval setup"] = rows["eval_setup"]
-            frame["schedule name"] = rows["schedule_name"]  # the config's name of the schedule (the record's names)
             notes = self._extent_notes(rows) + [
+                "schedule: the config's name of the schedule; blocks: the encoder blocks it merges at (0-based).",
                 "GFLOPs: per image as evaluated (sliding windows), 1 multiply-add = 2 FLOPs."] + notes
             if not self.gpu_columns:
                 notes.append("No GPU throughput columns: " + ("no GPU target given or found." if not self.gpu_target else
@@ -310,7 +312,8 @@ class Paper:
             "model": [keys[k].model for k in order],
             "weights": [weights_text(k[0], keys[k]) for k in order],
             "method": [keys[k].method for k in order],
-            "schedule": [keys[k].schedule_text for k in order],
+            "schedule": [keys[k].schedule_name for k in order],
+            "blocks": [keys[k].schedule_text for k in order],
         })
         notes = []
         for col in columns:
@@ -336,7 +339,7 @@ class Paper:
                 continue
             frame = pd.DataFrame({
                 "dataset": gr.dataset, "model": f"{rows['model'].iloc[0]} ({rows['model_id'].iloc[0]})",
-                "method": rows["label"], "extent": rows["extent"],
+                "method": rows["label"], "schedule": rows["schedule_name"], "extent": rows["extent"],
                 "image tokens": pd.to_numeric(rows["image_tokens"], errors="coerce"),
                 "tokens after each insertion": [" → ".join(_tokens_text(t) for t in ts) for ts in rows["tokens_after"]],
                 "GFLOPs": pd.to_numeric(rows["gflops"], errors="coerce"),

@@ -50,7 +50,8 @@ The *job's times* (the run's start and end in MLflow) are the record's ``started
 ``finished_utc``; a record written before they existed gives its end as ``created_utc`` (else
 the file's modification time) and its start as the end minus its wall time. The *model's
 config name* (the pipeline's ``models:`` key, e.g. ``seg-t-demo``), which every run name
-carries, is the record's ``names.model`` when it has one, else the model part of the
+carries beside the method's and schedule's config names (``bench seg-t-demo mpm/2-5 bs1 ...``,
+``eval synthetic/val seg-t-demo tome/all ...``; built in :func:`job_run_name` only), is the record's ``names.model`` when it has one, else the model part of the
 pipeline's job path (the extra param ``pipeline.job``: ``eval/<dataset>/<model>/...`` or
 ``bench/<target>/<model>/...``); without either, an evaluation's run is named by its
 architecture (``Seg-T/16-mask``) and a benchmark's by its checkpoint's file name or ViT size.
@@ -68,11 +69,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mpm.records import BenchRecord, EvalRecord, RecordError, model_name_of, parse_record, record_kind, validate_record
+from mpm.records import BenchRecord, EvalRecord, Names, RecordError, model_name_of, parse_record, record_kind, validate_record
 from mpm.tracking.store import TrackingError
 from mpm.tracking.values import VIEW_METRICS, clean_key, flatten, stringify
 
-__all__ = ["TrackedResult", "describe_result", "job_key_of", "model_config_name", "read_result"]
+__all__ = ["TrackedResult", "describe_result", "job_key_of", "job_run_name", "model_config_name", "read_result"]
 
 #: environment keys that are package/toolkit versions (logged as ``version.<key>``)
 VERSION_KEYS = ("python", "torch", "torchvision", "timm", "numpy", "mpm", "flash_attn", "onnxruntime",
@@ -215,15 +216,30 @@ def _describe(record: dict[str, Any], path: Path, extra_params: Mapping[str, Any
     tags.update({k: stringify(v) for k, v in volatile.items() if v is not None})
     if missing:
         tags["mpm.missing_artifacts"] = json.dumps(missing)
-    run_name = reader.run_name(identity, model_name)
-    if target != "local":
-        run_name += f" @{target}"
+    run_name = job_run_name(kind, names, identity, model_name or reader.model_fallback(identity))
     start_ms, end_ms = job_times(record, path)
     return TrackedResult(path=path, kind=kind, schema=record["schema"], identity=identity,
                          params={clean_key(k): v for k, v in params.items()}, metrics=metrics, series=series,
                          artifacts=[path.resolve(), *artifacts], tags=tags, partial=partial,
                          run_name=run_name, sha256=tags["mpm.result_sha256"], record=dict(record),
                          start_ms=start_ms, end_ms=end_ms, model_name=model_name)
+
+
+def job_run_name(kind: str, names: Names, identity: Mapping[str, str], model: str) -> str:
+    """The MLflow run name of a job, from the record's config names: the one place run names are built.
+
+    ``eval synthetic/val seg-t-demo tome/all bs4 math float32 cpu``, ``bench seg-t-demo mpm/2-5 bs1 math
+    float32 cpu``; `` limit<N>`` for an image limit and `` @<target>`` for a target other than ``local``.
+    ``model`` is the model's config name (or what stands in for it: see the module docstring).
+    """
+    where = f" {names.dataset or identity['dataset']}/{identity['split']}" if kind == "eval" else ""
+    name = (f"{kind}{where} {model} {names.method}/{names.schedule} bs{identity['batch_size']} "
+            f"{identity['backend']} {identity['dtype']} {identity['device']}")
+    if identity.get("limit") not in (None, "null"):
+        name += f" limit{identity['limit']}"
+    if identity.get("target", "local") != "local":
+        name += f" @{identity['target']}"
+    return name
 
 
 def model_config_name(record: Mapping[str, Any], extra_params: Mapping[str, Any] | None = None) -> str | None:
@@ -317,12 +333,6 @@ def _target(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _method_kwargs(method: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in method.items() if k not in _METHOD_BASE_KEYS}
-
-
-def _sched_text(schedule: Any) -> str:
-    if isinstance(schedule, (list, tuple)):
-        return ",".join(str(s) for s in schedule)
-    return "" if schedule in (None, "") else str(schedule)
 
 
 def _environment_params(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -467,14 +477,9 @@ class _Eval:
         _put(m, "images_evaluated", r["images"]["evaluated"])
         return m, s
 
-    def run_name(self, ident: Mapping[str, str], model_name: str | None = None) -> str:
-        sched = _sched_text(self.r["method"]["schedule"])
-        method = ident["method"] + (f"({sched})" if sched else "")
-        name = (f"eval {ident['dataset']}/{ident['split']} {model_name or ident['model']} {method} "
-                f"bs{ident['batch_size']} {ident['backend']} {ident['dtype']} {ident['device']}")
-        if ident.get("limit") not in (None, "null"):
-            name += f" limit{ident['limit']}"
-        return name
+    def model_fallback(self, ident: Mapping[str, str]) -> str:
+        """What names the model in the run name when no config name is known: its architecture."""
+        return ident["model"]
 
 
 def _tokens_per_block(steps: list, full: float | None, depth: Any) -> list[tuple[int, float]]:
@@ -554,12 +559,9 @@ class _Bench:
         _put(m, "wall_s", r["wall_s"])
         return m, s
 
-    def run_name(self, ident: Mapping[str, str], model_name: str | None = None) -> str:
-        sched = _sched_text(self.spec["schedule"])
-        method = ident["method"] + (f"({sched})" if sched else "")
-        model = model_name or model_name_of(self.r["model"].get("checkpoint")) or ident["model"]
-        return (f"bench {model} {method} bs{ident['batch_size']} {ident['backend']} "
-                f"{ident['dtype']} {ident['device']}")
+    def model_fallback(self, ident: Mapping[str, str]) -> str:
+        """What names the model in the run name when no config name is known: its checkpoint's name, or size."""
+        return model_name_of(self.r["model"].get("checkpoint")) or ident["model"]
 
 
 _READERS = {"eval": _Eval, "bench": _Bench}

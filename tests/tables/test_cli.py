@@ -30,7 +30,7 @@ def test_cli_folders_files_and_manifest(make_eval, make_bench, write, tmp_path, 
     for table in index["tables"]:
         assert all((tmp_path / "t").joinpath(f.split("/")[-1]).exists() for f in table["files"])
     md = (tmp_path / "t" / "main_ade20k_seg_t_mask.md").read_text()
-    assert "| MPM | 2,5 | full | 37.50 | -0.50 | 19.00 | 125.0 | 1.25 | 360.0 | 1.20 |" in md
+    assert "| MPM | 2-5 | 2,5 | full | 37.50 | -0.50 | 19.00 | 125.0 | 1.25 | 360.0 | 1.20 |" in md
 
     # the same through a manifest (relative paths from the manifest's folder, comments ignored),
     # an empty --gpu-target (Snakemake's empty config value) and the default batch size

@@ -57,7 +57,7 @@ def test_main_table_deltas_speedups_and_partial_rows(standard, tmp_path) -> None
         assert (tmp_path / "tables" / f"main_ade20k_seg_t_mask.{ext}").stat().st_size > 100
     rows = _csv(tmp_path / "tables" / "main_ade20k_seg_t_mask.csv")
     # dense first, then by number of insertions
-    assert list(rows) == ["none||full", "MPM|5|partial (10/60 images)", "MPM|2,5|full"]
+    assert list(rows) == ["none|dense|full", "MPM|5|partial (10/60 images)", "MPM|2-5|full"]
     dense, partial, mpm = rows.values()
     off, on = f"img/s FA2 off (h100: {H100[7:]})", f"img/s FA2 on (h100: {H100[7:]})"
     assert float(dense["ΔmIoU"]) == 0.0 and float(mpm["ΔmIoU"]) == pytest.approx(-0.5)
@@ -80,7 +80,7 @@ def test_main_table_deltas_speedups_and_partial_rows(standard, tmp_path) -> None
 def test_cross_platform_and_ablation(standard, tmp_path) -> None:
     build_paper(standard, tmp_path / "t", tmp_path / "f", gpu_target="h100", cpu_target="rpi5", figures=False)
     cross = _csv(tmp_path / "t" / "cross_platform.csv")
-    mpm = cross["MPM|2,5|"]
+    mpm = cross["MPM|2-5|"]
     assert mpm["weights"] == "seg_t_mask" and mpm["model"] == "Seg-T/16"
     assert float(mpm[f"ms/img b1 (rpi5: {PI})"]) == pytest.approx(625.0)
     assert float(mpm["speedup b1 (rpi5)"]) == pytest.approx(1.6)
@@ -106,8 +106,8 @@ def test_partial_runs_compare_only_with_a_dense_run_of_the_same_limit(make_eval)
                  make_eval("mpm", [1, 3, 5], 39.5, 18.0)]
     (table,) = Paper(res).main_tables()
     f = table.frame.set_index(["schedule", "extent"])
-    assert f.loc[("2,5", "partial (10/60 images)"), "ΔmIoU"] == pytest.approx(-1.0)   # vs dense limit 10
-    assert f.loc[("1,3,5", "full"), "ΔmIoU"] == pytest.approx(-0.5)                  # vs full dense
+    assert f.loc[("2-5", "partial (10/60 images)"), "ΔmIoU"] == pytest.approx(-1.0)   # vs dense limit 10
+    assert f.loc[("1-3-5", "full"), "ΔmIoU"] == pytest.approx(-0.5)                  # vs full dense
     assert math.isnan(f.loc[("5", "partial (20/60 images)"), "ΔmIoU"])               # no dense at limit 20
     assert any("MPM(5) (partial (20/60 images)): no ΔmIoU" in n for n in table.notes)
     # dense rows: the full one first
@@ -299,7 +299,7 @@ def test_speedups_within_the_timings_spread_are_marked_not_significant(make_eval
     build_paper(write(evals, "eval") + write(benches, "bench"), tmp_path / "tables", tmp_path / "figures",
                 gpu_target="h100", cpu_target="", batch_size=32)
     md = (tmp_path / "tables" / "main_ade20k_seg_t_mask.md").read_text()
-    [mpm25] = [line for line in md.splitlines() if line.startswith("| MPM | 2,5 |")]
+    [mpm25] = [line for line in md.splitlines() if line.startswith("| MPM | 2-5 |")]
     [mpm5] = [line for line in md.splitlines() if line.startswith("| MPM | 5 |")]
     assert "| 1.20 |" in mpm25 and "*" not in mpm25
     assert "| 1.03* |" in mpm5
@@ -308,3 +308,22 @@ def test_speedups_within_the_timings_spread_are_marked_not_significant(make_eval
     assert "1.03*" in tex
     rows = _csv(tmp_path / "tables" / "main_ade20k_seg_t_mask.csv")  # the CSV keeps plain numbers
     assert float(rows["MPM|5|full"]["speedup FA2 on"]) == pytest.approx(309 / 300)
+
+
+def test_the_schedule_column_shows_the_configs_name_and_blocks_what_it_resolved_to(make_eval, make_bench) -> None:
+    """Issue 11: ToMe's schedule is ``all`` in the config, so ``all`` in the table (blocks ``0-11`` beside it)."""
+    res = load_results([])
+    tome = make_eval("tome", list(range(12)), 36.0, 20.0, r=8)
+    tome["names"]["schedule"] = "all"  # as the workflow records config/demo.yaml's ``tome: {schedules: {all: all}}``
+    res.evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680]), tome]
+    bench = make_bench("tome", list(range(12)), "math", 110.0, r=8)
+    bench["names"] = {"dataset": None, "model": "seg-t-demo", "method": "tome", "schedule": "all"}
+    res.benches = [make_bench("none", [], "math", 100.0), bench]
+    paper = Paper(res, gpu_target="h100")
+    (table,) = paper.main_tables()
+    rows = {m: r for m, r in zip(table.frame["method"], table.frame.to_dict("records"))}
+    assert (rows["ToMe (r=8)"]["schedule"], rows["ToMe (r=8)"]["blocks"]) == ("all", "0-11")
+    assert (rows["MPM"]["schedule"], rows["MPM"]["blocks"]) == ("2-5", "2,5")
+    assert rows["none"]["schedule"] == "dense" and "schedule name" not in table.frame.columns
+    cross = paper.cross_platform_table().frame
+    assert list(cross["schedule"]) == ["dense", "all"] and list(cross["blocks"]) == ["", "0-11"]

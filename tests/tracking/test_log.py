@@ -42,7 +42,7 @@ def test_eval_result_logged(session_store, client, tmp_path):
     assert m["mIoU"] == 38.1 and m["aAcc"] == 75.0 and m["mAcc"] == 50.0
     assert m["gflops"] == 7.5 and m["images_per_s"] == 0.64
     assert t["mpm.job_key"] == out.job_key and t["mpm.kind"] == "eval" and t["mpm.partial"] == "true"
-    assert t["mlflow.runName"].startswith("eval ade20k-log/val Seg-T/16-mask mpm(2,5)")
+    assert t["mlflow.runName"].startswith("eval ade20k-log/val Seg-T/16-mask mpm/2-5")
     hist = client.get_metric_history(out.run_id, "tokens_after_step")
     assert sorted((h.step, h.value) for h in hist) == [(0, 700.0), (1, 520.5)]
     blocks = {h.step: h.value for h in client.get_metric_history(out.run_id, "tokens_in_block")}

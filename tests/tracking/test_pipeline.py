@@ -113,7 +113,7 @@ def test_successful_invocation_ends_its_parent_finished(tmp_path):
     assert parent.info.status == "FINISHED" and parent.info.end_time >= parent.info.start_time
     [child] = client.search_runs([exp.experiment_id], "tags.`mpm.kind` = 'eval'")
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.info.run_name.startswith("eval toy/val model-a mpm(2,5)")
+    assert child.info.run_name.startswith("eval toy/val model-a mpm/2-5")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 

@@ -59,9 +59,9 @@ def test_producers_write_valid_records_with_the_jobs_times(tmp_path):
     # the tracking reads both, with the pipeline's model name in the run name
     tracked = describe_result(record, path, {"pipeline.job": "eval/synthetic/seg-t-demo/mpm/1-3"})
     assert (tracked.start_ms, tracked.end_ms) == (start, end)
-    assert tracked.run_name.startswith("eval synthetic/val seg-t-demo mpm(1,3) bs1")
+    assert tracked.run_name.startswith("eval synthetic/val seg-t-demo mpm/1-3 bs1")
     tracked = describe_result(point, bench_json, {"pipeline.job": "bench/local/seg-t-demo/tome/all/bs1-math-float32"})
-    assert tracked.run_name.startswith("bench seg-t-demo tome(") and tracked.tags["mpm.model"] == "seg-t-demo"
+    assert tracked.run_name.startswith("bench seg-t-demo tome/all bs1") and tracked.tags["mpm.model"] == "seg-t-demo"
 
 
 def test_the_issues_incomplete_record_is_refused_and_nothing_logged(session_store, client, tmp_path, capsys):

@@ -88,15 +88,15 @@ def test_run_names_carry_the_models_config_name(session_store, client, tmp_path)
     out = track_result(write(tmp_path / "b.json", bench), tracking_uri=uri, experiment="bench",
                        extra_params={"pipeline.job": job})
     run = client.get_run(out.run_id)
-    assert run.info.run_name == "bench seg-t-demo mpm(2,5) bs2 sdpa float16 cuda"  # was "bench models mpm(2,5) ..."
+    assert run.info.run_name == "bench seg-t-demo mpm/2-5 bs2 sdpa float16 cuda"  # was "bench models mpm(2,5) ..."
     assert run.data.tags["mpm.model"] == "seg-t-demo"
     # without the pipeline's job path: the checkpoint's file name, not its folder
     bench["spec"]["batch_size"] = bench["timing"]["batch_size"] = 3
     out = track_result(write(tmp_path / "b3.json", bench), tracking_uri=uri, experiment="bench")
-    assert client.get_run(out.run_id).info.run_name.startswith("bench seg-t-demo mpm(2,5) bs3")
+    assert client.get_run(out.run_id).info.run_name.startswith("bench seg-t-demo mpm/2-5 bs3")
     ev = track_result(write(tmp_path / "e.json", eval_record(tmp_path, dataset="names")), tracking_uri=uri,
                       experiment="eval", extra_params={"pipeline.job": "eval/names/seg-t-demo/mpm/2-5"})
-    assert client.get_run(ev.run_id).info.run_name.startswith("eval names/val seg-t-demo mpm(2,5) bs1 math")
+    assert client.get_run(ev.run_id).info.run_name.startswith("eval names/val seg-t-demo mpm/2-5 bs1 math")
 
 
 def test_parent_runs_while_the_invocation_runs_then_ends(session_store, client, tmp_path, capsys):
