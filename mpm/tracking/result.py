@@ -71,7 +71,7 @@ from typing import Any
 
 from mpm.records import BenchRecord, EvalRecord, Names, RecordError, model_name_of, parse_record, record_kind, validate_record
 from mpm.tracking.store import TrackingError
-from mpm.tracking.values import VIEW_METRICS, clean_key, flatten, stringify
+from mpm.tracking.values import clean_key, flatten, stringify
 
 __all__ = ["TrackedResult", "describe_result", "job_key_of", "job_run_name", "model_config_name", "read_result"]
 

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import forked_cli
 import pytest
 from runs import REPO, mpm_env
 
@@ -19,27 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the DAG may run in
 
 N_LOGGERS = 16
 EXPERIMENT = "mpm-ci-load"
-
-_LAUNCHER = r"""
-import json, multiprocessing as mp, sys
-import mlflow.tracking  # the slow import, once, before forking
-from mpm.cli import build_parser, main
-build_parser()
-argvs = json.loads(sys.argv[1])
-ctx = mp.get_context("fork")
-barrier = ctx.Barrier(len(argvs))
-
-def child(argv):
-    barrier.wait(300)
-    sys.exit(main(argv))
-
-procs = [ctx.Process(target=child, args=(argv,)) for argv in argvs]
-for p in procs:
-    p.start()
-for p in procs:
-    p.join(900)
-print(json.dumps([p.exitcode for p in procs]))
-"""
 
 
 def test_sixteen_concurrent_loggers_lose_and_duplicate_nothing(ci_dag, tracking_server, tmp_path):
@@ -59,10 +39,10 @@ def test_sixteen_concurrent_loggers_lose_and_duplicate_nothing(ci_dag, tracking_
         argvs.append(["track", "log", str(results[i % len(results)]), "--uri", url, "--experiment", EXPERIMENT,
                       "--parent-key", "load-test", "--param", f"load.logger={i}",
                       "--done-file", str(tmp_path / f"{i}.json")])
-    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(argvs)], cwd=REPO, env=mpm_env(),
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0] * len(argvs), proc.stderr[-3000:]
+    launcher = forked_cli.start(argvs, REPO, mpm_env(), barrier_s=300, join_s=900)
+    stdout, stderr = launcher.communicate(timeout=1200)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1]) == [0] * len(argvs), stderr[-3000:]
 
     markers = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(N_LOGGERS)]
     client = resolve_store(url).client()
