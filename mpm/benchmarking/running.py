@@ -58,7 +58,7 @@ def run_target(target: Target, spec, out: str | os.PathLike, runtime: str = "tor
 
     ``cooldown`` overrides the target's own cooldown settings. Returns the result dict.
     """
-    from mpm.io import write_json_atomic
+    from mpm.records import BenchRecord
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
@@ -79,5 +79,5 @@ def run_target(target: Target, spec, out: str | os.PathLike, runtime: str = "tor
             else:
                 os.environ[key] = value
     result["target"] = target.describe()
-    write_json_atomic(out, result)
+    BenchRecord(result).write(out)  # checked against its schema: an invalid record writes nothing
     return result

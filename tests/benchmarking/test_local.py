@@ -121,3 +121,22 @@ def test_ratio_statistics_mark_noise():
                         iters=2, repeats=3, warmup=1)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then interleaved blocks
     assert [len(v) for v in times.values()] == [3, 3]
+
+
+def test_an_invalid_record_is_refused_on_write_naming_the_field(images, tmp_path, tiny_point, monkeypatch, capsys):
+    """The point's record is checked against its schema before it is written: a bad one writes nothing."""
+    import mpm.benchmarking.running as running
+
+    real = running.run_local
+
+    def without_timing(*args, **kwargs):
+        record = real(*args, **kwargs)
+        del record["timing"]
+        return record
+
+    monkeypatch.setattr(running, "run_local", without_timing)
+    out = tmp_path / "out" / "point.json"
+    rc = bench_main(["--images", str(images), *tiny_point, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "timing" in err and str(out) in err and "Traceback" not in err
+    assert not out.exists() and list(out.parent.glob("*")) == []
