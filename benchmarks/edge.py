@@ -104,11 +104,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def ratio_stats(num: list[float], den: list[float]) -> dict:
-    """Median of the per-round ratios ``num / den``, their min-max spread, and whether it excludes 1."""
-    ratios = [a / b for a, b in zip(num, den)]
-    lo, hi = min(ratios), max(ratios)
-    return {"median": statistics.median(ratios), "spread": [lo, hi], "significant": not (lo <= 1.0 <= hi),
-            "per_round": ratios}
+    """Median of the per-round ratios ``num / den``, their min-max spread, and whether it excludes 1
+    (:func:`mpm.benchmarking.timing.ratio_stats`), with the per-round ratios."""
+    from mpm.benchmarking.timing import ratio_stats as ratio
+
+    r = ratio(num, den)
+    return {"median": r.median, "spread": [r.low, r.high], "significant": r.significant,
+            "per_round": [a / b for a, b in zip(num, den)]}
 
 
 # --------------------------------------------------------------------------- #
