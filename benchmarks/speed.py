@@ -109,94 +109,111 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
 def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict, batch: int, backend: str,
               mode: str, method_names: list[str], device: torch.device, dtype: torch.dtype, repeats: int,
               extra: dict) -> list[dict]:
-    """All rows of one (images, model, batch size, backend, mode): dense timed once, interleaved with all."""
+    """All rows of one (images, model, batch size, backend, mode): per method, dense, its oracle and the
+    method timed interleaved. Only the dense runner outlives a method's row: every graphed runner holds
+    its own memory pool (at Seg-L batch 32, 3.9 GB of logits alone), and seven at once overflow an H200."""
     inputs = [model.normalize(b.to(device=device, dtype=dtype)) for b in pool_u8.split(batch)]
     iters = len(inputs) * (ITERS.get((size, batch), 1) if batch > 1 else 1)
     methods = methods_for(size)
-    variants, runners, meta = {}, {}, {}
+    rows = []
     with torch.inference_mode():
         dense = model.runner(NoMerge(), backend, mode)
-        variants["dense"] = lambda i, r=dense: r(inputs[i % len(inputs)])
         dense_encs = [dense(x, return_encoder=True)[1] for x in inputs]
         dense_gf = gflops(model, inputs, NoMerge(), dense_encs)
+        del dense_encs
         for name in method_names:
-            method = methods[name]
-            runner = model.runner(method, backend, mode)
-            counts, encs = [], []
-            for x in inputs:  # the method's own counts per batch (also captures its graphs)
-                _, enc = runner(x, return_encoder=True)
-                counts.append([t.tolist() for t in enc.tokens_left])
-                encs.append(type(enc)(enc.tokens, enc.prefix, enc.grid, enc.index.clone(),
-                                      [t.clone() for t in enc.tokens_left]))
-            oracle = SliceOracle(method)
-            orunner = model.runner(oracle, backend, mode)
-
-            def run_oracle(i, r=orunner, o=oracle, c=counts):
-                o.counts = c[i % len(inputs)]
-                return r(inputs[i % len(inputs)])
-
-            variants[f"oracle:{name}"] = run_oracle
-            variants[name] = lambda i, r=runner: r(inputs[i % len(inputs)])
-            runners[name] = runner
-            meta[name] = {"gflops": gflops(model, inputs, method, encs), "counts": counts,
-                          "describe": method.describe()}
-        t0 = time.time()
-        cpu_times: dict[str, list[float]] = {}
-        times = interleaved(variants, device, iters, repeats, warmup=len(inputs), cpu_ms=cpu_times)
-        timing_s = time.time() - t0
-        rows = []
-        for name in method_names:
-            runner = runners[name]
-            pads = runner.pad_stats
-            pad_share = (sum(c - r for r, c in pads) / sum(r for r, _ in pads)) if pads else 0.0
-            graphs = runner._graphs.num_graphs if runner._graphs is not None else 0
-            bd = breakdown(model, methods[name], backend, mode, inputs, device)
-            total = sum(v for v in bd.values() if v is not None)
-            share = (bd["merge_ms"] + bd["unmerge_ms"]) / total if total > 0 else None
-            med = {k: statistics.median(v) for k, v in times.items()}
-            speed = ratio_stats(times["dense"], times[name])
-            ospeed = ratio_stats(times["dense"], times[f"oracle:{name}"])
-            vs_oracle = ratio_stats(times[f"oracle:{name}"], times[name])
-            counts = meta[name]["counts"]
-            per_site = [statistics.fmean(c for batch_counts in counts for c in batch_counts[k])
-                        for k in range(len(counts[0]))] if counts and counts[0] else []
-            rows.append({
-                "model": f"Seg-{size}/16", "method": name, "batch_size": batch,
-                "backend": "fa2" if backend == "fa2" else backend, "mode": mode, "device": extra["device"],
-                "images": images,
-                "dense_img_s": 1000.0 * batch / med["dense"],
-                "oracle_img_s": 1000.0 * batch / med[f"oracle:{name}"],
-                "method_img_s": 1000.0 * batch / med[name],
-                "speedup": speed.median, "oracle_speedup": ospeed.median,
-                "ideal_speedup": dense_gf / meta[name]["gflops"],
-                "merge_unmerge_share": share,
-                "speedup_range": [speed.low, speed.high], "speedup_significant": speed.significant,
-                "oracle_speedup_range": [ospeed.low, ospeed.high], "oracle_speedup_significant": ospeed.significant,
-                "vs_oracle": vs_oracle.median, "vs_oracle_range": [vs_oracle.low, vs_oracle.high],
-                "dense_ms": med["dense"], "oracle_ms": med[f"oracle:{name}"], "method_ms": med[name],
-                "repeat_ms": {"dense": times["dense"], "oracle": times[f"oracle:{name}"], "method": times[name]},
-                **(_cpu_time_ratios(cpu_times, name) if cpu_times else {}),
-                "breakdown_ms": bd, "pad_share": pad_share, "graphs": graphs,
-                "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
-                "dense_gflops": dense_gf, "method_gflops": meta[name]["gflops"],
-                "method_config": meta[name]["describe"], "weights": "random-init (seed 0)",
-                "image_source": source, "repeats": repeats, "iters": iters, "timing_s": timing_s, **extra,
-            })
-    del variants, runners, dense
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+            rows.append(method_row(model, size, images, source, batch, backend, mode, name, methods[name], dense,
+                                   dense_gf, inputs, iters, device, repeats, extra))
+            _release(device)
+    del dense
+    _release(device)
     return rows
 
 
-def _cpu_time_ratios(cpu_ms: dict[str, list[float]], name: str) -> dict:
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_method(model, method, dense, backend: str, mode: str, inputs: list[torch.Tensor], iters: int,
+                device: torch.device, repeats: int) -> dict:
+    """Dense, the slice oracle at the method's own counts and the method, timed interleaved; the method's
+    and the oracle's runners (and their graph pools) are freed on return."""
+    runner = model.runner(method, backend, mode)
+    counts, encs = [], []
+    for x in inputs:  # the method's own counts per batch (also captures its graphs)
+        _, enc = runner(x, return_encoder=True)
+        counts.append([t.tolist() for t in enc.tokens_left])
+        encs.append(type(enc)(enc.tokens, enc.prefix, enc.grid, enc.index.clone(),
+                              [t.clone() for t in enc.tokens_left]))
+    method_gf = gflops(model, inputs, method, encs)
+    del encs
+    oracle = SliceOracle(method)
+    orunner = model.runner(oracle, backend, mode)
+
+    def run_oracle(i: int):
+        oracle.counts = counts[i % len(inputs)]
+        return orunner(inputs[i % len(inputs)])
+
+    variants = {"dense": lambda i: dense(inputs[i % len(inputs)]), "oracle": run_oracle,
+                "method": lambda i: runner(inputs[i % len(inputs)])}
+    t0 = time.time()
+    cpu_times: dict[str, list[float]] = {}
+    times = interleaved(variants, device, iters, repeats, warmup=len(inputs), cpu_ms=cpu_times)
+    pads = runner.pad_stats
+    return {"counts": counts, "gflops": method_gf, "times": times, "cpu_times": cpu_times,
+            "timing_s": time.time() - t0,
+            "pad_share": (sum(c - r for r, c in pads) / sum(r for r, _ in pads)) if pads else 0.0,
+            "graphs": runner._graphs.num_graphs if runner._graphs is not None else 0}
+
+
+def method_row(model, size: str, images: str, source: dict, batch: int, backend: str, mode: str, name: str,
+               method, dense, dense_gf: float, inputs: list[torch.Tensor], iters: int, device: torch.device,
+               repeats: int, extra: dict) -> dict:
+    """One row: :func:`time_method`, then the merge/unmerge breakdown once the timed runners are freed."""
+    timed = time_method(model, method, dense, backend, mode, inputs, iters, device, repeats)
+    _release(device)
+    times, counts, cpu_times = timed["times"], timed["counts"], timed["cpu_times"]
+    bd = breakdown(model, method, backend, mode, inputs, device)
+    total = sum(v for v in bd.values() if v is not None)
+    share = (bd["merge_ms"] + bd["unmerge_ms"]) / total if total > 0 else None
+    med = {k: statistics.median(v) for k, v in times.items()}
+    speed = ratio_stats(times["dense"], times["method"])
+    ospeed = ratio_stats(times["dense"], times["oracle"])
+    vs_oracle = ratio_stats(times["oracle"], times["method"])
+    per_site = [statistics.fmean(c for batch_counts in counts for c in batch_counts[k])
+                for k in range(len(counts[0]))] if counts and counts[0] else []
+    return {
+        "model": f"Seg-{size}/16", "method": name, "batch_size": batch,
+        "backend": backend, "mode": mode, "device": extra["device"], "images": images,
+        "dense_img_s": 1000.0 * batch / med["dense"],
+        "oracle_img_s": 1000.0 * batch / med["oracle"],
+        "method_img_s": 1000.0 * batch / med["method"],
+        "speedup": speed.median, "oracle_speedup": ospeed.median,
+        "ideal_speedup": dense_gf / timed["gflops"],
+        "merge_unmerge_share": share,
+        "speedup_range": [speed.low, speed.high], "speedup_significant": speed.significant,
+        "oracle_speedup_range": [ospeed.low, ospeed.high], "oracle_speedup_significant": ospeed.significant,
+        "vs_oracle": vs_oracle.median, "vs_oracle_range": [vs_oracle.low, vs_oracle.high],
+        "dense_ms": med["dense"], "oracle_ms": med["oracle"], "method_ms": med["method"],
+        "repeat_ms": times,
+        **(_cpu_time_ratios(cpu_times) if cpu_times else {}),
+        "breakdown_ms": bd, "pad_share": timed["pad_share"], "graphs": timed["graphs"],
+        "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
+        "dense_gflops": dense_gf, "method_gflops": timed["gflops"],
+        "method_config": method.describe(), "weights": "random-init (seed 0)",
+        "image_source": source, "repeats": repeats, "iters": iters, "timing_s": timed["timing_s"], **extra,
+    }
+
+
+def _cpu_time_ratios(cpu_ms: dict[str, list[float]]) -> dict:
     """Process-CPU-time ratios (CPU rows): what the forward costs in CPU work, robust to other processes."""
-    speed = ratio_stats(cpu_ms["dense"], cpu_ms[name])
-    ospeed = ratio_stats(cpu_ms["dense"], cpu_ms[f"oracle:{name}"])
-    vs = ratio_stats(cpu_ms[f"oracle:{name}"], cpu_ms[name])
+    speed = ratio_stats(cpu_ms["dense"], cpu_ms["method"])
+    ospeed = ratio_stats(cpu_ms["dense"], cpu_ms["oracle"])
+    vs = ratio_stats(cpu_ms["oracle"], cpu_ms["method"])
     return {"cpu_time_speedup": speed.to_dict(), "cpu_time_oracle_speedup": ospeed.to_dict(),
-            "cpu_time_vs_oracle": vs.to_dict(),
-            "repeat_cpu_ms": {"dense": cpu_ms["dense"], "oracle": cpu_ms[f"oracle:{name}"], "method": cpu_ms[name]}}
+            "cpu_time_vs_oracle": vs.to_dict(), "repeat_cpu_ms": cpu_ms}
 
 
 def fmt_ratio(value: float, rng: list[float], significant: bool) -> str:
