@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's rows: speed.py --device cpu, edge.py (about 7-8 min)
 #   bash benchmarks/gpu_run.sh full    # gpu, then cpu (one call of about 13-15 min; over one device call's limit)
 #
-# Writes under $OUT: gpu.txt, checks.log, speed.json (or speed.partial.json if cut short), speed.log;
+# Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
 # for cpu: cpu_speed.json, cpu_speed.log, edge.json, edge.log. Commit speed.json as
 # results/reference/h200/speed.json, merge cpu_speed.json's rows into results/reference/cpu/speed.json,
 # and edge.json (which holds the committed runs plus this one) as results/reference/cpu/edge.json.
@@ -29,6 +29,7 @@ gpu_rows() {
             | tee -a "$OUT/checks.log"
         export MPM_TRITON=0
     fi
+    timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
     if [ "$1" = quick ]; then
         python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 \
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
