@@ -38,12 +38,12 @@ gpu_rows() {
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     fi
 }
-cpu_rows() {
+cpu_rows() {  # the edge study first: issue 13's rows need this CPU
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats 5 \
-        --images photos --out "$OUT/cpu_speed.json" 2>&1 | tee "$OUT/cpu_speed.log"
     cp results/reference/cpu/edge.json "$OUT/edge.json"
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --int8 2>&1 | tee "$OUT/edge.log"
+    python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats 5 \
+        --images photos --out "$OUT/cpu_speed.json" 2>&1 | tee "$OUT/cpu_speed.log"
 }
 case "$what" in
     quick|gpu) gpu_rows "$what" ;;
