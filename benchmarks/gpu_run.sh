@@ -10,8 +10,13 @@
 # for cpu: cpu_speed.json, cpu_speed.log, edge.json, edge.log. Commit speed.json as
 # results/reference/h200/speed.json, merge cpu_speed.json's rows into results/reference/cpu/speed.json,
 # and edge.json (which holds the committed runs plus this one) as results/reference/cpu/edge.json.
+#
+# Give the commit of the tree sent: MPM_GIT_COMMIT=$(git rev-parse HEAD) evaluated HERE, before the call
+# (the device's copy of the checkout keeps the git metadata of an earlier commit, so git there lies).
 set -o pipefail
 cd "$(dirname "$0")/.."
+: "${MPM_GIT_COMMIT:?set MPM_GIT_COMMIT to the commit of the tree sent (git rev-parse HEAD where you call from)}"
+export MPM_GIT_COMMIT
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/mpm-out}
 mkdir -p "$OUT"

@@ -79,12 +79,13 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
         kept = plan.kept
         src = row_sources(plan.dest, plan.partner, plan.survivor, n, start, kept, 1, True, slots, int(x.shape[0]))
         steps = {
-            "plan (similarity, argmax, mutual test)": lambda: plan_rows(x, start, n, 1, slots),
+            f"plan (similarity, argmax, mutual test){' as the runner' if use_triton else ''}": lambda: plan_rows(x, start, n, 1, slots),
             "sources (output layout)": lambda: row_sources(plan.dest, plan.partner, plan.survivor, n, start, kept, 1,
                                                            True, slots, int(x.shape[0])),
             "gather mean": lambda: gather_mean(x, src.src1, src.src2),
         }
         if use_triton:
+            steps["plan, fused best-partner kernel"] = lambda: _fused(lambda: plan_rows(x, start, n, 1, slots))
             steps["best partner kernel alone"] = lambda: tk.best_partners_rows(x, start, n, 1, slots)
         else:
             steps["best partner alone (padded view + bmm + max)"] = lambda: best_partners(
@@ -95,6 +96,15 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                          "path": "triton" if use_triton else "pytorch", "step": step, "ms": loop_ms(fn, device)})
     tk.enabled = True
     return rows
+
+
+def _fused(fn):
+    """``fn()`` with MPM's plan taking the fused best-partner kernel (``tk.fused_best_partner``)."""
+    before, tk.fused_best_partner = tk.fused_best_partner, True
+    try:
+        return fn()
+    finally:
+        tk.fused_best_partner = before
 
 
 def main() -> int:

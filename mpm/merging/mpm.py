@@ -204,17 +204,25 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         view: (B, S, C) the same image tokens as a padded view, when the layout has one
             (saves the gather of the PyTorch path).
     Returns:
-        :class:`RowPlan` (B, S). On CUDA the similarity, argmax and mutual test run as two
-        Triton kernels (cosine in float32 accumulation); elsewhere the reference functions.
+        :class:`RowPlan` (B, S). On CUDA the mutual test, representatives and slots are one
+        Triton kernel, after the twin's best partners (or, with ``tk.fused_best_partner``, the
+        fused similarity-argmax kernel, cosine in float32 accumulation); elsewhere the reference
+        functions.
     """
-    if tk.available(x):
-        if n_img is None:
-            n_img = torch.full_like(start, slots)
-        best, score = tk.best_partners_rows(x, start, n_img, num_prefix, slots)
-        return RowPlan(*tk.mutual_plan(best, score, n_img))
-    feats = view if view is not None else rows_to_padded(x, start + num_prefix, slots)
-    best, score = best_partners(feats, n_img)
+    fused = tk.available(x)
+    if fused and tk.fused_best_partner:
+        best, score = tk.best_partners_rows(x, start, _counts(n_img, start, slots), num_prefix, slots)
+    else:
+        feats = view if view is not None else rows_to_padded(x, start + num_prefix, slots)
+        best, score = best_partners(feats, n_img)
+    if fused:
+        return RowPlan(*tk.mutual_plan(best, score, _counts(n_img, start, slots)))
     return plan_from_partners(best, score, n_img)
+
+
+def _counts(n_img: Tensor | None, start: Tensor, slots: int) -> Tensor:
+    """(B,) image tokens per image: ``n_img``, or ``slots`` for every image."""
+    return n_img if n_img is not None else torch.full_like(start, slots)
 
 
 @register

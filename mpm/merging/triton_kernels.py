@@ -41,6 +41,12 @@ except ImportError:  # pragma: no cover - CPU-only installs
 
 #: set False (or MPM_TRITON=0) to take the plain PyTorch twins everywhere (checks and A/B timings)
 enabled = os.environ.get("MPM_TRITON", "1") != "0"
+#: whether MPM's plan takes its best partners from :func:`best_partners_rows` (one fused kernel) or
+#: from the PyTorch twin (cuBLAS similarity product + row max) before the Triton mutual test. Off by
+#: default: on the H200 the fused kernel took 0.18-5.7 ms against the twin's 0.28-1.09 ms per call
+#: (``benchmarks/merge_kernels.py``, results/reference/h200/merge_kernels.json; Seg-L batch 32: 5.66
+#: against 1.09 ms). MPM_TRITON_BEST_PARTNER=1 turns it on (A/B timings).
+fused_best_partner = os.environ.get("MPM_TRITON_BEST_PARTNER", "0") == "1"
 
 
 def available(t: Tensor) -> bool:
@@ -58,8 +64,9 @@ def _pow2(n: int) -> int:
 
 if triton is not None:
 
-    # ints that vary between calls are not specialised (one compilation per configuration, not per value)
-    @triton.jit(do_not_specialize=["stride_x", "stride_o", "P", "C"])
+    # counts that vary between calls are not specialised; strides and feature widths are (Triton then
+    # knows them divisible by 16 and vectorises the loads: a few compilations at most, never one per value)
+    @triton.jit(do_not_specialize=["P"])
     def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, P, C,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                              PRECISION: tl.constexpr):
@@ -193,7 +200,7 @@ if triton is not None:
         tl.store(OUT_START + b, out_start)
         tl.store(OUT_LENGTH + b, length)
 
-    @triton.jit(do_not_specialize=["stride_x", "stride_o", "R", "C"])
+    @triton.jit(do_not_specialize=["R"])
     def _gather_mean_kernel(X, stride_x, SRC1, SRC2, OUT, stride_o, R, C, HAS2: tl.constexpr,
                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)

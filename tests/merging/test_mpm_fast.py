@@ -145,6 +145,14 @@ _INTERPRETER_CHECK = textwrap.dedent('''
             tk.enabled = True
             t = tk.gather_sources(plan[0], plan[1], plan[2], n, start, plan[3], P, packed, s_cut, cut)
             assert all(torch.equal(u, v) for u, v in zip(a, t) if u is not None), "sources over capacity"
+    from mpm.merging.mpm import plan_rows
+    for fused in (False, True):  # the plan of the fast path, either source of best partners
+        tk.fused_best_partner = fused
+        pr = plan_rows(x, start, n, P, s)
+        for b, nb in enumerate(n.tolist()):
+            assert torch.equal(pr.dest[b, :nb], ref.dest[b, :nb]), f"plan_rows dest (fused={fused})"
+            assert torch.equal(pr.partner[b, :nb], ref.partner[b, :nb]), f"plan_rows partner (fused={fused})"
+        assert torch.equal(pr.kept, ref.kept), f"plan_rows kept (fused={fused})"
     print("triton kernels ok")
 ''')
 
