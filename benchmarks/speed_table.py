@@ -77,7 +77,7 @@ def main() -> int:
         rows.extend(json.loads(path.read_text()))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        where = r["cpu"] if r["device"] == "cpu" else r["device"]
+        where = f"{r['cpu']} ({r['cpu_count']} cores)" if r["device"] == "cpu" else r["device"]
         groups.setdefault((where, r["images"]), []).append(r)
     for (where, images), group in groups.items():
         commit = sorted({str(r.get("git_commit")) for r in group})
