@@ -204,10 +204,10 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         view: (B, S, C) the same image tokens as a padded view, when the layout has one
             (saves the gather of the PyTorch path).
     Returns:
-        :class:`RowPlan` (B, S). On CUDA the mutual test, representatives and slots are one
-        Triton kernel, after the twin's best partners (or, with ``tk.fused_best_partner``, the
-        fused similarity-argmax kernel, cosine in float32 accumulation); elsewhere the reference
-        functions.
+        :class:`RowPlan` (B, S). On CUDA two Triton kernels: the fused similarity-argmax
+        (cosine in float32 accumulation; the twin's partners instead when
+        ``tk.fused_best_partner`` is off), then the mutual test, representatives and slots;
+        elsewhere the reference functions.
     """
     fused = tk.available(x)
     if fused and tk.fused_best_partner:

@@ -42,11 +42,13 @@ except ImportError:  # pragma: no cover - CPU-only installs
 #: set False (or MPM_TRITON=0) to take the plain PyTorch twins everywhere (checks and A/B timings)
 enabled = os.environ.get("MPM_TRITON", "1") != "0"
 #: whether MPM's plan takes its best partners from :func:`best_partners_rows` (one fused kernel) or
-#: from the PyTorch twin (cuBLAS similarity product + row max) before the Triton mutual test. Off by
-#: default: on the H200 the fused kernel took 0.18-5.7 ms against the twin's 0.28-1.09 ms per call
-#: (``benchmarks/merge_kernels.py``, results/reference/h200/merge_kernels.json; Seg-L batch 32: 5.66
-#: against 1.09 ms). MPM_TRITON_BEST_PARTNER=1 turns it on (A/B timings).
-fused_best_partner = os.environ.get("MPM_TRITON_BEST_PARTNER", "0") == "1"
+#: from the PyTorch twin (cuBLAS similarity product + row max) before the Triton mutual test. On by
+#: default: on the H200, once its strides and widths are specialised (16-divisible, vectorised
+#: loads), the fused plan takes 0.068 / 0.093 ms (Seg-T, batch 1 / 32) and 0.184 / 0.594 ms (Seg-L)
+#: per call against 0.316 / 0.309 and 0.264 / 1.106 ms with the twin's partners
+#: (``benchmarks/merge_kernels.py``; results/reference/h200/kernels2/). MPM_TRITON_BEST_PARTNER=0
+#: takes the twin's (A/B timings).
+fused_best_partner = os.environ.get("MPM_TRITON_BEST_PARTNER", "1") != "0"
 
 
 def available(t: Tensor) -> bool:
