@@ -1,0 +1,42 @@
+"""benchmarks/speed.py on the CPU, tiny: every row holds what issue 10 asks, its ratios agree with its times."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+ROW_KEYS = ("model", "method", "batch_size", "backend", "mode", "device", "images", "dense_img_s", "oracle_img_s",
+            "method_img_s", "speedup", "oracle_speedup", "ideal_speedup", "merge_unmerge_share")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image (the photographs) missing")
+def test_speed_rows_on_the_cpu(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--models", "T",
+           "--threads", "1", "--repeats", "2", "--methods", "mpm,tome", "--images", "photos", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["method"], r["batch_size"], r["threads"]) for r in rows] == [
+        ("Seg-T/16", "mpm", 1, 1), ("Seg-T/16", "tome", 1, 1)]
+    assert not (tmp_path / "speed.partial.json").exists()
+    for r in rows:
+        assert all(key in r for key in ROW_KEYS), [k for k in ROW_KEYS if k not in r]
+        assert r["backend"] == "math" and r["mode"] == "eager" and r["device"] == "cpu"
+        assert r["images"] == "skimage-photos" and r["dtype"] == "float32"
+        times = r["repeat_ms"]
+        assert sorted(times) == ["dense", "method", "oracle"] and all(len(v) == 2 for v in times.values())
+        lo, hi = r["speedup_range"]
+        assert lo <= r["speedup"] <= hi and r["speedup_significant"] == (not lo <= 1.0 <= hi)
+        assert r["method_img_s"] == pytest.approx(1000.0 / r["method_ms"])
+        assert r["ideal_speedup"] > 1.0 and 0.0 < r["merge_unmerge_share"] < 1.0
+        assert r["tokens_after_site"] and all(t < r["tokens_full"] for t in r["tokens_after_site"])
+    assert "speedups over dense" in done.stdout and "2 rows in" in done.stdout
