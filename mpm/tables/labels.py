@@ -6,22 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mpm.methods import MethodIdentity, schedule_text  # noqa: F401  (schedule_text: the tables' re-export)
+from mpm.methods import schedule_text  # noqa: F401  (schedule_text: the tables' re-export)
+from mpm.records import BenchRecord, EvalRecord
 from mpm.tables.results import _is_number
 
 SIZE_ORDER = {"T": 0, "S": 1, "B": 2, "L": 3}
 
 
-def _method_fields(method: dict) -> dict:
-    """The columns every row (evaluation or timing) derives from a record's ``method``: its identity's forms."""
-    ident = MethodIdentity.from_dict(method)
+def _method_fields(record: EvalRecord | BenchRecord) -> dict:
+    """The columns every row (evaluation or timing) derives from a record's method: its identity's forms, the
+    config's name of the schedule and the label with it (``ToMe(r=8; all)``)."""
+    ident = record.identity
     return {
         "method_name": ident.name,
         "schedule": list(ident.schedule),
         "method_key": ident.key,
         "method": ident.display,
         "schedule_text": ident.schedule_text,
-        "label": ident.label,
+        "schedule_name": record.names.schedule,
+        "label": record.label,
+        "batch_policy": ident.batch_policy,
     }
 
 

@@ -1,9 +1,10 @@
 """Result records read for the paper's tables: ``mpm.eval/1`` and ``mpm.bench/1`` files, folders and manifests.
 
-Every record is checked for the keys the tables need, then against its schema (the typed records of
-:mod:`mpm.records`); a file that cannot be read, is not JSON, lacks a key or does not follow its
-schema raises :class:`~mpm.errors.ConfigError` naming the file (and the fields). Each record read
-gets ``_file``: where it came from.
+Every record is checked for the keys the tables need, then against its schema, and handed on as its
+typed record (:mod:`mpm.records`: :class:`~mpm.records.EvalRecord`, :class:`~mpm.records.BenchRecord`);
+a file that cannot be read, is not JSON, lacks a key or does not follow its schema raises
+:class:`~mpm.errors.ConfigError` naming the file (and the fields). Each record read gets
+``_file``, where it came from (its :attr:`~mpm.records.Record.source`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ _NUMBERS = {EVAL_SCHEMA: [("metrics", "mIoU")], BENCH_SCHEMA: [("timing", "image
                                                                 ("spec", "batch_size")]}
 
 
-
 @dataclass
 class Results:
-    """The records read from result files (each record gets ``_file``: where it came from)."""
+    """The records read from result files (each with ``_file``, its ``source``: where it came from)."""
 
-    evals: list[dict] = field(default_factory=list)
-    benches: list[dict] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
+    benches: list[BenchRecord] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     #: JSON files found in folders that hold neither schema (an explicitly named one raises)
     skipped: list[str] = field(default_factory=list)
@@ -140,11 +140,11 @@ def load_results(paths: Iterable[str | Path], manifest: str | Path | None = None
         for i, (rec, schema) in enumerate(zip(records, schemas)):
             where = f"{path}" + (f" [record {i}]" if isinstance(data, list) else "")
             _check_record(rec, schema, where)
-            _TYPED[schema].from_dict(rec, where)  # the schema, after the tables' own checks
+            typed = _TYPED[schema].from_dict({**rec, "_file": where}, where)  # the schema, after the tables' own checks
             digest = hashlib.sha256(json.dumps(rec, sort_keys=True, default=str).encode()).hexdigest()
             if digest in seen:
                 res.duplicates += 1
                 continue
             seen.add(digest)
-            (res.evals if schema == EVAL_SCHEMA else res.benches).append({**rec, "_file": where})
+            (res.evals if schema == EVAL_SCHEMA else res.benches).append(typed)
     return res
