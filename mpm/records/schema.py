@@ -31,7 +31,8 @@ from typing import Any
 from mpm.errors import ConfigError
 from mpm.records.tags import BENCH_SCHEMA, EVAL_SCHEMA, TRAIN_SCHEMA
 
-__all__ = ["KINDS", "SCHEMAS", "RecordError", "load_record", "parse_record", "record_kind", "validate_record"]
+__all__ = ["KINDS", "SCHEMAS", "RecordError", "is_finite_number", "load_record", "parse_record", "record_kind",
+           "validate_record"]
 
 _HERE = Path(__file__).resolve().parent
 #: schema tag -> short kind name (tracking's ``mpm.kind``, result folders, the schema file's name)
@@ -129,7 +130,7 @@ def _validator(tag: str):
     schema = json.loads(SCHEMAS[tag].read_text(encoding="utf-8"))
 
     def finite(validator, wanted, instance, schema):
-        if wanted and not _is_finite(instance):
+        if wanted and not is_finite_number(instance):
             yield jsonschema.ValidationError(_NOT_FINITE)
 
     cls = jsonschema.validators.extend(jsonschema.validators.validator_for(schema), {"finite": finite})
@@ -140,7 +141,8 @@ def _validator(tag: str):
 _NOT_FINITE = "is not a finite number"
 
 
-def _is_finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mpm.methods import schedule_text  # noqa: F401  (schedule_text: the tables' re-export)
-from mpm.records import BenchRecord, EvalRecord
-from mpm.tables.results import _is_number
+from mpm.records import BenchRecord, EvalRecord, is_finite_number
 
 SIZE_ORDER = {"T": 0, "S": 1, "B": 2, "L": 3}
 
@@ -49,9 +48,9 @@ def _short_device(device: str | None) -> str:
 
 
 def _crop(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_finite_number(v) for v in value):
         return int(value[0]), int(value[1])
-    if _is_number(value):
+    if is_finite_number(value):
         return int(value), int(value)
     return None
 

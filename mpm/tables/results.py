@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mpm.errors import ConfigError
 from mpm.records import BENCH_SCHEMA, EVAL_SCHEMA, BenchRecord, EvalRecord, RecordError
@@ -81,10 +79,6 @@ def expand_paths(paths: Iterable[str | Path], manifest: str | Path | None = None
                 seen.add(key)
                 out.append((q, explicit))
     return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_results(paths: Iterable[str | Path], manifest: str | Path | None = None) -> Results:
