@@ -3,21 +3,23 @@
 A :class:`MethodSpec` says what a merge method is called, where it merges, which
 parameters it takes and how they are checked; :func:`identify` turns a name, a
 schedule and parameters into a :class:`MethodIdentity`, the one value that says
-which configuration of a method ran. Every label and path of a method is a
-property of its identity (:attr:`~MethodIdentity.label` for tables and figures,
-:attr:`~MethodIdentity.display` for the method column, :attr:`~MethodIdentity.short`
-for console logs, :attr:`~MethodIdentity.slug` for file names), so no
-module formats one by hand or special-cases a method by name.
+which configuration of a method ran. Every label and path of a method comes from
+its identity (:meth:`~MethodIdentity.label_for` for tables, figures and legends,
+with the config's name of the schedule; :attr:`~MethodIdentity.label` with the
+blocks; :attr:`~MethodIdentity.display` for the method column,
+:attr:`~MethodIdentity.slug` for file names), so no module formats one by hand or
+special-cases a method by name. Console lines and MLflow run names write the
+config's names, ``method/schedule`` (:attr:`mpm.records.names.Names.method_schedule`).
 
 The torch implementations (:mod:`mpm.merging`) bind to these specs: a method
 class registers under its spec's name and its constructor checks its parameters
 here, so the workflow validates a configuration without importing torch.
 
 >>> ident = identify("tome", "all", depth=12, r=8)
->>> ident.label, ident.display, ident.short, ident.slug
-('ToMe(r=8; 0-11)', 'ToMe (r=8)', 'tome(0,1,2,3,4,5,6,7,8,9,10,11)', 'tome-0_1_2_3_4_5_6_7_8_9_10_11-r8')
->>> identify("mpm", (2, 5)).label
-'MPM(2,5)'
+>>> ident.label_for("all"), ident.label, ident.display, ident.slug
+('ToMe(r=8; all)', 'ToMe(r=8; 0-11)', 'ToMe (r=8)', 'tome-0_1_2_3_4_5_6_7_8_9_10_11-r8')
+>>> identify("mpm", (2, 5)).label_for("2-5"), identify("algm").label_for("published"), identify("none").label_for("dense")
+('MPM(2,5)', 'ALGM(published)', 'none')
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from mpm.errors import ConfigError
+from mpm.records.names import schedule_name as default_schedule_name
 
 __all__ = ["BATCH_POLICIES", "PAPER_METHOD", "MethodIdentity", "MethodSpec", "available_methods", "find_spec",
            "get_spec", "identify", "is_dense", "method_order", "register_spec", "resolve_schedule", "schedule_text"]
@@ -278,14 +281,27 @@ class MethodIdentity:
         """``2,5``, ``0-11``."""
         return schedule_text(self.schedule)
 
+    def label_for(self, schedule_name: str) -> str:
+        """Tables, figures and legends, with the config's name of the schedule: ``ToMe(r=8; all)``, ``ALGM(published)``.
+
+        A name that is only the blocks' default name (``2-5``, :func:`mpm.records.names.schedule_name`)
+        shows the blocks as :attr:`label` does (``MPM(2,5)``, the paper's form); the dense baseline is
+        ``none``; `` batch-min`` appended.
+        """
+        named = schedule_name != default_schedule_name(self.schedule)
+        return self._label(schedule_name if named else self.schedule_text)
+
     @property
     def label(self) -> str:
-        """Tables and figures: ``MPM(2,5)``, ``ToMe(r=8; 0-11)``, ``none``; `` batch-min`` appended."""
+        """The blocks instead of a schedule name: ``MPM(2,5)``, ``ToMe(r=8; 0-11)``, ``none``; `` batch-min`` appended."""
+        return self._label(self.schedule_text)
+
+    def _label(self, schedule: str) -> str:
         spec = self.spec
         if spec is not None and not spec.merges:
             text = self.title
         else:
-            inner = "; ".join([*(f"{k}={_value_text(v)}" for k, v in self._label_params()), self.schedule_text])
+            inner = "; ".join([*(f"{k}={_value_text(v)}" for k, v in self._label_params()), schedule])
             text = f"{self.title}({inner})"
         return text + (f" {self.batch_policy}" if self.batch_policy != "exact" else "")
 
@@ -298,7 +314,8 @@ class MethodIdentity:
 
     @property
     def short(self) -> str:
-        """Console logs: ``mpm(2,5)``, ``tome(0,1,...,11)``, ``none`` (MLflow run names use the config's schedule name)."""
+        """Every block spelled out: ``mpm(2,5)``, ``tome(0,1,...,11)``, ``none`` (console lines and MLflow run
+        names write the config's names instead: :attr:`mpm.records.names.Names.method_schedule`)."""
         return self.name + (f"({','.join(map(str, self.schedule))})" if self.schedule else "")
 
     @property

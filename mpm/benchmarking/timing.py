@@ -15,6 +15,11 @@ from typing import Callable, Iterator
 
 import torch
 
+from mpm.ratios import Ratio, ratio_stats  # re-exported: the ratios of interleaved timings
+
+__all__ = ["Ratio", "SectionTimer", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
+           "time_block", "time_calls"]
+
 
 @dataclass
 class TimingStats:
@@ -178,28 +183,3 @@ def interleaved(variants: dict[str, Callable[[int], object]], device: torch.devi
             sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
             out[name].append(time_block(fn, device, iters, cpu_ms=sink))
     return out
-
-
-@dataclass
-class Ratio:
-    """A speed ratio over interleaved repeats: its median and its spread (min, max)."""
-
-    median: float
-    low: float
-    high: float
-
-    @property
-    def significant(self) -> bool:
-        """False when the spread crosses 1.0 (noise could explain the difference)."""
-        return not (self.low <= 1.0 <= self.high)
-
-    def to_dict(self) -> dict:
-        return {"median": self.median, "low": self.low, "high": self.high, "significant": self.significant}
-
-
-def ratio_stats(numerator_ms: list[float], denominator_ms: list[float]) -> Ratio:
-    """Per-repeat ``numerator / denominator`` (e.g. dense ms / method ms = speedup), as a :class:`Ratio`."""
-    if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
-        raise ValueError("ratio_stats needs two equally long, non-empty lists of repeats")
-    r = [a / b for a, b in zip(numerator_ms, denominator_ms)]
-    return Ratio(statistics.median(r), min(r), max(r))

@@ -27,7 +27,7 @@ from mpm.cli._args import (
     positive_number,
 )
 from mpm.errors import ConfigError
-from mpm.methods import MethodIdentity
+from mpm.records import BenchRecord
 from mpm.records.names import NAMES_HELP, names_argument
 
 #: spec fields settable from the command line: option dest -> BenchSpec field
@@ -183,7 +183,7 @@ def run(args) -> int:
         return 130
     timing, tokens = result["timing"], result["tokens"]
     left = ",".join(f"{v:.0f}" for v in tokens.get("after_step_mean", [])) or "-"
-    print(f"{target.name}: {spec.model} {MethodIdentity.from_dict(result['method']).short} "
+    print(f"{target.name}: {spec.model} {BenchRecord(result).names.method_schedule} "
           f"bs={spec.batch_size} {spec.backend}/{spec.dtype} on {result['environment'].get('device_name')}: "
           f"{timing['per_image_ms']:.2f} ms/img, {timing['images_per_s']:.2f} img/s, "
           f"tokens {tokens['full']} -> {left}")

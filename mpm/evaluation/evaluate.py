@@ -222,7 +222,7 @@ class EvalResult:
         steps = tok["steps"]
         tokens = "dense" if not steps else " -> ".join(
             f"{s['mean']:.1f}" for s in steps) + f" of {tok['image_tokens']['mean']:.0f} tokens"
-        name = MethodIdentity.from_dict(r["method"]).short
+        name = EvalRecord(r).names.method_schedule
         saving = (1.0 - g["per_window"] / g["dense_per_window"]) * 100 if g["dense_per_window"] else 0.0
         part = f" PARTIAL (limit {r['limit']})" if r["partial"] else ""
         return (f"{r['dataset']['name']}/{r['dataset']['split']} {r['model']['name']} {name}: "

@@ -31,6 +31,7 @@ from mpm.records.schema import (
     SCHEMAS,
     RecordError,
     _validator,
+    is_finite_number,
     load_record,
     parse_record,
     record_kind,
@@ -42,6 +43,6 @@ from mpm.records.typed import BenchRecord, EvalRecord, Record, TrainRecord, reco
 __all__ = [
     "BENCH_SCHEMA", "EVAL_SCHEMA", "KINDS", "NAME_KEYS", "SCHEMAS", "TRAIN_SCHEMA",
     "BenchRecord", "EvalRecord", "Names", "Record", "RecordError", "TrainRecord",
-    "load_record", "model_name_of", "parse_names", "parse_record", "record_class", "record_kind",
+    "is_finite_number", "load_record", "model_name_of", "parse_names", "parse_record", "record_class", "record_kind",
     "resolve_names", "schedule_name", "validate_record",
 ]

@@ -50,6 +50,11 @@ class Names:
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
 
+    @property
+    def method_schedule(self) -> str:
+        """``tome/all``, ``mpm/2-5``: the method and schedule in console lines and MLflow run names."""
+        return f"{self.method}/{self.schedule}"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Names":
         """The names of a record's ``names`` object (already validated by its schema)."""

@@ -5,9 +5,12 @@ with the fields its readers need as typed properties. :meth:`Record.write` valid
 atomically (temporary file + rename); :meth:`Record.read` loads and validates, and refuses a record
 of another kind; both raise :class:`~mpm.records.schema.RecordError` naming the file and the fields.
 
+Each field is read from the one place its writer puts it (the schema says which are optional; an
+optional one reads None when absent), so no reader chains fallbacks of its own.
+
 >>> rec = EvalRecord.read("results/eval/synthetic/seg-t-demo/mpm/2-5.json")
->>> rec.names.schedule, rec.schedule
-('2-5', [2, 5])
+>>> rec.names.schedule, rec.schedule, rec.label
+('2-5', [2, 5], 'MPM(2,5)')
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mpm.records.names import Names, resolve_names
 from mpm.records.schema import RecordError, load_record, validate_record
 from mpm.records.tags import BENCH_SCHEMA, EVAL_SCHEMA, TRAIN_SCHEMA
+
+if TYPE_CHECKING:
+    from mpm.methods import MethodIdentity
 
 __all__ = ["BenchRecord", "EvalRecord", "Record", "TrainRecord", "record_class"]
 
@@ -39,6 +45,12 @@ class Record(dict):
         if record["schema"] != cls.schema:
             raise RecordError(f"result {where} is a {record['schema']} record, expected {cls.schema}")
         return cls(record)
+
+    @property
+    def source(self) -> str | None:
+        """Where a reader found the record (``x.json``, ``x.json [record 2]``): its bookkeeping key ``_file``,
+        which :func:`mpm.tables.results.load_results` sets; None when no reader set it."""
+        return self.get("_file")
 
     @classmethod
     def read(cls: type[R], path: str | os.PathLike) -> R:
@@ -95,6 +107,38 @@ class _Named(Record):
         """The resolved blocks with a merge site (a benchmark's ``spec.schedule`` may say ``all``)."""
         return list(self["method"]["schedule"])
 
+    @property
+    def identity(self) -> "MethodIdentity":
+        """The method's identity (:class:`mpm.methods.MethodIdentity`) of the record's ``method`` entry."""
+        from mpm.methods import MethodIdentity  # mpm.methods imports mpm.records (schedule names)
+
+        return MethodIdentity.from_dict(self["method"])
+
+    @property
+    def label(self) -> str:
+        """Tables, figures and legends: the method with the config's schedule name (``ToMe(r=8; all)``, ``MPM(2,5)``)."""
+        return self.identity.label_for(self.names.schedule)
+
+    @property
+    def model_size(self) -> str | None:
+        """The ViT size (``T``, ``S``, ``B``, ``L``); None when the model has none."""
+        return self["model"]["size"]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The model's :class:`~mpm.models.SegmenterConfig` as a dict (``depth``, ``patch_size``, ...)."""
+        return self["model"]["config"]
+
+    @property
+    def device_name(self) -> str | None:
+        """The device's model name (``NVIDIA H100 80GB HBM3``, a CPU's model): ``environment.device_name``."""
+        return self["environment"].get("device_name")  # an evaluation's schema leaves it optional
+
+    @property
+    def tokens_after(self) -> list[float]:
+        """Mean image tokens left after each merge step (``tokens.after_step_mean``)."""
+        return [float(t) for t in self["tokens"]["after_step_mean"]]
+
 
 class EvalRecord(_Named):
     """``mpm.eval/1``: one evaluation (:func:`mpm.evaluation.evaluate.evaluate`)."""
@@ -106,12 +150,99 @@ class EvalRecord(_Named):
                 "schedule": self.schedule}
 
     @property
-    def miou(self) -> float | None:
-        return self["metrics"]["mIoU"]
+    def dataset_name(self) -> str:
+        return self["dataset"]["name"]
+
+    @property
+    def split(self) -> str:
+        return self["dataset"]["split"]
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the data are synthetic (``dataset.synthetic``; a record that does not say so is of real data)."""
+        return bool(self["dataset"].get("synthetic"))
+
+    @property
+    def model_name(self) -> str:
+        """The architecture (``Seg-T/16-mask``; the config's model name is :attr:`names`' ``model``)."""
+        return self["model"]["name"]
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint file evaluated; None when the model was given without one."""
+        return self["checkpoint"]["path"] if self["checkpoint"] is not None else None
+
+    @property
+    def crop(self) -> tuple[int, int]:
+        """The sliding window's size (``protocol.crop``)."""
+        h, w = self["protocol"]["crop"]
+        return int(h), int(w)
+
+    @property
+    def miou(self) -> float:
+        """mIoU in percent (a finite number: the schema requires it)."""
+        return float(self["metrics"]["mIoU"])
+
+    @property
+    def aacc(self) -> float | None:
+        return self["metrics"]["aAcc"]
+
+    @property
+    def macc(self) -> float | None:
+        return self["metrics"]["mAcc"]
+
+    @property
+    def gflops_per_image(self) -> float:
+        return self["gflops"]["per_image"]
+
+    @property
+    def dense_gflops_per_image(self) -> float:
+        return self["gflops"]["dense_per_image"]
+
+    @property
+    def image_tokens(self) -> float | None:
+        """Mean image tokens of a window before any merge; None without a window."""
+        return self["tokens"]["image_tokens"]["mean"]
+
+    @property
+    def token_steps(self) -> list[tuple[int, str, float]]:
+        """``(block, site, mean tokens after the step)`` of each merge step, in the order they run.
+
+        A step that does not say its block or site, or has no mean (no window), is left out.
+        """
+        return [(int(s["block"]), str(s["site"]), float(s["mean"])) for s in self["tokens"]["steps"]
+                if s.get("block") is not None and s.get("site") is not None and s["mean"] is not None]
 
     @property
     def partial(self) -> bool:
+        """Fewer than all images of the split were evaluated (an image limit)."""
         return bool(self["partial"])
+
+    @property
+    def limit(self) -> int | None:
+        """The image limit asked for; None for all images."""
+        return self["limit"]
+
+    @property
+    def evaluated(self) -> int:
+        return self["images"]["evaluated"]
+
+    @property
+    def total(self) -> int:
+        return self["images"]["total"]
+
+    @property
+    def device(self) -> str:
+        """The torch device evaluated on (``cpu``, ``cuda:0``); its model is :attr:`device_name`."""
+        return self["device"]
+
+    @property
+    def dtype(self) -> str:
+        return self["dtype"]
+
+    @property
+    def backend(self) -> str:
+        return self["backend"]
 
 
 class BenchRecord(_Named):
@@ -123,8 +254,65 @@ class BenchRecord(_Named):
         return {"dataset": None, "model": None, "method": self.method_name, "schedule": self["spec"]["schedule"]}
 
     @property
+    def weights(self) -> str:
+        """``checkpoint`` or ``random-init``."""
+        return self["model"]["weights"]
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint timed (written with weights ``checkpoint``); None for random weights."""
+        return self["model"].get("checkpoint")
+
+    @property
+    def crop(self) -> tuple[int, int]:
+        """The image size timed (``image_source.crop``: the spec's crop, else the model's image size)."""
+        h, w = self["image_source"]["crop"]
+        return int(h), int(w)
+
+    @property
+    def device_kind(self) -> str:
+        """``cuda``, ``cpu``: the type of the torch device timed (``environment.device``)."""
+        return self["environment"]["device"].split(":")[0]
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op threads during the timing."""
+        return self["environment"]["torch_threads"]
+
+    @property
+    def batch_size(self) -> int:
+        return self["spec"]["batch_size"]
+
+    @property
+    def backend(self) -> str:
+        return self["spec"]["backend"]
+
+    @property
+    def dtype(self) -> str:
+        return self["spec"]["dtype"]
+
+    @property
+    def images_per_s(self) -> float:
+        return float(self["timing"]["images_per_s"])
+
+    @property
     def per_image_ms(self) -> float:
-        return self["timing"]["per_image_ms"]
+        return float(self["timing"]["per_image_ms"])
+
+    @property
+    def p10_ms(self) -> float:
+        """10th percentile of the batch latency (ms)."""
+        return float(self["timing"]["p10_ms"])
+
+    @property
+    def p90_ms(self) -> float:
+        """90th percentile of the batch latency (ms)."""
+        return float(self["timing"]["p90_ms"])
+
+    @property
+    def gflops(self) -> float | None:
+        """GFLOPs per image from the tokens counted; None where the runtime cannot count them."""
+        return self["gflops"]
 
 
 class TrainRecord(Record):

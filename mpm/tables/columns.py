@@ -9,7 +9,9 @@ import pandas as pd
 
 from mpm.errors import ConfigError
 from mpm.methods import is_dense
+from mpm.ratios import Ratio
 from mpm.tables.labels import _crop, _short_device
+
 
 class TimingColumn:
     """The benchmark points of one column: one target, backend and batch size.
@@ -121,15 +123,16 @@ class TimingColumn:
     def significant(self, model_key: str | None, method_key_: str) -> bool | None:
         """Whether the speedup over dense stands out of the timings' spread (None: no speedup).
 
-        Not significant when the ratio's range, the dense p10 over the method's p90 to the dense
-        p90 over the method's p10 (per batch, same batch size), contains 1.0.
+        The speedup's spread is the dense p10 over the method's p90 to the dense p90 over the
+        method's p10 (per batch, same batch size); :attr:`~mpm.ratios.Ratio.significant`
+        says whether it leaves out 1.0.
         """
         row = self.cells.get((model_key, method_key_)) if model_key else None
         dense = self.dense.get(model_key) if model_key else None
         if row is None or dense is None or self._setup(row) != self._setup(dense) or row is dense:
             return None
-        low, high = dense.p10_ms / row.p90_ms, dense.p90_ms / row.p10_ms
-        return not (low <= 1.0 <= high)
+        speedup = Ratio(self.speedup(model_key, method_key_), dense.p10_ms / row.p90_ms, dense.p90_ms / row.p10_ms)
+        return speedup.significant
 
     def device(self, model_key: str | None, method_key_: str) -> str | None:
         row = self.cells.get((model_key, method_key_)) if model_key else None

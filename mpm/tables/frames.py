@@ -7,15 +7,9 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from mpm.methods import method_order
-from mpm.records import record_class
+from mpm.records import BenchRecord, EvalRecord, Record
 from mpm.tables.bench import bench_target
-from mpm.tables.labels import _ckpt_id, _crop, _method_fields, _model_text, _path_key
-from mpm.tables.results import _get, _is_number
-
-def _schedule_name(record: dict) -> str:
-    """The config's name of the record's schedule (``2-5``; :attr:`mpm.records.EvalRecord.names`)."""
-    return record_class(record["schema"])(record).names.schedule
-
+from mpm.tables.labels import _ckpt_id, _method_fields, _model_text, _path_key
 
 EVAL_COLUMNS = [
     "file", "dataset", "split", "synthetic", "model", "size", "model_name", "model_key", "model_id", "crop", "depth",
@@ -27,48 +21,39 @@ EVAL_COLUMNS = [
 ]
 
 
+def _typed(cls: type[Record], records: Iterable[dict]) -> list:
+    """The records as ``cls`` (those of :func:`~mpm.tables.results.load_results` already are, checked)."""
+    return [r if isinstance(r, cls) else cls(r) for r in records]
+
+
 def eval_frame(records: Iterable[dict]) -> pd.DataFrame:
     """One row per evaluation record (lists stay Python lists in object columns)."""
     rows = []
-    for r in records:
-        ds, images, model, method = r["dataset"], r.get("images") or {}, r.get("model") or {}, r["method"]
-        config = model.get("config") or {}
-        ckpt = _get(r, "checkpoint", "path")
-        evaluated, total = images.get("evaluated"), images.get("total")
-        limit = images.get("limit", r.get("limit"))
-        partial = bool(r.get("partial") or images.get("partial") or r.get("complete") is False
-                       or (_is_number(evaluated) and _is_number(total) and evaluated < total))
-        tokens = r.get("tokens") or {}
-        steps = [(int(s["block"]), str(s.get("site", "before_block")), float(s["mean"]))
-                 for s in tokens.get("steps") or [] if isinstance(s, dict) and _is_number(s.get("mean"))
-                 and _is_number(s.get("block"))]
-        env = r.get("environment") or {}
-        device, dtype, backend = env.get("device_name") or r.get("device"), r.get("dtype"), r.get("backend")
-        size = model.get("size")
-        crop = _crop(_get(r, "protocol", "crop")) or _crop(config.get("image_size"))
+    for r in _typed(EvalRecord, records):
+        size, config, ckpt, crop = r.model_size, r.model_config, r.checkpoint_path, r.crop
+        partial, evaluated, total, limit = r.partial, r.evaluated, r.total, r.limit
+        device, dtype, backend = r.device_name, r.dtype, r.backend
         rows.append({
-            "file": r.get("_file"),
-            "dataset": ds["name"],
-            "split": ds.get("split") or "",
-            "synthetic": bool(ds.get("synthetic")),
-            "model": _model_text(size, config.get("patch_size")),
+            "file": r.source,
+            "dataset": r.dataset_name,
+            "split": r.split,
+            "synthetic": r.synthetic,
+            "model": _model_text(size, config["patch_size"]),
             "size": size,
-            "model_name": model.get("name"),
-            "model_key": _path_key(ckpt) if ckpt else f"{model.get('name')}:{size}:{crop}",
+            "model_name": r.model_name,
+            "model_key": _path_key(ckpt) if ckpt else f"{r.model_name}:{size}:{crop}",
             "model_id": _ckpt_id(ckpt) if ckpt else f"seg_{size}".lower(),
             "crop": crop,
-            "depth": config.get("depth"),
-            **_method_fields(method),
-            "schedule_name": _schedule_name(r),
-            "batch_policy": method.get("batch_policy", "exact"),
-            "mIoU": float(r["metrics"]["mIoU"]),
-            "aAcc": _get(r, "metrics", "aAcc"),
-            "mAcc": _get(r, "metrics", "mAcc"),
-            "gflops": _get(r, "gflops", "per_image"),
-            "dense_gflops": _get(r, "gflops", "dense_per_image"),
-            "tokens_after": [float(t) for t in tokens.get("after_step_mean") or []],
-            "token_steps": steps,
-            "image_tokens": _get(tokens, "image_tokens", "mean"),
+            "depth": config["depth"],
+            **_method_fields(r),
+            "mIoU": r.miou,
+            "aAcc": r.aacc,
+            "mAcc": r.macc,
+            "gflops": r.gflops_per_image,
+            "dense_gflops": r.dense_gflops_per_image,
+            "tokens_after": r.tokens_after,
+            "token_steps": r.token_steps,
+            "image_tokens": r.image_tokens,
             "partial": partial,
             "evaluated": evaluated,
             "total": total,
@@ -94,40 +79,32 @@ TIMING_COLUMNS = [
 def timing_frame(records: Iterable[dict]) -> pd.DataFrame:
     """One row per benchmark record, keyed like :func:`eval_frame`, with its target."""
     rows = []
-    for r in records:
-        spec, env, model, method = r["spec"], r["environment"], r["model"], r["method"]
-        config = model.get("config") or {}
+    for r in _typed(BenchRecord, records):
         target, source = bench_target(r)
-        weights = model.get("weights") or ("checkpoint" if model.get("checkpoint") else "random-init")
-        size = model.get("size") or spec.get("model")
-        crop = _crop(spec.get("crop")) or _crop(config.get("image_size"))
-        ckpt = model.get("checkpoint") or (spec.get("model") if weights == "checkpoint" else None)
-        kind = str(env.get("device") or spec.get("device") or "")
+        size, crop, ckpt, kind = r.model_size, r.crop, r.checkpoint_path, r.device_kind
         rows.append({
-            "file": r.get("_file"),
+            "file": r.source,
             "target": target,
             "target_source": source,
-            "device": env.get("device_name") or env.get("cpu_model") or kind or None,
-            "device_kind": kind.split(":")[0],
-            "weights": weights,
-            "model": _model_text(size, config.get("patch_size")),
+            "device": r.device_name,
+            "device_kind": kind,
+            "weights": r.weights,
+            "model": _model_text(size, r.model_config["patch_size"]),
             "size": size,
             "crop": crop,
             "model_key": _path_key(ckpt) if ckpt else f"random-init:{size}:{crop}",
             "model_id": _ckpt_id(ckpt) if ckpt else "random-init",
-            **_method_fields(method),
-            "schedule_name": _schedule_name(r),
-            "batch_policy": method.get("batch_policy", spec.get("batch_policy", "exact")),
-            "batch_size": int(spec["batch_size"]),
-            "backend": spec["backend"],
-            "dtype": spec["dtype"],
-            "threads": env.get("torch_threads") if kind.split(":")[0] == "cpu" else None,
-            "images_per_s": float(r["timing"]["images_per_s"]),
-            "per_image_ms": float(r["timing"]["per_image_ms"]),
-            "p10_ms": float(r["timing"]["p10_ms"]),
-            "p90_ms": float(r["timing"]["p90_ms"]),
-            "gflops": r.get("gflops"),
-            "tokens_after": [float(t) for t in _get(r, "tokens", "after_step_mean", default=[]) or []],
+            **_method_fields(r),
+            "batch_size": r.batch_size,
+            "backend": r.backend,
+            "dtype": r.dtype,
+            "threads": r.threads if kind == "cpu" else None,  # a GPU's timing does not depend on them
+            "images_per_s": r.images_per_s,
+            "per_image_ms": r.per_image_ms,
+            "p10_ms": r.p10_ms,
+            "p90_ms": r.p90_ms,
+            "gflops": r.gflops,
+            "tokens_after": r.tokens_after,
         })
     return pd.DataFrame(rows, columns=TIMING_COLUMNS)
 

@@ -6,22 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mpm.methods import MethodIdentity, schedule_text  # noqa: F401  (schedule_text: the tables' re-export)
-from mpm.tables.results import _is_number
+from mpm.methods import schedule_text  # noqa: F401  (schedule_text: the tables' re-export)
+from mpm.records import BenchRecord, EvalRecord, is_finite_number
 
 SIZE_ORDER = {"T": 0, "S": 1, "B": 2, "L": 3}
 
 
-def _method_fields(method: dict) -> dict:
-    """The columns every row (evaluation or timing) derives from a record's ``method``: its identity's forms."""
-    ident = MethodIdentity.from_dict(method)
+def _method_fields(record: EvalRecord | BenchRecord) -> dict:
+    """The columns every row (evaluation or timing) derives from a record's method: its identity's forms, the
+    config's name of the schedule and the label with it (``ToMe(r=8; all)``)."""
+    ident = record.identity
     return {
         "method_name": ident.name,
         "schedule": list(ident.schedule),
         "method_key": ident.key,
         "method": ident.display,
         "schedule_text": ident.schedule_text,
-        "label": ident.label,
+        "schedule_name": record.names.schedule,
+        "label": record.label,
+        "batch_policy": ident.batch_policy,
     }
 
 
@@ -45,9 +48,9 @@ def _short_device(device: str | None) -> str:
 
 
 def _crop(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_finite_number(v) for v in value):
         return int(value[0]), int(value[1])
-    if _is_number(value):
+    if is_finite_number(value):
         return int(value), int(value)
     return None
 

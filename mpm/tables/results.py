@@ -1,42 +1,32 @@
 """Result records read for the paper's tables: ``mpm.eval/1`` and ``mpm.bench/1`` files, folders and manifests.
 
-Every record is checked for the keys the tables need, then against its schema (the typed records of
-:mod:`mpm.records`); a file that cannot be read, is not JSON, lacks a key or does not follow its
-schema raises :class:`~mpm.errors.ConfigError` naming the file (and the fields). Each record read
-gets ``_file``: where it came from.
+Every record is checked against its schema and handed on as its typed record (:mod:`mpm.records`:
+:class:`~mpm.records.EvalRecord`, :class:`~mpm.records.BenchRecord`); a file that cannot be read, is
+not JSON or does not follow its schema raises :class:`~mpm.errors.ConfigError` naming the file and
+the fields (``result file x.json: mpm.eval/1 record has no metrics.mIoU``). Each record read gets
+``_file``, where it came from (its :attr:`~mpm.records.Record.source`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mpm.errors import ConfigError
-from mpm.records import BENCH_SCHEMA, EVAL_SCHEMA, BenchRecord, EvalRecord
+from mpm.records import BENCH_SCHEMA, EVAL_SCHEMA, BenchRecord, EvalRecord, RecordError
 
 _TYPED = {EVAL_SCHEMA: EvalRecord, BENCH_SCHEMA: BenchRecord}
-
-_REQUIRED = {
-    EVAL_SCHEMA: [("dataset", "name"), ("model",), ("method", "method"), ("metrics", "mIoU")],
-    BENCH_SCHEMA: [("spec", "batch_size"), ("spec", "backend"), ("spec", "dtype"), ("method", "method"),
-                   ("model",), ("environment",), ("timing", "images_per_s"), ("timing", "per_image_ms")],
-}
-_NUMBERS = {EVAL_SCHEMA: [("metrics", "mIoU")], BENCH_SCHEMA: [("timing", "images_per_s"), ("timing", "per_image_ms"),
-                                                                ("spec", "batch_size")]}
-
 
 
 @dataclass
 class Results:
-    """The records read from result files (each record gets ``_file``: where it came from)."""
+    """The records read from result files (each with ``_file``, its ``source``: where it came from)."""
 
-    evals: list[dict] = field(default_factory=list)
-    benches: list[dict] = field(default_factory=list)
+    evals: list[EvalRecord] = field(default_factory=list)
+    benches: list[BenchRecord] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     #: JSON files found in folders that hold neither schema (an explicitly named one raises)
     skipped: list[str] = field(default_factory=list)
@@ -91,32 +81,11 @@ def expand_paths(paths: Iterable[str | Path], manifest: str | Path | None = None
     return out
 
 
-def _get(d: Any, *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_record(rec: dict, schema: str, where: str) -> None:
-    for keys in _REQUIRED[schema]:
-        if _get(rec, *keys) is None:
-            raise ConfigError(f"result file {where}: {schema} record has no {'.'.join(keys)}")
-    for keys in _NUMBERS[schema]:
-        if not _is_number(_get(rec, *keys)):
-            raise ConfigError(f"result file {where}: {'.'.join(keys)} = {_get(rec, *keys)!r} is not a finite number")
-
-
 def load_results(paths: Iterable[str | Path], manifest: str | Path | None = None) -> Results:
     """Read every result file (a record or a list of records per file).
 
     Raises :class:`ConfigError` naming the file for a missing or unreadable file, invalid JSON, a
-    record without the keys the tables need, and an explicitly named file of another schema.
+    record that does not follow its schema (and its fields), and an explicitly named file of another schema.
     """
     res = Results()
     seen: set[str] = set()
@@ -139,12 +108,16 @@ def load_results(paths: Iterable[str | Path], manifest: str | Path | None = None
         res.files.append(str(path))
         for i, (rec, schema) in enumerate(zip(records, schemas)):
             where = f"{path}" + (f" [record {i}]" if isinstance(data, list) else "")
-            _check_record(rec, schema, where)
-            _TYPED[schema].from_dict(rec, where)  # the schema, after the tables' own checks
+            try:
+                typed = _TYPED[schema].from_dict({**rec, "_file": where}, where)
+            except RecordError as err:
+                if not err.fields:
+                    raise  # not about its fields (an incomplete record): the message names the file
+                raise ConfigError(f"result file {where}: {err.fields}") from None
             digest = hashlib.sha256(json.dumps(rec, sort_keys=True, default=str).encode()).hexdigest()
             if digest in seen:
                 res.duplicates += 1
                 continue
             seen.add(digest)
-            (res.evals if schema == EVAL_SCHEMA else res.benches).append({**rec, "_file": where})
+            (res.evals if schema == EVAL_SCHEMA else res.benches).append(typed)
     return res

@@ -233,7 +233,7 @@ def job_run_name(kind: str, names: Names, identity: Mapping[str, str], model: st
     ``model`` is the model's config name (or what stands in for it: see the module docstring).
     """
     where = f" {names.dataset or identity['dataset']}/{identity['split']}" if kind == "eval" else ""
-    name = (f"{kind}{where} {model} {names.method}/{names.schedule} bs{identity['batch_size']} "
+    name = (f"{kind}{where} {model} {names.method_schedule} bs{identity['batch_size']} "
             f"{identity['backend']} {identity['dtype']} {identity['device']}")
     if identity.get("limit") not in (None, "null"):
         name += f" limit{identity['limit']}"

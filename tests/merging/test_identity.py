@@ -93,3 +93,20 @@ def test_no_module_special_cases_a_method_by_name():
             if _NAME_CHECK.search(line):
                 found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name, schedule, params, schedule_name, label, run_text", [
+    ("mpm", (2, 5), {}, "2-5", "MPM(2,5)", "mpm/2-5"),  # the blocks' default name: the paper's form
+    ("mpm", (2, 5), {}, "paper", "MPM(paper)", "mpm/paper"),
+    ("tome", "all", {"r": 8}, "all", "ToMe(r=8; all)", "tome/all"),
+    ("algm", (), {}, "published", "ALGM(published)", "algm/published"),
+    ("none", (), {}, "dense", "none", "none/dense"),
+])
+def test_labels_and_run_texts_carry_the_configs_schedule_name(name, schedule, params, schedule_name, label, run_text):
+    from mpm.records import Names
+
+    ident = identify(name, schedule, depth=12, **params)
+    assert ident.label_for(schedule_name) == label
+    assert identify(name, schedule, depth=12, batch_policy="batch-min", **params).label_for(schedule_name) == \
+        label + " batch-min"
+    assert Names(dataset=None, model=None, method=name, schedule=schedule_name).method_schedule == run_text

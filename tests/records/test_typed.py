@@ -89,3 +89,38 @@ def test_the_training_record_is_checked_on_write(tmp_path):
     with pytest.raises(RecordError, match=r"missing .*checkpoint.*; invalid: steps_done"):
         TrainRecord({"schema": TRAIN_SCHEMA, "steps_done": 0}).write(tmp_path / "t.json")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_numbers_are_finite_and_miou_is_one(tmp_path):
+    """JSON has no NaN or Infinity, but Python's json reads and writes them: the validator refuses them in any field."""
+    rec = eval_record(tmp_path)
+    rec["gflops"]["per_window"] = float("nan")
+    with pytest.raises(RecordError, match=r"invalid: gflops\.per_window = nan is not a finite number"):
+        EvalRecord(rec).write(tmp_path / "e.json")
+    text = json.dumps({**eval_record(tmp_path), "wall_time_s": float("inf")})
+    assert "Infinity" in text
+    path = tmp_path / "inf.json"
+    path.write_text(text)
+    with pytest.raises(RecordError, match="wall_time_s = inf is not a finite number"):
+        EvalRecord.read(path)
+    rec = eval_record(tmp_path)
+    rec["metrics"]["mIoU"] = None  # aAcc and mAcc may be undefined (null), mIoU may not
+    rec["metrics"]["aAcc"] = None
+    with pytest.raises(RecordError) as info:
+        EvalRecord(rec).validate("r.json")
+    assert info.value.invalid == ["metrics.mIoU = None is not a finite number"]
+    assert info.value.fields == "metrics.mIoU = None is not a finite number"
+    del rec["metrics"]["mIoU"]
+    with pytest.raises(RecordError) as info:
+        EvalRecord(rec).validate("r.json")
+    assert info.value.missing == ["metrics.mIoU"] and info.value.fields == "mpm.eval/1 record has no metrics.mIoU"
+
+
+def test_typed_fields_are_read_from_where_their_writer_puts_them(tmp_path):
+    rec = EvalRecord(eval_record(tmp_path, schedule=(2, 5)))
+    assert rec.label == "MPM(2,5)" and rec.identity.schedule == (2, 5) and rec.source is None
+    assert rec.crop == tuple(rec["protocol"]["crop"]) and rec.limit == rec["limit"] and rec.partial == rec["partial"]
+    bench = BenchRecord(bench_record())
+    assert bench.crop == tuple(bench["image_source"]["crop"]) and bench.device_kind in ("cpu", "cuda")
+    assert bench.device_name == bench["environment"]["device_name"] and bench.tokens_after == \
+        [float(t) for t in bench["tokens"]["after_step_mean"]]

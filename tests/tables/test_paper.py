@@ -327,3 +327,18 @@ def test_the_schedule_column_shows_the_configs_name_and_blocks_what_it_resolved_
     assert rows["none"]["schedule"] == "dense" and "schedule name" not in table.frame.columns
     cross = paper.cross_platform_table().frame
     assert list(cross["schedule"]) == ["dense", "all"] and list(cross["blocks"]) == ["", "0-11"]
+
+
+def test_labels_of_rows_and_legends_carry_the_configs_schedule_name(make_eval, make_bench) -> None:
+    """Issue 11: figure legends and the ablation's method column name ToMe's schedule ``all``, not its blocks."""
+    tome = make_eval("tome", list(range(12)), 36.0, 20.0, r=8)
+    tome["names"]["schedule"] = "all"
+    algm = make_eval("algm", [0, 4], 36.5, 21.0)
+    algm["names"]["schedule"] = "published"
+    ev = eval_frame([make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680]),
+                     tome, algm])
+    assert list(ev["label"]) == ["none", "MPM(2,5)", "ToMe(r=8; all)", "ALGM(published)"]
+    assert list(ev["schedule_name"]) == ["dense", "2-5", "all", "published"]
+    bench = make_bench("tome", list(range(12)), "math", 110.0, r=8)
+    bench["names"] = {"dataset": None, "model": "seg-t-demo", "method": "tome", "schedule": "all"}
+    assert list(timing_frame([bench])["label"]) == ["ToMe(r=8; all)"]
