@@ -313,12 +313,6 @@ class MethodIdentity:
         return text + (f" [{self.batch_policy}]" if self.batch_policy != "exact" else "")
 
     @property
-    def short(self) -> str:
-        """Every block spelled out: ``mpm(2,5)``, ``tome(0,1,...,11)``, ``none`` (console lines and MLflow run
-        names write the config's names instead: :attr:`mpm.records.names.Names.method_schedule`)."""
-        return self.name + (f"({','.join(map(str, self.schedule))})" if self.schedule else "")
-
-    @property
     def slug(self) -> str:
         """File names: ``mpm-2_5``, ``tome-0_1_..._11-r8``, ``mpm-2_5-batch-min``, ``none``."""
         text = self.name + ("-" + "_".join(map(str, self.schedule)) if self.schedule else "")

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -99,11 +99,12 @@ class BenchSpec:
             d["method_kwargs"] = {}
         return cls(**d)
 
-    def resolved_names(self) -> dict[str, str | None]:
-        """The record's ``names``: :attr:`names`, the rest derived (no dataset; the checkpoint's name)."""
+    def resolved_names(self, blocks: Sequence[int] = ()) -> dict[str, str | None]:
+        """The record's ``names``: :attr:`names`, the rest derived (no dataset; the checkpoint's name; an
+        empty schedule, the method's own default, is named by the ``blocks`` it resolved to)."""
         random_init = self.model.upper() in ("T", "S", "B", "L")
         return resolve_names(self.names, dataset=None, model=None if random_init else model_name_of(self.model),
-                             method=self.method, schedule=self.schedule).to_dict()
+                             method=self.method, schedule=self.schedule or tuple(blocks)).to_dict()
 
 
 def build_model(spec: BenchSpec):
@@ -188,7 +189,7 @@ def result_record(spec: BenchSpec, method, model, weights: dict, device: torch.d
     """The ``mpm.bench/1`` record of a measured point (shared by every runtime)."""
     result = BenchRecord({
         "schema": SCHEMA,
-        "names": spec.resolved_names(),
+        "names": spec.resolved_names(method.describe()["schedule"]),
         "spec": spec.to_dict(),
         "method": method.describe(),
         "model": {**weights, "config": model.config.to_dict()},

@@ -251,7 +251,7 @@ class BenchRecord(_Named):
     schema = BENCH_SCHEMA
 
     def _resolved(self) -> dict[str, Any]:
-        return {"dataset": None, "model": None, "method": self.method_name, "schedule": self["spec"]["schedule"]}
+        return {"dataset": None, "model": None, "method": self.method_name, "schedule": self["spec"]["schedule"] or self.schedule}
 
     @property
     def weights(self) -> str:

@@ -12,23 +12,25 @@ from mpm.errors import ConfigError
 from mpm.merging import available_methods as implemented
 from mpm.merging import build_method
 from mpm.methods import MethodIdentity, available_methods, get_spec, identify, is_dense, method_order
+from mpm.records.names import schedule_name
 
 REPO = Path(__file__).resolve().parents[2]
 
-CASES = [  # (name, schedule, params, (label, display, short, slug))
+CASES = [  # (name, schedule, params, (label, display, label with the schedule's default name, slug))
     ("none", (), {}, ("none", "none", "none", "none")),
-    ("mpm", (2, 5), {}, ("MPM(2,5)", "MPM", "mpm(2,5)", "mpm-2_5")),
-    ("tome", "all", {"r": 8}, ("ToMe(r=8; 0-11)", "ToMe (r=8)", "tome(" + ",".join(map(str, range(12))) + ")",
+    ("mpm", (2, 5), {}, ("MPM(2,5)", "MPM", "MPM(2,5)", "mpm-2_5")),
+    ("tome", "all", {"r": 8}, ("ToMe(r=8; 0-11)", "ToMe (r=8)", "ToMe(r=8; all)",
                                "tome-" + "_".join(map(str, range(12))) + "-r8")),
-    ("tome", (0, 1), {"r": [3, 4]}, ("ToMe(r=[3,4]; 0,1)", "ToMe (r=[3,4])", "tome(0,1)", "tome-0_1-r3_4")),
-    ("algm", (), {}, ("ALGM(0,4)", "ALGM", "algm(0,4)", "algm-0_4")),
+    ("tome", (0, 1), {"r": [3, 4]}, ("ToMe(r=[3,4]; 0,1)", "ToMe (r=[3,4])", "ToMe(r=[3,4]; 0,1)", "tome-0_1-r3_4")),
+    ("algm", (), {}, ("ALGM(0,4)", "ALGM", "ALGM(0,4)", "algm-0_4")),
 ]
 
 
 @pytest.mark.parametrize("name, schedule, params, forms", CASES)
 def test_every_form_of_a_label_is_one_property(name, schedule, params, forms):
     ident = identify(name, schedule, depth=12, **params)
-    assert (ident.label, ident.display, ident.short, ident.slug) == forms
+    named = ident.label_for(schedule_name(schedule or ident.schedule))  # as a job run by hand names it
+    assert (ident.label, ident.display, named, ident.slug) == forms
     # the torch class says the same, and its record reads back to the same identity
     method = build_method(name, schedule, depth=12, **params)
     assert method.identity == ident and method.describe() == ident.to_dict()

@@ -46,3 +46,15 @@ def test_a_bad_names_option_is_one_line_before_any_work(command, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--names" in err[0] and "unknown name 'colour'" in err[0]
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_benchmark_of_a_methods_default_schedule_is_named_by_its_blocks():
+    """``mpm bench --method algm`` without a schedule runs ALGM's published blocks: named ``0-4``, as
+    ``mpm eval`` names them, never ``dense``; ToMe's ``all`` keeps its name; given names win."""
+    from mpm.benchmarking.bench import BenchSpec
+
+    assert BenchSpec(images="x", method="algm").resolved_names((0, 4))["schedule"] == "0-4"
+    assert BenchSpec(images="x", method="none").resolved_names(())["schedule"] == "dense"
+    assert BenchSpec(images="x", method="tome", schedule="all").resolved_names(range(12))["schedule"] == "all"
+    named = BenchSpec(images="x", method="algm", names={"schedule": "published"})
+    assert named.resolved_names((0, 4))["schedule"] == "published"
