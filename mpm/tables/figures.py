@@ -74,6 +74,29 @@ def value_limits(values: Sequence[float], min_span: float, pad: float = 0.1) -> 
     return lo, hi
 
 
+#: label positions beside a point, in points: above right, then below right, then further up and down
+_LABEL_SLOTS = ((4, 3), (4, -9), (4, 11), (4, -17))
+
+
+def label_offsets(xs: list[float], ys: list[float], near: float = 0.1,
+                  min_span_y: float = 0.0) -> list[tuple[int, int]]:
+    """An offset per point for its label, so that points closer than ``near`` of the plotted spans (in
+    x, and in y with at least ``min_span_y``) get different slots of :data:`_LABEL_SLOTS` and their
+    labels do not overlap."""
+    finite = [(x, y) for x, y in zip(xs, ys) if not (_nan(x) or _nan(y))]
+    span_x = (max(p[0] for p in finite) - min(p[0] for p in finite)) if finite else 0.0
+    span_y = max((max(p[1] for p in finite) - min(p[1] for p in finite)) if finite else 0.0, min_span_y)
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in zip(xs, ys):
+        taken = {slot for px, py, slot in placed
+                 if abs(px - x) <= near * (span_x or 1.0) and abs(py - y) <= near * (span_y or 1.0)}
+        slot = next((k for k in range(len(_LABEL_SLOTS)) if k not in taken), 0)
+        placed.append((x, y, slot))
+        out.append(_LABEL_SLOTS[slot])
+    return out
+
+
 def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_is_better: bool = False,
                           note: str | None = None):
     """mIoU against speed (``x``; images/s, or GFLOPs with ``lower_is_better``), one point per method and
@@ -90,7 +113,8 @@ def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_
     if full.empty and not part.empty and part["extent"].nunique() == 1:
         front_from, suffix = part, f" — {part['extent'].iloc[0]}"
     seen: set[str] = set()
-    for row in pts.itertuples():
+    offsets = label_offsets(list(pts["x"]), list(pts["mIoU"]), min_span_y=MIN_MIOU_SPAN)
+    for row, offset in zip(pts.itertuples(), offsets):
         colour, marker = style(row.method_name)
         hollow = bool(row.partial) and front_from is not part
         family = family_legend(row.method_name)
@@ -99,7 +123,7 @@ def speed_accuracy_figure(data: pd.DataFrame, *, xlabel: str, title: str, lower_
         ax.scatter(row.x, row.mIoU, marker=marker, s=40, zorder=3, label=legend,
                    facecolors="none" if hollow else colour, edgecolors=colour)
         ax.annotate(row.label + (" (partial)" if hollow else ""), (row.x, row.mIoU), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+                    xytext=offset, textcoords="offset points")
     sign = -1.0 if lower_is_better else 1.0
     front = pareto_front([(sign * x, y) for x, y in zip(front_from["x"], front_from["mIoU"])])
     if len(front) > 1:

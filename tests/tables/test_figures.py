@@ -86,3 +86,13 @@ def test_pareto_miou_axis_has_a_minimum_span() -> None:
     lo, hi = fig.axes[0].get_ylim()
     plt.close(fig)
     assert lo < 30.0 and hi > 40.0 and hi - lo < 14.0
+
+
+def test_labels_of_nearby_points_take_different_slots():
+    from mpm.tables.figures import _LABEL_SLOTS, label_offsets
+
+    # none and ToMe almost on top of each other (the demo's figure), MPM(2,5,8) and MPM(5) close, one far
+    offsets = label_offsets([15.9, 15.6, 20.3, 21.7, 30.6], [95.24, 95.24, 95.22, 95.24, 95.10], min_span_y=2.0)
+    assert offsets[0] != offsets[1] and offsets[2] != offsets[3]
+    assert offsets[0] == offsets[2] == offsets[4] == _LABEL_SLOTS[0]
+    assert label_offsets([1.0, float("nan")], [2.0, 3.0]) == [_LABEL_SLOTS[0], _LABEL_SLOTS[0]]
