@@ -254,6 +254,12 @@ class BenchRecord(_Named):
         return {"dataset": None, "model": None, "method": self.method_name, "schedule": self["spec"]["schedule"] or self.schedule}
 
     @property
+    def target_name(self) -> str | None:
+        """The target the point was timed on (``target.name``, written by every runner); None in a
+        record written by :func:`mpm.benchmarking.bench.run_point` alone."""
+        return self["target"]["name"] if "target" in self else None
+
+    @property
     def weights(self) -> str:
         """``checkpoint`` or ``random-init``."""
         return self["model"]["weights"]

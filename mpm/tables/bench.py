@@ -10,6 +10,7 @@ import pandas as pd
 
 from mpm.backends import cuda_labels
 from mpm.methods import MethodIdentity
+from mpm.records import BenchRecord
 
 #: what a throughput column is called after the backend that ran on a CUDA device (FlashAttention-2 off
 #: or on); on any other device it is called after the device and backend as run, e.g. ``CPU math``
@@ -119,17 +120,9 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_target(record: dict) -> tuple[str | None, str]:
-    """The target a benchmark record was timed on, and where that name was found.
-
-    The pipeline records it as the top-level ``target`` (a name, or the target's description
-    with a ``name``) or as ``spec.target``; without either, the device name stands in.
-    """
-    spec = record.get("spec") if isinstance(record.get("spec"), dict) else {}
-    for source, value in (("target", record.get("target")), ("spec.target", spec.get("target"))):
-        if isinstance(value, dict):
-            value = value.get("name")
-        if isinstance(value, str) and value:
-            return value, source
-    env = record.get("environment") if isinstance(record.get("environment"), dict) else {}
-    return env.get("device_name") or env.get("cpu_model") or env.get("device"), "environment.device_name"
+def bench_target(record: BenchRecord) -> tuple[str | None, str]:
+    """The target a benchmark record was timed on, and where that name was found: ``target.name``
+    (every runner writes it), else the device's name (a record of ``run_point`` alone)."""
+    if record.target_name:
+        return record.target_name, "target"
+    return record.device_name, "environment.device_name"

@@ -88,7 +88,7 @@ def make_bench(real_bench, make_eval):
     """``make_bench(method, schedule, backend, ips, ...)`` -> an mpm.bench/1 record."""
 
     def make(method: str, schedule: list[int], backend: str, ips: float, *, batch: int = 32, target="h100",
-             target_where: str = "top", device: str = H100, dtype: str = "float16", ckpt: Path | str | None = None,
+             target_where: str = "top", target_type: str = "slurm", device: str = H100, dtype: str = "float16", ckpt: Path | str | None = None,
              weights: str = "checkpoint", kind: str = "cuda", threads: int = 16, spread: float = 0.01,
              **method_args) -> dict:
         r = copy.deepcopy(real_bench)
@@ -107,11 +107,9 @@ def make_bench(real_bench, make_eval):
                            min_ms=median * (1 - 2 * spread), max_ms=median * (1 + 2 * spread),
                            images_per_s=ips, per_image_ms=1000.0 / ips, batch_size=batch)
         if target_where == "top":
-            r["target"] = {"name": target, "type": "slurm", "device": kind}
-        elif target_where == "top-string":
+            r["target"] = {"name": target, "type": target_type, "device": kind}
+        elif target_where == "top-string":  # no runner writes it: the schema refuses it
             r["target"] = target
-        elif target_where == "spec":
-            r["spec"]["target"] = target
         return r
 
     return make

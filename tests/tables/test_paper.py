@@ -42,7 +42,7 @@ def standard(make_eval, make_bench, write):
     benches = [make_bench("none", [], "math", 100.0), make_bench("none", [], "fa2", 300.0),
                make_bench("mpm", [2, 5], "math", 125.0), make_bench("mpm", [2, 5], "fa2", 360.0),
                make_bench("none", [], "math", 50.0, batch=1), make_bench("mpm", [2, 5], "math", 40.0, batch=1)]
-    pi = {"target": "rpi5", "target_where": "spec", "device": PI, "dtype": "float32", "kind": "cpu", "threads": 4}
+    pi = {"target": "rpi5", "target_type": "ssh", "device": PI, "dtype": "float32", "kind": "cpu", "threads": 4}
     benches += [make_bench("none", [], "math", 1.0, batch=1, **pi), make_bench("mpm", [2, 5], "math", 1.6, batch=1, **pi),
                 make_bench("none", [], "math", 1.05, batch=2, **pi),
                 make_bench("mpm", [2, 5], "math", 1.75, batch=2, **pi)]
@@ -117,8 +117,8 @@ def test_partial_runs_compare_only_with_a_dense_run_of_the_same_limit(make_eval)
 def test_different_hardware_in_one_column_is_refused_or_marked(make_eval, make_bench) -> None:
     res = load_results([])
     res.evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680])]
-    res.benches = [make_bench("none", [], "math", 100.0, target_where="top-string"),
-                   make_bench("mpm", [2, 5], "math", 130.0, target_where="top-string", device="NVIDIA A100-SXM4-80GB")]
+    res.benches = [make_bench("none", [], "math", 100.0),
+                   make_bench("mpm", [2, 5], "math", 130.0, device="NVIDIA A100-SXM4-80GB")]
     for b in res.benches:
         b["_file"] = f"{b['environment']['device_name']}.json"
     with pytest.raises(ConfigError, match="different hardware.*A100.*H100"):
@@ -145,14 +145,17 @@ def test_repeated_measurements_with_different_results_are_refused(make_bench) ->
         Paper(res, gpu_target="h100")
 
 
-def test_target_name_from_top_level_spec_or_device(make_bench) -> None:
+def test_target_name_from_the_record_or_its_device(make_bench, write) -> None:
+    """``target.name`` where a runner wrote it, else the device: one place each, no other layout."""
     recs = [make_bench("none", [], "math", 1.0, target="a", target_where="top"),
-            make_bench("none", [], "math", 1.0, target="b", target_where="top-string"),
-            make_bench("none", [], "math", 1.0, target="c", target_where="spec"),
             make_bench("none", [], "math", 1.0, target_where="none", device="Some GPU")]
     tf = timing_frame(recs)
-    assert list(tf["target"]) == ["a", "b", "c", "Some GPU"]
-    assert list(tf["target_source"]) == ["target", "target", "spec.target", "environment.device_name"]
+    assert list(tf["target"]) == ["a", "Some GPU"]
+    assert list(tf["target_source"]) == ["target", "environment.device_name"]
+    # a target written as a bare string is not a record of this schema: refused, naming the file and field
+    bad = write([make_bench("none", [], "math", 1.0, target="b", target_where="top-string")])[0]
+    with pytest.raises(ConfigError, match=f"{bad.name}.*target"):
+        load_results([bad])
 
 
 def test_random_init_timings_join_by_size_and_crop_and_are_stated(make_eval, make_bench) -> None:
