@@ -103,6 +103,7 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
             sections.calls += 1
     out = sections.breakdown()
     del runner
+    _release(device)
     return out
 
 
@@ -124,7 +125,6 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
         for name in method_names:
             rows.append(method_row(model, size, images, source, batch, backend, mode, name, methods[name], dense,
                                    dense_gf, inputs, iters, device, repeats, extra))
-            _release(device)
     del dense
     _release(device)
     return rows
@@ -179,9 +179,7 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
     total = sum(v for v in bd.values() if v is not None)
     share = (bd["merge_ms"] + bd["unmerge_ms"]) / total if total > 0 else None
     med = {k: statistics.median(v) for k, v in times.items()}
-    speed = ratio_stats(times["dense"], times["method"])
-    ospeed = ratio_stats(times["dense"], times["oracle"])
-    vs_oracle = ratio_stats(times["oracle"], times["method"])
+    speed, ospeed, vs_oracle = three_ratios(times)
     per_site = [statistics.fmean(c for batch_counts in counts for c in batch_counts[k])
                 for k in range(len(counts[0]))] if counts and counts[0] else []
     return {
@@ -207,11 +205,16 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
     }
 
 
+def three_ratios(ms: dict[str, list[float]]) -> tuple:
+    """Speedup (dense / method), oracle speedup (dense / oracle) and method over oracle (oracle / method)
+    of one interleaving's per-repeat times, each a :class:`~mpm.ratios.Ratio`."""
+    return (ratio_stats(ms["dense"], ms["method"]), ratio_stats(ms["dense"], ms["oracle"]),
+            ratio_stats(ms["oracle"], ms["method"]))
+
+
 def _cpu_time_ratios(cpu_ms: dict[str, list[float]]) -> dict:
     """Process-CPU-time ratios (CPU rows): what the forward costs in CPU work, robust to other processes."""
-    speed = ratio_stats(cpu_ms["dense"], cpu_ms["method"])
-    ospeed = ratio_stats(cpu_ms["dense"], cpu_ms["oracle"])
-    vs = ratio_stats(cpu_ms["oracle"], cpu_ms["method"])
+    speed, ospeed, vs = three_ratios(cpu_ms)
     return {"cpu_time_speedup": speed.to_dict(), "cpu_time_oracle_speedup": ospeed.to_dict(),
             "cpu_time_vs_oracle": vs.to_dict(), "repeat_cpu_ms": cpu_ms}
 

@@ -209,20 +209,17 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         ``tk.fused_best_partner`` is off), then the mutual test, representatives and slots;
         elsewhere the reference functions.
     """
-    fused = tk.available(x)
-    if fused and tk.fused_best_partner:
-        best, score = tk.best_partners_rows(x, start, _counts(n_img, start, slots), num_prefix, slots)
+    on_triton = tk.available(x)
+    if on_triton:
+        counts = n_img if n_img is not None else torch.full_like(start, slots)
+    if on_triton and tk.fused_best_partner:
+        best, score = tk.best_partners_rows(x, start, counts, num_prefix, slots)
     else:
         feats = view if view is not None else rows_to_padded(x, start + num_prefix, slots)
         best, score = best_partners(feats, n_img)
-    if fused:
-        return RowPlan(*tk.mutual_plan(best, score, _counts(n_img, start, slots)))
+    if on_triton:
+        return RowPlan(*tk.mutual_plan(best, score, counts))
     return plan_from_partners(best, score, n_img)
-
-
-def _counts(n_img: Tensor | None, start: Tensor, slots: int) -> Tensor:
-    """(B,) image tokens per image: ``n_img``, or ``slots`` for every image."""
-    return n_img if n_img is not None else torch.full_like(start, slots)
 
 
 @register
