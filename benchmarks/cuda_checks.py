@@ -102,6 +102,29 @@ def kernel_checks(dev: torch.device) -> None:
                                                     f"two-source={with_partner} (bit for bit)")
 
 
+def math_alignment_checks(dev: torch.device) -> None:
+    """The math backend's 8-aligned keys on CUDA against unaligned keys (Segmenter's token counts)."""
+    import importlib
+
+    att = importlib.import_module("mpm.models.attention")
+    g = torch.Generator(device=dev).manual_seed(7)
+    for n, dtype in ((1025, torch.float16), (1601, torch.float16), (1025, torch.float32)):
+        q, k, v = (torch.randn(2, 4, n, 64, device=dev, dtype=dtype, generator=g) for _ in range(3))
+        lengths = torch.tensor([n, n - 300], device=dev)
+        for masked in (False, True):
+            kw = {"lengths": lengths} if masked else {}
+            aligned = att.attention(q, k, v, "math", **kw)
+            saved, att.KEY_ALIGN_DEVICES = att.KEY_ALIGN_DEVICES, ()
+            try:
+                plain = att.attention(q, k, v, "math", **kw)
+            finally:
+                att.KEY_ALIGN_DEVICES = saved
+            keep = slice(None, n - 300)  # rows past an image's length are unspecified
+            r = rel(aligned[:, :, keep].float(), plain[:, :, keep].float())
+            check(r < (1e-5 if dtype == torch.float32 else 2e-3),
+                  f"math attention, keys aligned to 8 == unaligned, n={n} {dtype} masked={masked} (rel {r:.1e})")
+
+
 def runner_checks(dev: torch.device) -> None:
     torch.manual_seed(0)
     model = build_segmenter(SegmenterConfig.preset("T", num_classes=150)).to(dev)
@@ -221,6 +244,7 @@ def main() -> int:
     which = [a for a in sys.argv[1:] if not a.startswith("--")] or ["kernels", "runner", "plain"]
     if "kernels" in which:
         kernel_checks(dev)
+        math_alignment_checks(dev)
     if "runner" in which:
         runner_checks(dev)
     if "plain" in which:

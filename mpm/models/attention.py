@@ -211,11 +211,27 @@ def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: "Packing | Varlen", sc
                            f"({q.shape[0]} rows, {q.dtype}, {q.device}): {err}") from err
 
 
+#: devices on which the math backend pads its keys to a multiple of :data:`KEY_ALIGN`: cuBLAS's
+#: half-precision products run at full rate only when the logits' rows (and the inner dimension of
+#: ``softmax(...) @ v``) are 8-aligned, which Segmenter's 1025 (512 px) or 1601 (640 px) tokens are not
+KEY_ALIGN_DEVICES: tuple[str, ...] = ("cuda",)
+KEY_ALIGN = 8
+
+
 def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
+    n = k.shape[-2]
+    pad = (-n) % KEY_ALIGN if q.device.type in KEY_ALIGN_DEVICES else 0
+    if pad:  # zero keys and values past n, masked below: every product and the softmax run 8-aligned
+        k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
     if lengths is None and bias is None:
         attn = (q * scale) @ k.transpose(-2, -1)
-    elif q.is_cuda:  # memory-bound there: no extra pass over the (N x N) logits
-        attn = _biased_logits(q, k, _key_bias(q, lengths, bias), scale)
+        if pad:
+            attn[..., n:] = float("-inf")  # N x pad entries only
+    elif q.is_cuda or pad:  # memory-bound there: no extra pass over the (N x N) logits
+        key_bias = _key_bias(q, lengths, bias, n)
+        if pad:
+            key_bias = F.pad(key_bias, (0, pad), value=_NEG_SCALE * torch.finfo(q.dtype).max)
+        attn = _biased_logits(q, k, key_bias, scale)
     else:  # the textbook form
         attn = (q * scale) @ k.transpose(-2, -1)
         if bias is not None:
@@ -225,10 +241,13 @@ def _math(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, bias: Tensor 
     return attn.softmax(dim=-1) @ v
 
 
-def _key_bias(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor:
-    """(B, N) additive bias per key: ``bias`` (e.g. log size) and a large negative on padding."""
-    b, _, n, _ = q.shape
-    neg = -0.25 * torch.finfo(q.dtype).max  # exp() of it is 0, and it stays finite in sums
+_NEG_SCALE = -0.25  # a padding key's bias, as a fraction of the dtype's max: exp() of it is 0, sums stay finite
+
+
+def _key_bias(q: Tensor, lengths: Tensor | None, bias: Tensor | None, n: int) -> Tensor:
+    """(B, n) additive bias per key: ``bias`` (e.g. log size) and a large negative on padding."""
+    b = q.shape[0]
+    neg = _NEG_SCALE * torch.finfo(q.dtype).max
     kb = q.new_zeros(b, n) if bias is None else bias.reshape(b, n).to(q.dtype).clamp(min=neg)
     if lengths is not None:
         kb = kb.masked_fill(~key_padding_mask(lengths, n).reshape(b, n), neg)
@@ -236,17 +255,19 @@ def _key_bias(q: Tensor, lengths: Tensor | None, bias: Tensor | None) -> Tensor:
 
 
 def _biased_logits(q: Tensor, k: Tensor, key_bias: Tensor, scale: float) -> Tensor:
-    """``scale * q k^T + key_bias`` in one matrix product.
+    """``scale * q k^T + key_bias`` in one matrix product: q (B, H, N, D), k (B, H, M, D),
+    key_bias (B, M) -> (B, H, N, M).
 
     A per-key bias is folded into the product by one extra feature:
     ``[q * scale, 1] . [k, bias] = scale * q . k + bias`` (padded with zeros to a
     multiple of 8 features for the matrix units), so masking costs no extra pass
-    over the (N x N) logits.
+    over the (N x M) logits.
     """
     b, h, n, d = q.shape
+    m = k.shape[-2]
     pad = (-(d + 1)) % 8
     qa = torch.cat([q * scale, q.new_ones(b, h, n, 1), q.new_zeros(b, h, n, pad)], dim=-1)
-    ka = torch.cat([k, key_bias[:, None, :, None].expand(b, h, n, 1), k.new_zeros(b, h, n, pad)], dim=-1)
+    ka = torch.cat([k, key_bias[:, None, :, None].expand(b, h, m, 1), k.new_zeros(b, h, m, pad)], dim=-1)
     return qa @ ka.transpose(-2, -1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pytest
 import torch
 
@@ -99,8 +100,30 @@ def test_folded_key_bias_equals_masked_logits(dtype) -> None:
     lengths = torch.tensor([21, 12, 4])
     size = torch.rand(3, 21) * 3 + 1
     bias = size.log()[:, None, None, :]
-    folded = _biased_logits(q, k, _key_bias(q, lengths, bias), 0.125).float().softmax(-1)
+    folded = _biased_logits(q, k, _key_bias(q, lengths, bias, 21), 0.125).float().softmax(-1)
     plain = ((q * 0.125) @ k.transpose(-2, -1) + bias.to(dtype)).float()
     plain = plain.masked_fill(~key_padding_mask(lengths, 21), float("-inf")).softmax(-1)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(folded, plain, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_math_key_alignment_keeps_outputs(monkeypatch, masked) -> None:
+    """The math backend's 8-aligned keys (on CUDA) give the unaligned result (checked on the CPU)."""
+    attention_module = importlib.import_module("mpm.models.attention")
+
+    q, k, v = _qkv(b=3, n=21, d=64, dtype=torch.float32)
+    lengths = torch.tensor([21, 12, 4]) if masked else None
+    bias = (torch.rand(3, 21) * 3 + 1).log()[:, None, None, :] if masked else None
+    plain = attention(q, k, v, "math", lengths=lengths, bias=bias)
+    seen = []
+    real_pad = attention_module.F.pad
+    monkeypatch.setattr(attention_module, "KEY_ALIGN_DEVICES", ("cpu",))
+    monkeypatch.setattr(attention_module.F, "pad", lambda t, p, **kw: seen.append(t.shape) or real_pad(t, p, **kw))
+    aligned = attention(q, k, v, "math", lengths=lengths, bias=bias)
+    assert seen and seen[0][-2] == 21  # the keys were padded (21 -> 24)
+    if lengths is None:
+        torch.testing.assert_close(aligned, plain, rtol=1e-5, atol=1e-6)
+    else:  # outputs past an image's length are unspecified
+        for i, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(aligned[i, :, :n], plain[i, :, :n], rtol=1e-5, atol=1e-6)
