@@ -87,6 +87,8 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
         if use_triton:
             steps["plan, fused best-partner kernel"] = lambda: _fused(lambda: plan_rows(x, start, n, 1, slots))
             steps["best partner kernel alone"] = lambda: tk.best_partners_rows(x, start, n, 1, slots)
+            steps["best partner kernel alone, one column range"] = lambda: tk.best_partners_rows(
+                x, start, n, 1, slots, splits=1)
         else:
             steps["best partner alone (padded view + bmm + max)"] = lambda: best_partners(
                 rows_to_padded(x, start + 1, slots), n)

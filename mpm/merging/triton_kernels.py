@@ -69,11 +69,12 @@ if triton is not None:
     # counts that vary between calls are not specialised; strides and feature widths are (Triton then
     # knows them divisible by 16 and vectorises the loads: a few compilations at most, never one per value)
     @triton.jit(do_not_specialize=["P"])
-    def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, P, C,
+    def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr):
+                             SPLITS: tl.constexpr, PRECISION: tl.constexpr):
         pid_m = tl.program_id(0)
         b = tl.program_id(1)
+        split = tl.program_id(2)  # this program's share of the columns (SPLITS > 1: small batches)
         n = tl.load(NIMG + b)
         row0 = tl.load(START + b) + P
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -88,8 +89,10 @@ if triton is not None:
             sq_m += tl.sum(a * a, axis=1)
         best_val = tl.full([BLOCK_M], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
-        n_loop = tl.where(pid_m * BLOCK_M < n, n, n - n)  # programs past the image's rows do nothing
-        for n0 in range(n - n, n_loop, BLOCK_N):
+        chunk = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_N) * BLOCK_N
+        n_lo = split * chunk
+        n_hi = tl.where(pid_m * BLOCK_M < n, tl.minimum(n, n_lo + chunk), n_lo)  # past the rows: nothing
+        for n0 in range(n_lo, n_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < n
             rows_n = (row0 + offs_n).to(tl.int64) * stride_x
@@ -116,9 +119,25 @@ if triton is not None:
         # slots past the image's tokens: the slot's own index and -inf (as for a token alone)
         best_idx = tl.where(mask_m, best_idx, offs_m)
         score = tl.where(mask_m, score, float("-inf"))
-        out = b.to(tl.int64) * stride_o + offs_m
+        out = split.to(tl.int64) * stride_split + b.to(tl.int64) * stride_o + offs_m
         tl.store(BEST + out, best_idx.to(tl.int64), mask=offs_m < stride_o)
         tl.store(SCORE + out, score, mask=offs_m < stride_o)
+
+    @triton.jit(do_not_specialize=["total"])
+    def _combine_splits_kernel(BEST_PART, SCORE_PART, BEST, SCORE, total, SPLITS: tl.constexpr,
+                               BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < total
+        best_val = tl.load(SCORE_PART + i, mask=mask, other=float("-inf"))
+        best_idx = tl.load(BEST_PART + i, mask=mask, other=0)
+        for k in tl.static_range(1, SPLITS):
+            val = tl.load(SCORE_PART + k * total + i, mask=mask, other=float("-inf"))
+            idx = tl.load(BEST_PART + k * total + i, mask=mask, other=0)
+            better = val > best_val  # strict: the earlier split (lower columns) keeps ties
+            best_idx = tl.where(better, idx, best_idx)
+            best_val = tl.where(better, val, best_val)
+        tl.store(BEST + i, best_idx, mask=mask)
+        tl.store(SCORE + i, best_val, mask=mask)
 
     @triton.jit(do_not_specialize=["stride"])
     def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, BLOCK: tl.constexpr):
@@ -218,7 +237,8 @@ if triton is not None:
         tl.store(OUT + r[:, None].to(tl.int64) * stride_o + c[None, :], v, mask=mask)
 
 
-def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int) -> tuple[Tensor, Tensor]:
+def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
+                       splits: int | None = None) -> tuple[Tensor, Tensor]:
     """Each image token's most cosine-similar other token of its image.
 
     Args:
@@ -226,6 +246,8 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         start: (B,) long first row of each image; n_img: (B,) long image tokens per image.
         num_prefix: P rows before the image tokens of each image.
         slots: S >= max(n_img), the width of the outputs.
+        splits: column ranges searched by separate programs, then combined (default: enough
+            programs to fill the GPU, :func:`column_splits`; 1 on the CPU).
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
         float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
@@ -238,12 +260,43 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     if b == 0 or slots == 0:
         return best, score
     block_m = block_n = 64
+    row_blocks = triton.cdiv(slots, block_m)
+    if splits is None:
+        splits = column_splits(row_blocks * b, triton.cdiv(slots, block_n), x.device)
+    part_best, part_score = best, score
+    if splits > 1:
+        part_best = torch.empty(splits, b, slots, dtype=torch.long, device=x.device)
+        part_score = torch.empty(splits, b, slots, dtype=torch.float32, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    grid = (triton.cdiv(slots, block_m), b)
-    _best_partner_kernel[grid](x, x.stride(0), start, n_img, best, score, slots, num_prefix, c,
-                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64 if c >= 64 else 16, PRECISION=precision,
-                               num_warps=4)
+    _best_partner_kernel[(row_blocks, b, splits)](
+        x, x.stride(0), start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64 if c >= 64 else 16, SPLITS=splits, PRECISION=precision,
+        num_warps=4)
+    if splits > 1:
+        total = b * slots
+        _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
+                                                             SPLITS=splits, BLOCK=1024, num_warps=4)
     return best, score
+
+
+#: programs per streaming multiprocessor that :func:`column_splits` aims at
+PROGRAMS_PER_SM = 2
+_SM_COUNT: dict[int, int] = {}
+
+
+def column_splits(programs: int, column_tiles: int, device: torch.device) -> int:
+    """How many column ranges the best-partner search is split into: 1 when ``programs`` (row
+    blocks x images) already fill the GPU, else up to one range per two column tiles (batch 1:
+    one program per 64 rows would leave most multiprocessors idle)."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    want = PROGRAMS_PER_SM * _SM_COUNT[index]
+    if programs >= want:
+        return 1
+    return max(1, min(-(-want // programs), column_tiles // 2, 16))
 
 
 def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

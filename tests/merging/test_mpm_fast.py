@@ -138,6 +138,18 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         t = tk.gather_sources(plan[0], plan[1], plan[2], n, start, plan[3], P, packed, slots, rows)
         assert all(torch.equal(u, v) for u, v in zip(a, t) if u is not None), "sources"
         assert torch.equal(tk.gather_mean(x, t[0], t[1]), (x[a.src1] + x[a.src2]) * 0.5), "gather mean"
+    # column ranges split over programs (batch 1 on a GPU), then combined: the same partners
+    n2 = torch.tensor([200, 2, 130])
+    lens2 = n2 + P
+    start2 = lens2.cumsum(0) - lens2
+    x2 = torch.randn(int(lens2.sum()) + 4, 32)
+    one = tk.best_partners_rows(x2, start2, n2, P, 200, splits=1)
+    for splits in (2, 3):
+        split = tk.best_partners_rows(x2, start2, n2, P, 200, splits=splits)
+        assert torch.equal(split[0], one[0]) and torch.equal(split[1], one[1]), f"{splits} column ranges"
+    ref_best, _ = best_partners(rows_to_padded(x2, start2 + P, 200), n2)
+    for b, nb in enumerate(n2.tolist()):
+        assert torch.equal(one[0][b, :nb], ref_best[b, :nb]), "best partners, 4 column tiles"
         for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):  # counts over the capacity
             cut = r_cut if packed else 3 * s_cut
             tk.enabled = False

@@ -63,6 +63,7 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     start = (n + 1).cumsum(0) - (n + 1)
     x = torch.zeros(int((n + 1).sum()) + 4, 192, dtype=dtype)
     best, score = tk.best_partners_rows(x, start, n, 1, 37)
+    tk.best_partners_rows(x, start, n, 1, 37, splits=3)  # the column-split kernel and its combine
     dest, partner, surv, kept = tk.mutual_plan(best, score, n)
     for packed in (True, False):
         src1, src2, *_ = tk.gather_sources(dest, partner, surv, n, start, kept, 1, packed, 40, 120)
