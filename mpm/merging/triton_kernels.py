@@ -14,7 +14,10 @@ kernel                 does
 =====================  ==========================================================
 best partners          cosine similarity tiles in registers, running max / argmax
                        per row (first index on ties, self excluded): no (N x N)
-                       matrix in memory
+                       matrix in memory; at small batches the columns are split
+                       over several programs (:func:`column_splits`)
+combine splits         the column ranges' partial maxima, the earlier range
+                       keeping ties
 mutual plan            mutual test, representatives, output slots (one scan),
                        kept tokens per image: one program per image
 gather sources         the output layout (packed back to back or padded), its
