@@ -6,8 +6,9 @@ MPM(2,5), each in PyTorch and in ONNX Runtime (the dense model as one graph, MPM
 segments between its merge sites: ``mpm.benchmarking.onnx_export``). The oracle is
 MPM's own token counts at zero merge cost (a slice where MPM merges, same segments;
 ``mpm.benchmarking.oracle``). Per round every variant runs ``--warmup`` untimed and
-``--iters`` timed forwards (the order of the variants rotates from round to round);
-each ratio is the median of its per-round ratios, its spread the per-round minimum and
+``--iters`` timed passes over every image (the order of the variants rotates from
+round to round), so that all variants of a round see the same images; a round's time
+is the mean over its forwards, each ratio the median of its per-round ratios, its spread the per-round minimum and
 maximum, and a ratio whose spread contains 1.0 is marked not significant.
 
 Before timing, ONNX Runtime is checked against PyTorch on every image: the merge maps
@@ -15,7 +16,8 @@ Before timing, ONNX Runtime is checked against PyTorch on every image: the merge
 its own process (ORT's shared thread pool is sized once per process), fed by one export.
 
 Weights are random-initialised (seed 0, 150 classes) unless ``--checkpoint``; images
-are the synthetic demo set's generator (``mpm.data.synthetic``) unless ``--images``:
+are the synthetic demo set's generator (``mpm.data.synthetic``) unless ``--images``
+(``photos``: scikit-image's bundled photographs, flipped and cropped; or a folder):
 token counts are those of these weights on these images, not the paper's.
 ``--int8`` adds ONNX Runtime's dynamic int8 quantisation (weights of the MatMul/Gemm
 of segments, dense graph and decoder; the score graphs stay fp32) as a further
@@ -25,7 +27,7 @@ Writes ``DIR/edge.json`` atomically (rows of other machines already in it are ke
 and prints a table. Needs torch, timm, numpy, pillow, onnx, onnxruntime and this
 source tree only:
 
-    python benchmarks/edge.py --out DIR [--models T,S] [--threads 1,4] [--rounds 5] [--iters 2] [--int8]
+    python benchmarks/edge.py --out DIR [--models T,S] [--threads 1,4] [--rounds 5] [--iters 1] [--int8]
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--num-classes", type=int, default=150, help="classes of the random-init model (150)")
     ap.add_argument("--checkpoint", default=None, help="a Segmenter checkpoint instead of random weights "
                                                         "(then --models must name its size)")
-    ap.add_argument("--images", default=None, help="image folder (default: synthetic images, generated)")
+    ap.add_argument("--images", default=None,
+                    help="'photos' (scikit-image's photographs) or an image folder (default: synthetic, generated)")
     ap.add_argument("--num-images", type=int, default=4, help="distinct images cycled through (default 4)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    ap.add_argument("--iters", type=int, default=2, help="timed forwards per variant per round (default 2)")
+    ap.add_argument("--iters", type=int, default=1,
+                    help="timed passes over every image per variant per round (default 1)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant per round (default 1)")
     ap.add_argument("--backend", default="math", choices=("math", "sdpa"),
                     help="attention of the PyTorch variants and of the export (default math)")
@@ -118,15 +122,23 @@ def ratio_stats(num: list[float], den: list[float]) -> dict:
 # --------------------------------------------------------------------------- #
 
 
+def images_label(images: str | None) -> str:
+    """The rows' ``images``: ``synthetic``, ``skimage-photos`` or the folder given."""
+    if not images:
+        return "synthetic"
+    return "skimage-photos" if images in ("photos", "skimage:photos") else str(images)
+
+
 def make_images(args, crop: int):
     """(n, 3, crop, crop) uint8 tensor and a description of where the images came from."""
     import numpy as np
     import torch
 
     if args.images:
-        from mpm.benchmarking.images import load_batch_images
+        from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images
 
-        return load_batch_images(args.images, args.num_images, (crop, crop))
+        source = PHOTOS_SOURCE if args.images == "photos" else args.images
+        return load_batch_images(source, args.num_images, (crop, crop))
     from mpm.data.synthetic import make_sample
 
     rng = np.random.default_rng(args.seed)
@@ -225,12 +237,13 @@ def run_workers(args, work: Path) -> list[dict]:
 
 
 def row_key(row: dict) -> tuple:
-    return (row["cpu"], row.get("cpu_count"), row["runtime"], row["model"], row["method"], row["threads"])
+    return (row["cpu"], row.get("cpu_count"), row.get("images", "synthetic"), row["runtime"], row["model"],
+            row["method"], row["threads"])
 
 
 def merge_rows(old: dict | None, rows: list[dict], run: dict) -> dict:
     """The edge.json of ``old`` (or nothing) with ``rows`` added: earlier rows with the same
-    (cpu, cpu_count, runtime, model, method, threads) are replaced, the others kept."""
+    (cpu, cpu_count, images, runtime, model, method, threads) are replaced, the others kept."""
     new_keys = {row_key(r) for r in rows}
     kept = [r for r in (old or {}).get("rows", []) if row_key(r) not in new_keys]
     return {
@@ -269,17 +282,25 @@ def write_result(args, old: dict | None, rows: list[dict], info: dict, started: 
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'cpu':32s} {'runtime':17s} {'model':9s} {'thr':>3s} {'dense':>8s} {'oracle':>8s} {'method':>8s} "
-          f"{'speedup':>16s} {'oracle':>16s} {'maps':>5s} {'diff':>8s}")
+    """One line per row: times (ms), speedup and oracle speedup with their spreads, FLOP-ideal,
+    method / oracle, ORT-over-PyTorch for the method, and the checks against PyTorch."""
+    print(f"{'cpu':24s} {'images':8s} {'runtime':16s} {'model':9s} {'thr':>3s} {'dense':>7s} {'oracle':>7s} "
+          f"{'method':>7s} {'speedup':>17s} {'oracle':>17s} {'ideal':>5s} {'m/o':>5s} {'vs pt':>5s} {'maps':>5s} "
+          f"{'diff':>8s}")
+    mark = lambda sig: " " if sig else "*"  # noqa: E731
     for r in rows:
         sp, osp = r["spread"]["speedup"], r["spread"]["oracle_speedup"]
-        mark = lambda sig: "" if sig else "*"  # noqa: E731
-        print(f"{r['cpu'][:32]:32s} {r['runtime']:17s} {r['model']:9s} {r['threads']:3d} {r['dense_ms']:8.1f} "
-              f"{r['oracle_ms']:8.1f} {r['method_ms']:8.1f} "
-              f"{r['speedup']:5.2f} [{sp[0]:.2f},{sp[1]:.2f}]{mark(r['significant']['speedup']):1s} "
-              f"{r['oracle_speedup']:5.2f} [{osp[0]:.2f},{osp[1]:.2f}]{mark(r['significant']['oracle_speedup']):1s} "
-              f"{str(r['maps_equal']):>5s} {r['max_abs_diff_vs_torch'] if r['max_abs_diff_vs_torch'] is not None else '-':>8}")
-    print("(* = spread contains 1.0: not significant)")
+        vs = r.get("vs_torch", {}).get("method", {}).get("ratio")
+        diff = r["max_abs_diff_vs_torch"]
+        print(f"{r['cpu'][:24]:24s} {r.get('images', 'synthetic')[:8]:8s} {r['runtime']:16s} {r['model']:9s} "
+              f"{r['threads']:3d} {r['dense_ms']:7.1f} {r['oracle_ms']:7.1f} {r['method_ms']:7.1f} "
+              f"{r['speedup']:5.2f} [{sp[0]:.2f},{sp[1]:.2f}]{mark(r['significant']['speedup'])} "
+              f"{r['oracle_speedup']:5.2f} [{osp[0]:.2f},{osp[1]:.2f}]{mark(r['significant']['oracle_speedup'])} "
+              f"{r['ideal_speedup']:5.2f} {r['speedup_over_oracle_speedup']:5.2f} "
+              f"{'-' if vs is None else f'{vs:.2f}':>5s} {str(r['maps_equal']):>5s} "
+              f"{'-' if diff is None else f'{diff:.1e}':>8s}")
+    print("(* = spread contains 1.0: not significant; m/o = oracle ms / method ms; "
+          "vs pt = PyTorch method ms / this runtime's)")
 
 
 def main(argv=None) -> int:
@@ -317,6 +338,7 @@ def worker(job: dict) -> int:
     from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, shared_thread_pool
     from mpm.benchmarking.oracle import SliceOracle
     from mpm.merging import build_method
+    from mpm.models.flops import flops_of_run
 
     threads = int(job["threads_now"])
     torch.set_num_threads(threads)
@@ -336,6 +358,7 @@ def worker(job: dict) -> int:
             ref = [model(x, method=method, backend=job["backend"], return_encoder=True) for x in inputs]
             ref_dense = [model(x, backend=job["backend"]) for x in inputs]
         counts = [[int(t[0]) for t in enc.tokens_left] for _, enc in ref]
+        dense_gf = flops_of_run(model, (job["crop"], job["crop"]), None, []).total
         runtimes = {"onnxruntime": work / size}
         if job["int8"]:
             runtimes["onnxruntime-int8"] = work / f"{size}-int8"
@@ -375,23 +398,25 @@ def worker(job: dict) -> int:
             variants[(name, "method")] = (lambda s: lambda i: s(arrays[i]))(seg)
 
         keys = list(variants)
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}  # per-round medians
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}  # per-round means over the images
         n_img = len(arrays)
         t_start = time.perf_counter()
         for rnd in range(job["rounds"]):
             order = keys[rnd % len(keys):] + keys[:rnd % len(keys)]
             for key in order:
                 run = variants[key]
+                for j in range(job["warmup"]):
+                    i = (rnd + j) % n_img
+                    oracle.set_counts(counts[i])
+                    run(i)
                 samples = []
-                for j in range(job["warmup"] + job["iters"]):
+                for j in range(job["iters"] * n_img):  # every image, so each round's ratios are of one image set
                     i = (rnd + j) % n_img
                     oracle.set_counts(counts[i])
                     t0 = time.perf_counter()
                     run(i)
-                    dt = (time.perf_counter() - t0) * 1000.0
-                    if j >= job["warmup"]:
-                        samples.append(dt)
-                times[key].append(statistics.median(samples))
+                    samples.append((time.perf_counter() - t0) * 1000.0)
+                times[key].append(statistics.fmean(samples))
             print(f"[edge] {MODEL_NAMES[size]} threads={threads} round {rnd + 1}/{job['rounds']} "
                   f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
@@ -401,6 +426,9 @@ def worker(job: dict) -> int:
             speed = ratio_stats(t["dense"], t["method"])
             osp = ratio_stats(t["dense"], t["oracle"])
             of_oracle = ratio_stats(t["oracle"], t["method"])
+            run_counts = counts if name == "torch" else checks[name]["tokens_left"]
+            method_gf = statistics.fmean(flops_of_run(model, (job["crop"], job["crop"]), method, c).total
+                                         for c in run_counts)
             row = {
                 "runtime": name,
                 "model": MODEL_NAMES[size],
@@ -409,6 +437,7 @@ def worker(job: dict) -> int:
                 "cpu": env["cpu"],
                 "cpu_count": env["cpu_count"],
                 "machine": env["machine"],
+                "images": images_label(job.get("images")),
                 "dense_ms": statistics.median(t["dense"]),
                 "oracle_ms": statistics.median(t["oracle"]),
                 "method_ms": statistics.median(t["method"]),
@@ -417,6 +446,9 @@ def worker(job: dict) -> int:
                 "spread": {"speedup": speed["spread"], "oracle_speedup": osp["spread"],
                            "speedup_over_oracle_speedup": of_oracle["spread"]},
                 "significant": {"speedup": speed["significant"], "oracle_speedup": osp["significant"]},
+                "ideal_speedup": dense_gf / method_gf,
+                "dense_gflops": dense_gf,
+                "method_gflops": method_gf,
                 "speedup_over_oracle_speedup": of_oracle["median"],
                 "within_5pct_of_oracle": of_oracle["median"] >= 0.95,
                 "max_abs_diff_vs_torch": None,

@@ -299,9 +299,11 @@ def test_edge_benchmark_rows(tmp_path):
     assert [r["runtime"] for r in rows] == ["torch", "onnxruntime"]
     for row in rows:
         for key in ("runtime", "model", "method", "threads", "cpu", "dense_ms", "oracle_ms", "method_ms", "speedup",
-                    "oracle_speedup", "spread", "max_abs_diff_vs_torch", "maps_equal"):
+                    "oracle_speedup", "spread", "max_abs_diff_vs_torch", "maps_equal", "ideal_speedup", "images"):
             assert key in row, key
         assert row["model"] == "Seg-T/16" and row["method"] == "mpm(2,5)" and row["threads"] == 1
+        assert row["images"] == "synthetic" and row["dense_gflops"] / row["method_gflops"] == row["ideal_speedup"]
+        assert row["method_gflops"] != row["dense_gflops"]
         lo, hi = row["spread"]["speedup"]
         assert lo <= row["speedup"] <= hi and row["significant"]["speedup"] == (not lo <= 1 <= hi)
         assert len(row["per_round_ms"]["dense"]) == 2
