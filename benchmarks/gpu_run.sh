@@ -3,13 +3,16 @@
 #
 #   bash benchmarks/gpu_run.sh quick   # checks; MPM rows only, photos, 3 repeats (about 2-3 min on an H200)
 #   bash benchmarks/gpu_run.sh gpu     # checks; MPM, ToMe, ALGM; photos + synthetic; 5 repeats (about 5-6 min)
-#   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's rows: speed.py --device cpu, edge.py (about 7-8 min)
-#   bash benchmarks/gpu_run.sh full    # gpu, then cpu (one call of about 13-15 min; over one device call's limit)
+#   bash benchmarks/gpu_run.sh kernels # checks; the merge steps' GPU times and the best-partner tilings (about 3-4 min)
+#   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 8 rounds (about 8 min)
+#   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (about 4 min)
+#   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
 # Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
-# for cpu: cpu_speed.json, cpu_speed.log, edge.json, edge.log. Commit speed.json as
+# for kernels: checks.log, merge_kernels.json/.log, tiles.json/.log; for edge: edge.json, edge.log;
+# for cpu: cpu_speed.json, cpu_speed.log. Commit speed.json as
 # results/reference/h200/speed.json, merge cpu_speed.json's rows into results/reference/cpu/speed.json,
-# and edge.json (which holds the committed runs plus this one) as results/reference/cpu/edge.json.
+# and edge.json's rows (this run's only) into results/reference/cpu/edge.json.
 #
 # Give the commit of the tree sent: MPM_GIT_COMMIT=$(git rev-parse HEAD) evaluated HERE, before the call
 # (the device's copy of the checkout keeps the git metadata of an earlier commit, so git there lies).
@@ -43,16 +46,26 @@ gpu_rows() {
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     fi
 }
-cpu_rows() {  # the edge study first: issue 13's rows need this CPU
+kernel_rows() {
+    timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
+    timeout 240 python3 benchmarks/merge_kernels.py --sweep --out "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.log"
+    timeout 150 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+}
+edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    cp results/reference/cpu/edge.json "$OUT/edge.json"
-    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --int8 2>&1 | tee "$OUT/edge.log"
+    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 8 2>&1 \
+        | tee "$OUT/edge.log"
+}
+cpu_rows() {
+    lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats 5 \
         --images photos --out "$OUT/cpu_speed.json" 2>&1 | tee "$OUT/cpu_speed.log"
 }
 case "$what" in
     quick|gpu) gpu_rows "$what" ;;
+    kernels) kernel_rows ;;
+    edge) edge_rows ;;
     cpu) cpu_rows ;;
-    full) gpu_rows full; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, cpu or full)" >&2; exit 2 ;;
+    full) gpu_rows full; edge_rows; cpu_rows ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, edge, cpu or full)" >&2; exit 2 ;;
 esac

@@ -5,9 +5,17 @@ this study says which of them costs what, at the token counts of Seg-T/S/B (512 
 and Seg-L (640 px, 1600 tokens), batch 1 and 32, fp16, on random rows with about 80% of the
 tokens left per image (MPM's counts at block 2 on photographs). Each step is timed as a loop of
 ``LOOP`` calls between CUDA events (median over repeats), so a step that is launch-bound shows
-its launch cost, one that is GPU-bound its GPU time.
+its launch cost, one that is GPU-bound its GPU time; the Triton steps also as the same calls
+replayed in one CUDA graph (``graph ms``: GPU time, what a graphed forward pays).
 
     python benchmarks/merge_kernels.py --out /tmp/merge_kernels.json
+    python benchmarks/merge_kernels.py --sweep --out /tmp/tiles.json   # the best-partner kernel's tilings
+
+``--sweep`` times the best-partner kernel alone under each tiling of :data:`SWEEP`
+(``tk.TileConfig``), as ``LOOP`` calls captured in one CUDA graph (GPU time, no launch
+cost), on the same rows, and checks every tiling's partners: each attains its row's
+maximum cosine (float64 reference, fp16 tolerance 2e-3) and the share equal to the
+current tiling's. It prints the fastest tiling per feature width and batch size.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -52,6 +61,85 @@ def loop_ms(fn, device: str, repeats: int = 15) -> float:
                 fn()
             out.append((time.perf_counter() - t0) * 1000.0 / LOOP)
     return statistics.median(out)
+
+
+def graph_ms(fn, repeats: int = 10) -> float:
+    """Median GPU ms per call of ``fn`` over ``repeats`` replays of one CUDA graph of ``LOOP`` calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(LOOP):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        torch.cuda.synchronize()
+        out.append(s.elapsed_time(e) / LOOP)
+    return statistics.median(out)
+
+
+#: tilings of the best-partner kernel that ``--sweep`` times (the first is the kernel's tiling before the sweep)
+SWEEP = (
+    tk.TileConfig(64, 64, 64, 4, 3, False),
+    tk.TileConfig(64, 64, 64, 4, 3, True),
+    tk.TileConfig(128, 64, 64, 4, 3, True),
+    tk.TileConfig(128, 64, 64, 8, 3, True),
+    tk.TileConfig(128, 128, 64, 8, 3, True),
+    tk.TileConfig(64, 128, 64, 4, 3, True),
+    tk.TileConfig(128, 64, 32, 4, 4, True),
+    tk.TileConfig(64, 64, 32, 4, 4, True),
+    tk.TileConfig(128, 128, 32, 8, 4, True),
+    tk.TileConfig(128, 64, 128, 8, 2, True),
+    tk.TileConfig(256, 64, 64, 8, 3, True),
+    tk.TileConfig(128, 32, 64, 4, 3, True),
+)
+
+
+def partner_check(x: torch.Tensor, start: torch.Tensor, n: torch.Tensor, slots: int, best: torch.Tensor) -> float:
+    """Share of real rows whose partner attains the row's maximum cosine (float64, tolerance 2e-3)."""
+    feats = torch.nn.functional.normalize(rows_to_padded(x, start + 1, slots).double(), dim=-1)
+    sim = feats @ feats.transpose(1, 2)
+    j = torch.arange(slots, device=x.device)
+    valid = j[None, :] < n[:, None]
+    sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    top = sim.max(-1).values
+    got = sim.gather(2, best.clamp(0, slots - 1)[..., None])[..., 0]
+    ok = ((top - got).abs() <= 2e-3) | ~torch.isfinite(top)
+    return float(ok[valid].float().mean())
+
+
+def sweep(size: str, batch: int, tilings=SWEEP) -> list[dict]:
+    """One row per tiling: GPU ms of the best-partner kernel alone at (model, batch), and its checks."""
+    dim, tokens = SHAPES[size]
+    x, start, n = rows_of(batch, dim, tokens, batch * 7 + dim, "cuda", torch.float16)
+    slots = int(n.max())
+    base = tk.best_partners_rows(x, start, n, 1, slots, tiles=tilings[0])[0]
+    rows = []
+    for tiles in tilings:
+        try:
+            best = tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles)[0]
+            ms = graph_ms(lambda: tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles))
+        except Exception as err:  # a tiling that does not compile or fit (shared memory) is reported, not fatal
+            rows.append({"model": f"Seg-{size}/16", "batch_size": batch, "tiles": tiles.label(),
+                         "error": f"{type(err).__name__}: {str(err)[:200]}"})
+            continue
+        valid = torch.arange(slots, device=x.device)[None, :] < n[:, None]
+        rows.append({"model": f"Seg-{size}/16", "dim": dim, "batch_size": batch, "tiles": tiles.label(),
+                     "config": asdict(tiles), "ms": ms,
+                     "attains_row_max": partner_check(x, start, n, slots, best),
+                     "equal_to_first": float((best == base)[valid].float().mean())})
+    return rows
 
 
 def rows_of(batch: int, dim: int, tokens: int, seed: int, device: str,
@@ -95,7 +183,8 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
             steps["plan from partners alone"] = lambda: plan_from_partners(*best_partners(feats, n), n)
         for step, fn in steps.items():
             rows.append({"model": f"Seg-{size}/16", "dim": dim, "tokens": tokens, "batch_size": batch,
-                         "path": "triton" if use_triton else "pytorch", "step": step, "ms": loop_ms(fn, device)})
+                         "path": "triton" if use_triton else "pytorch", "step": step, "ms": loop_ms(fn, device),
+                         "graph_ms": graph_ms(fn) if use_triton and device == "cuda" else None})
     tk.enabled = True
     return rows
 
@@ -114,10 +203,13 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", default="T,S,B,L")
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--sweep", action="store_true", help="time the best-partner kernel's tilings (SWEEP)")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tk.available(torch.empty(1, device="cuda")):
         print("merge_kernels.py: needs CUDA and Triton", file=sys.stderr)
         return 2
+    if args.sweep:
+        return main_sweep(args)
     rows = []
     with torch.inference_mode():
         for size in args.models.split(","):
@@ -125,9 +217,40 @@ def main() -> int:
                 rows.extend(study(size, batch))
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                           "loop": LOOP, "rows": rows}, indent=1))
-    print(f"{'model':9s} {'bs':>3s} {'path':8s} {'step':48s} {'ms':>8s}")
+    print(f"{'model':9s} {'bs':>3s} {'path':8s} {'step':52s} {'ms':>8s} {'graph ms':>8s}")
     for r in rows:
-        print(f"{r['model']:9s} {r['batch_size']:3d} {r['path']:8s} {r['step']:48s} {r['ms']:8.3f}")
+        g = "-" if r["graph_ms"] is None else f"{r['graph_ms']:.4f}"
+        print(f"{r['model']:9s} {r['batch_size']:3d} {r['path']:8s} {r['step']:52s} {r['ms']:8.3f} {g:>8s}")
+    print("(ms: a loop of eager calls, launch cost included; graph ms: the same calls replayed in one CUDA graph)")
+    return 0
+
+
+def main_sweep(args) -> int:
+    rows = []
+    with torch.inference_mode():
+        for size in args.models.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                rows.extend(sweep(size, batch))
+                print(f"[sweep] Seg-{size}/16 batch {batch} done", file=sys.stderr, flush=True)
+    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                          "loop": LOOP, "timing": "CUDA graph replay", "rows": rows}, indent=1))
+    print(f"{'model':9s} {'bs':>3s} {'tiles':28s} {'ms':>7s} {'vs first':>8s} {'row max':>8s} {'equal':>6s}")
+    first: dict[tuple, float] = {}
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:9s} {r['batch_size']:3d} {r['tiles']:28s} {r['error'][:60]}")
+            continue
+        key = (r["model"], r["batch_size"])
+        first.setdefault(key, r["ms"])
+        print(f"{r['model']:9s} {r['batch_size']:3d} {r['tiles']:28s} {r['ms']:7.4f} {first[key] / r['ms']:8.2f} "
+              f"{r['attains_row_max']:8.5f} {r['equal_to_first']:6.3f}")
+    for key in first:
+        ok = [r for r in rows if (r["model"], r["batch_size"]) == key and "error" not in r
+              and r["attains_row_max"] == 1.0]
+        if ok:
+            fast = min(ok, key=lambda r: r["ms"])
+            print(f"fastest {key[0]} batch {key[1]}: {fast['tiles']} {fast['ms']:.4f} ms "
+                  f"({first[key] / fast['ms']:.2f}x the first tiling)")
     return 0
 
 

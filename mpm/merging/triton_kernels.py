@@ -12,10 +12,12 @@ bound of ``n`` and hold *local* image-token indices.
 =====================  ==========================================================
 kernel                 does
 =====================  ==========================================================
+inverse norms          ``1 / ||x_r||`` of every row, once (tilings with ``norms``)
 best partners          cosine similarity tiles in registers, running max / argmax
                        per row (first index on ties, self excluded): no (N x N)
                        matrix in memory; at small batches the columns are split
-                       over several programs (:func:`column_splits`)
+                       over several programs (:func:`column_splits`); the tiling
+                       per feature width is :data:`TILES`
 combine splits         the column ranges' partial maxima, the earlier range
                        keeping ties
 mutual plan            mutual test, representatives, output slots (one scan),
@@ -30,6 +32,7 @@ gather mean            ``out[r] = (x[s1[r]] + x[s2[r]]) * 0.5`` (or ``x[s1[r]]``
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -71,10 +74,23 @@ if triton is not None:
 
     # counts that vary between calls are not specialised; strides and feature widths are (Triton then
     # knows them divisible by 16 and vectorises the loads: a few compilations at most, never one per value)
+    @triton.jit(do_not_specialize=["R"])
+    def _inv_norm_kernel(X, stride_x, OUT, R, C, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        mr = r < R
+        offs_k = tl.arange(0, BLOCK_K)
+        sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            kk = k0 + offs_k
+            a = tl.load(X + r[:, None].to(tl.int64) * stride_x + kk[None, :], mask=mr[:, None] & (kk < C)[None, :],
+                        other=0.0).to(tl.float32)
+            sq += tl.sum(a * a, axis=1)
+        tl.store(OUT + r, 1.0 / tl.maximum(tl.sqrt(sq), 1e-12), mask=mr)
+
     @triton.jit(do_not_specialize=["P"])
-    def _best_partner_kernel(X, stride_x, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
+    def _best_partner_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+                             SPLITS: tl.constexpr, PRECISION: tl.constexpr, NORMS: tl.constexpr):
         pid_m = tl.program_id(0)
         b = tl.program_id(1)
         split = tl.program_id(2)  # this program's share of the columns (SPLITS > 1: small batches)
@@ -84,12 +100,16 @@ if triton is not None:
         mask_m = offs_m < n
         offs_k = tl.arange(0, BLOCK_K)
         rows_m = (row0 + offs_m).to(tl.int64) * stride_x
-        sq_m = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            kk = k0 + offs_k
-            a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
-            a = a.to(tl.float32)
-            sq_m += tl.sum(a * a, axis=1)
+        if NORMS:  # inverse norms precomputed once per row (_inv_norm_kernel)
+            inv_m = tl.load(INV + row0 + offs_m, mask=mask_m, other=1.0)
+        else:
+            sq_m = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k0 in range(0, C, BLOCK_K):
+                kk = k0 + offs_k
+                a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
+                a = a.to(tl.float32)
+                sq_m += tl.sum(a * a, axis=1)
+            inv_m = 1.0 / tl.maximum(tl.sqrt(sq_m), 1e-12)
         best_val = tl.full([BLOCK_M], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
         chunk = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_N) * BLOCK_N
@@ -109,16 +129,21 @@ if triton is not None:
                     acc = tl.dot(a, bt, acc, input_precision="ieee")
                 else:
                     acc = tl.dot(a, bt, acc)
-                btf = bt.to(tl.float32)
-                sq_n += tl.sum(btf * btf, axis=0)
-            s = acc * (1.0 / tl.maximum(tl.sqrt(sq_n), 1e-12))[None, :]
+                if not NORMS:
+                    btf = bt.to(tl.float32)
+                    sq_n += tl.sum(btf * btf, axis=0)
+            if NORMS:
+                inv_n = tl.load(INV + row0 + offs_n, mask=mask_n, other=1.0)
+            else:
+                inv_n = 1.0 / tl.maximum(tl.sqrt(sq_n), 1e-12)
+            s = acc * inv_n[None, :]
             s = tl.where(mask_n[None, :] & (offs_n[None, :] != offs_m[:, None]), s, float("-inf"))
             tile_max = tl.max(s, axis=1)
             tile_arg = tl.argmax(s, axis=1).to(tl.int32)
             better = tile_max > best_val  # strict: the earlier column block keeps ties
             best_idx = tl.where(better, (tile_arg + n0).to(tl.int32), best_idx)
             best_val = tl.where(better, tile_max, best_val)
-        score = best_val * (1.0 / tl.maximum(tl.sqrt(sq_m), 1e-12))
+        score = best_val * inv_m
         # slots past the image's tokens: the slot's own index and -inf (as for a token alone)
         best_idx = tl.where(mask_m, best_idx, offs_m)
         score = tl.where(mask_m, score, float("-inf"))
@@ -240,8 +265,51 @@ if triton is not None:
         tl.store(OUT + r[:, None].to(tl.int64) * stride_o + c[None, :], v, mask=mask)
 
 
+@dataclass(frozen=True)
+class TileConfig:
+    """Tiling of the best-partner kernel: (BLOCK_M, BLOCK_N) similarity tiles, BLOCK_K features per
+    step, warps and pipeline stages per program; ``norms``: inverse norms from one pre-pass
+    (:func:`inv_norms`) instead of recomputing each column tile's norms in every program."""
+
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    norms: bool = False
+
+    def label(self) -> str:
+        return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
+                f"{' norms' if self.norms else ''}")
+
+
+#: the kernel's tiling until the sweep of ``benchmarks/merge_kernels.py --sweep`` chose another
+BASE_TILES = TileConfig()
+#: feature width -> tiling (widths not listed take :data:`BASE_TILES`; BLOCK_K is cut to 16 below 64 features)
+TILES: dict[int, TileConfig] = {}
+
+
+def tile_config(c: int) -> TileConfig:
+    """The best-partner kernel's tiling for ``c`` features (:data:`TILES`, else :data:`BASE_TILES`)."""
+    cfg = TILES.get(c, BASE_TILES)
+    if c < 64 and cfg.block_k > 16:
+        cfg = replace(cfg, block_k=16)
+    return cfg
+
+
+def inv_norms(x: Tensor) -> Tensor:
+    """(R,) float32 ``1 / max(||x_r||, 1e-12)`` of every row of (R, C) ``x``."""
+    r, c = x.shape
+    out = torch.empty(r, dtype=torch.float32, device=x.device)
+    if r == 0:
+        return out
+    block_k = 64 if c >= 64 else 16
+    _inv_norm_kernel[(triton.cdiv(r, 64),)](x, x.stride(0), out, r, c, BLOCK_R=64, BLOCK_K=block_k, num_warps=4)
+    return out
+
+
 def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
-                       splits: int | None = None) -> tuple[Tensor, Tensor]:
+                       splits: int | None = None, tiles: TileConfig | None = None) -> tuple[Tensor, Tensor]:
     """Each image token's most cosine-similar other token of its image.
 
     Args:
@@ -251,6 +319,7 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         slots: S >= max(n_img), the width of the outputs.
         splits: column ranges searched by separate programs, then combined (default: enough
             programs to fill the GPU, :func:`column_splits`; 1 on the CPU).
+        tiles: the kernel's tiling (default :func:`tile_config` of C).
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
         float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
@@ -262,19 +331,20 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     score = torch.empty(b, slots, dtype=torch.float32, device=x.device)
     if b == 0 or slots == 0:
         return best, score
-    block_m = block_n = 64
-    row_blocks = triton.cdiv(slots, block_m)
+    cfg = tiles or tile_config(c)
+    row_blocks = triton.cdiv(slots, cfg.block_m)
     if splits is None:
-        splits = column_splits(row_blocks * b, triton.cdiv(slots, block_n), x.device)
+        splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device)
     part_best, part_score = best, score
     if splits > 1:
         part_best = torch.empty(splits, b, slots, dtype=torch.long, device=x.device)
         part_score = torch.empty(splits, b, slots, dtype=torch.float32, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    inv = inv_norms(x) if cfg.norms else score  # (not read without norms)
     _best_partner_kernel[(row_blocks, b, splits)](
-        x, x.stride(0), start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64 if c >= 64 else 16, SPLITS=splits, PRECISION=precision,
-        num_warps=4)
+        x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLITS=splits, PRECISION=precision,
+        NORMS=cfg.norms, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if splits > 1:
         total = b * slots
         _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,

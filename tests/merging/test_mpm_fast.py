@@ -150,6 +150,12 @@ _INTERPRETER_CHECK = textwrap.dedent('''
     ref_best, _ = best_partners(rows_to_padded(x2, start2 + P, 200), n2)
     for b, nb in enumerate(n2.tolist()):
         assert torch.equal(one[0][b, :nb], ref_best[b, :nb]), "best partners, 4 column tiles"
+    # other tilings, and inverse norms from the pre-pass: the same partners, scores within rounding
+    for tiles in (tk.TileConfig(128, 64, 32, 8, 2, norms=True), tk.TileConfig(32, 128, 16, 4, 3, norms=False)):
+        got = tk.best_partners_rows(x2, start2, n2, P, 200, tiles=tiles)
+        assert torch.equal(got[0], one[0]), f"best partners, tiling {tiles.label()}"
+        assert torch.allclose(got[1], one[1], rtol=1e-6, atol=1e-6), f"scores, tiling {tiles.label()}"
+    assert torch.allclose(tk.inv_norms(x2) * x2.norm(dim=-1), torch.ones(len(x2)), atol=1e-6), "inverse norms"
         for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):  # counts over the capacity
             cut = r_cut if packed else 3 * s_cut
             tk.enabled = False

@@ -30,7 +30,7 @@ class _CompileOnly:
     def __getitem__(self, grid):
         return self._compile
 
-    def _compile(self, *args, num_warps: int = 4, **constexprs):
+    def _compile(self, *args, num_warps: int = 4, num_stages: int = 3, **constexprs):
         import triton
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -45,7 +45,7 @@ class _CompileOnly:
         signature.update({name: "constexpr" for name in constexprs})
         assert set(signature) == set(names), f"{self.kernel.fn.__name__}: arguments {sorted(signature)} != {names}"
         source = ASTSource(fn=self.kernel, signature=signature, constexprs=dict(constexprs))
-        binary = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        binary = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
         assert binary.asm["cubin"], self.kernel.fn.__name__
         self.compiled.append(self.kernel.fn.__name__)
 
@@ -64,6 +64,8 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     x = torch.zeros(int((n + 1).sum()) + 4, 192, dtype=dtype)
     best, score = tk.best_partners_rows(x, start, n, 1, 37)
     tk.best_partners_rows(x, start, n, 1, 37, splits=3)  # the column-split kernel and its combine
+    for tiles in {tk.TileConfig(128, 64, 64, 8, 4, norms=True), *tk.TILES.values()}:  # pre-pass norms, tilings in use
+        tk.best_partners_rows(x, start, n, 1, 37, tiles=tiles)
     dest, partner, surv, kept = tk.mutual_plan(best, score, n)
     for packed in (True, False):
         src1, src2, *_ = tk.gather_sources(dest, partner, surv, n, start, kept, 1, packed, 40, 120)
