@@ -5,10 +5,11 @@ and 4), six variants are timed *interleaved in one process*: dense, oracle and
 MPM(2,5), each in PyTorch and in ONNX Runtime (the dense model as one graph, MPM as
 segments between its merge sites: ``mpm.benchmarking.onnx_export``). The oracle is
 MPM's own token counts at zero merge cost (a slice where MPM merges, same segments;
-``mpm.benchmarking.oracle``). Per round every variant runs ``--warmup`` untimed and
-``--iters`` timed passes over every image (the order of the variants rotates from
-round to round), so that all variants of a round see the same images; a round's time
-is the mean over its forwards, each ratio the median of its per-round ratios, its spread the per-round minimum and
+``mpm.benchmarking.oracle``). Every variant first runs ``--warmup`` untimed forwards;
+then each round makes ``--iters`` passes over the images, and on each image runs every
+variant once, back to back, in an order that rotates from image to image (a slow
+spell of a shared machine then hits the variants alike); a round's time is the mean
+over its forwards, each ratio the median of its per-round ratios, its spread the per-round minimum and
 maximum, and a ratio whose spread contains 1.0 is marked not significant.
 
 Before timing, ONNX Runtime is checked against PyTorch on every image: the merge maps
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--iters", type=int, default=1,
                     help="timed passes over every image per variant per round (default 1)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant per round (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant before the rounds (default 1)")
     ap.add_argument("--backend", default="math", choices=("math", "sdpa"),
                     help="attention of the PyTorch variants and of the export (default math)")
     ap.add_argument("--int8", action="store_true", help="also time ORT dynamic int8 quantisation (beyond the paper)")
@@ -400,23 +401,23 @@ def worker(job: dict) -> int:
         keys = list(variants)
         times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}  # per-round means over the images
         n_img = len(arrays)
+        for key in keys:  # untimed, before the first round
+            for j in range(job["warmup"]):
+                oracle.set_counts(counts[j % n_img])
+                variants[key](j % n_img)
         t_start = time.perf_counter()
         for rnd in range(job["rounds"]):
-            order = keys[rnd % len(keys):] + keys[:rnd % len(keys)]
-            for key in order:
-                run = variants[key]
-                for j in range(job["warmup"]):
-                    i = (rnd + j) % n_img
-                    oracle.set_counts(counts[i])
-                    run(i)
-                samples = []
-                for j in range(job["iters"] * n_img):  # every image, so each round's ratios are of one image set
-                    i = (rnd + j) % n_img
-                    oracle.set_counts(counts[i])
+            total = {k: 0.0 for k in keys}
+            for j in range(job["iters"] * n_img):
+                i = (rnd + j) % n_img
+                oracle.set_counts(counts[i])
+                shift = (rnd * n_img + j) % len(keys)  # every variant on this image, in a rotating order
+                for key in keys[shift:] + keys[:shift]:
                     t0 = time.perf_counter()
-                    run(i)
-                    samples.append((time.perf_counter() - t0) * 1000.0)
-                times[key].append(statistics.fmean(samples))
+                    variants[key](i)
+                    total[key] += (time.perf_counter() - t0) * 1000.0
+            for key in keys:
+                times[key].append(total[key] / (job["iters"] * n_img))
             print(f"[edge] {MODEL_NAMES[size]} threads={threads} round {rnd + 1}/{job['rounds']} "
                   f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
 

@@ -3,13 +3,14 @@
 #
 #   bash benchmarks/gpu_run.sh quick   # checks; MPM rows only, photos, 3 repeats (about 2-3 min on an H200)
 #   bash benchmarks/gpu_run.sh gpu     # checks; MPM, ToMe, ALGM; photos + synthetic; 5 repeats (about 5-6 min)
-#   bash benchmarks/gpu_run.sh kernels # checks; the merge steps' GPU times and the best-partner tilings (about 3-4 min)
+#   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
+#   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 8 rounds (about 8 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (about 4 min)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
 # Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
-# for kernels: checks.log, merge_kernels.json/.log, tiles.json/.log; for edge: edge.json, edge.log;
+# for kernels: checks.log, tiles.json/.log, tiles_best.json (tuned: and merge_kernels.json, its table in tiles.log, speed.json/.log); for edge: edge.json, edge.log;
 # for cpu: cpu_speed.json, cpu_speed.log. Commit speed.json as
 # results/reference/h200/speed.json, merge cpu_speed.json's rows into results/reference/cpu/speed.json,
 # and edge.json's rows (this run's only) into results/reference/cpu/edge.json.
@@ -48,8 +49,17 @@ gpu_rows() {
 }
 kernel_rows() {
     timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
-    timeout 240 python3 benchmarks/merge_kernels.py --sweep --out "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.log"
-    timeout 150 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    timeout 240 python3 benchmarks/merge_kernels.py --sweep --out "$OUT/tiles.json" --best-out "$OUT/tiles_best.json" \
+        2>&1 | tee "$OUT/tiles.log"
+}
+tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRITON_TILES): commit them as tk.TILES
+    kernel_rows
+    [ -s "$OUT/tiles_best.json" ] || { echo "no tilings from the sweep" >&2; return 1; }
+    export MPM_TRITON_TILES="$OUT/tiles_best.json"
+    timeout 150 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee -a "$OUT/checks.log"
+    timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee -a "$OUT/tiles.log"
+    python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 \
+        --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
@@ -64,8 +74,9 @@ cpu_rows() {
 case "$what" in
     quick|gpu) gpu_rows "$what" ;;
     kernels) kernel_rows ;;
+    tuned) tuned_rows ;;
     edge) edge_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, edge, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, tuned, edge, cpu or full)" >&2; exit 2 ;;
 esac

@@ -204,6 +204,8 @@ def main() -> int:
     ap.add_argument("--models", default="T,S,B,L")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--sweep", action="store_true", help="time the best-partner kernel's tilings (SWEEP)")
+    ap.add_argument("--best-out", default=None, help="--sweep: write the fastest checked tiling per width "
+                                                      "at the largest batch here (JSON for MPM_TRITON_TILES)")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tk.available(torch.empty(1, device="cuda")):
         print("merge_kernels.py: needs CUDA and Triton", file=sys.stderr)
@@ -244,6 +246,7 @@ def main_sweep(args) -> int:
         first.setdefault(key, r["ms"])
         print(f"{r['model']:9s} {r['batch_size']:3d} {r['tiles']:28s} {r['ms']:7.4f} {first[key] / r['ms']:8.2f} "
               f"{r['attains_row_max']:8.5f} {r['equal_to_first']:6.3f}")
+    best: dict[str, dict] = {}
     for key in first:
         ok = [r for r in rows if (r["model"], r["batch_size"]) == key and "error" not in r
               and r["attains_row_max"] == 1.0]
@@ -251,6 +254,11 @@ def main_sweep(args) -> int:
             fast = min(ok, key=lambda r: r["ms"])
             print(f"fastest {key[0]} batch {key[1]}: {fast['tiles']} {fast['ms']:.4f} ms "
                   f"({first[key] / fast['ms']:.2f}x the first tiling)")
+            if key[1] == max(r["batch_size"] for r in rows):  # the table follows the largest batch
+                best[str(fast["dim"])] = fast["config"]
+    if args.best_out:  # {"<width>": TileConfig fields}: tk.load_tiles / MPM_TRITON_TILES
+        Path(args.best_out).write_text(json.dumps(best, indent=1))
+        print(f"wrote {args.best_out}: {best}")
     return 0
 
 

@@ -289,6 +289,20 @@ BASE_TILES = TileConfig()
 TILES: dict[int, TileConfig] = {}
 
 
+def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
+    """A tiling table from JSON ``{"<width>": {"block_m": ..., ...}}`` (``merge_kernels.py --sweep``'s
+    ``best``); ``MPM_TRITON_TILES=<file>`` makes it :data:`TILES` at import (A/B timings)."""
+    import json
+
+    with open(path) as f:
+        table = json.load(f)
+    return {int(width): TileConfig(**fields) for width, fields in table.items()}
+
+
+if os.environ.get("MPM_TRITON_TILES"):
+    TILES = load_tiles(os.environ["MPM_TRITON_TILES"])
+
+
 def tile_config(c: int) -> TileConfig:
     """The best-partner kernel's tiling for ``c`` features (:data:`TILES`, else :data:`BASE_TILES`)."""
     cfg = TILES.get(c, BASE_TILES)

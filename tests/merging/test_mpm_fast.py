@@ -156,7 +156,9 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         assert torch.equal(got[0], one[0]), f"best partners, tiling {tiles.label()}"
         assert torch.allclose(got[1], one[1], rtol=1e-6, atol=1e-6), f"scores, tiling {tiles.label()}"
     assert torch.allclose(tk.inv_norms(x2) * x2.norm(dim=-1), torch.ones(len(x2)), atol=1e-6), "inverse norms"
-        for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):  # counts over the capacity
+    for packed in (True, False):  # counts over the capacity
+        slots = int((ref.kept + P).max()) + 2
+        for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):
             cut = r_cut if packed else 3 * s_cut
             tk.enabled = False
             a = row_sources(ref.dest, ref.partner, ref.survivor, n, start, ref.kept, P, packed, s_cut, cut)
