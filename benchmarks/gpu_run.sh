@@ -49,7 +49,7 @@ gpu_rows() {
 }
 kernel_rows() {
     timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
-    timeout 240 python3 benchmarks/merge_kernels.py --sweep --out "$OUT/tiles.json" --best-out "$OUT/tiles_best.json" \
+    timeout 240 python3 benchmarks/merge_kernels.py --sweep --batches 32 --out "$OUT/tiles.json" --best-out "$OUT/tiles_best.json" \
         2>&1 | tee "$OUT/tiles.log"
 }
 tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRITON_TILES): commit them as tk.TILES
