@@ -1,11 +1,11 @@
 #!/bin/bash
 # One device call: GPU correctness checks, the H200 speed rows, and (full) the GPU host CPU's rows.
 #
-#   bash benchmarks/gpu_run.sh quick   # checks; MPM rows only, photos, 3 repeats (about 2-3 min on an H200)
+#   bash benchmarks/gpu_run.sh quick   # checks; MPM rows only, photos, 3 repeats; batch 32 graphs with --speculate (about 3 min)
 #   bash benchmarks/gpu_run.sh gpu     # checks; MPM, ToMe, ALGM; photos + synthetic; 5 repeats (about 5-6 min)
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
-#   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 8 rounds (about 8 min)
+#   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 9 rounds (about 7-8 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (about 4 min)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
@@ -42,6 +42,10 @@ gpu_rows() {
     if [ "$1" = quick ]; then
         python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 \
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+        # diagnostic: batch 32 under graphs without the host reads of the counts (speculative capacities)
+        python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 --batches 32 \
+            --backends fa2 --modes graphs --speculate --out "$OUT/speed_speculate.json" 2>&1 \
+            | tee "$OUT/speed_speculate.log"
     else
         python3 benchmarks/speed.py --device cuda --images photos,synthetic --methods mpm,tome,algm --repeats 5 \
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
@@ -63,7 +67,7 @@ tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRIT
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 8 2>&1 \
+    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 9 2>&1 \
         | tee "$OUT/edge.log"
 }
 cpu_rows() {

@@ -137,10 +137,11 @@ def _release(device: torch.device) -> None:
 
 
 def time_method(model, method, dense, backend: str, mode: str, inputs: list[torch.Tensor], iters: int,
-                device: torch.device, repeats: int) -> dict:
+                device: torch.device, repeats: int, speculate: bool | None = None) -> dict:
     """Dense, the slice oracle at the method's own counts and the method, timed interleaved; the method's
-    and the oracle's runners (and their graph pools) are freed on return."""
-    runner = model.runner(method, backend, mode)
+    and the oracle's runners (and their graph pools) are freed on return. ``speculate``: the method's
+    runner option (None: its default, speculative capacities at batch 1 under graphs only)."""
+    runner = model.runner(method, backend, mode, speculate=speculate)
     counts, encs = [], []
     for x in inputs:  # the method's own counts per batch (also captures its graphs)
         _, enc = runner(x, return_encoder=True)
@@ -172,7 +173,8 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
                method, dense, dense_gf: float, inputs: list[torch.Tensor], iters: int, device: torch.device,
                repeats: int, extra: dict) -> dict:
     """One row: :func:`time_method`, then the merge/unmerge breakdown once the timed runners are freed."""
-    timed = time_method(model, method, dense, backend, mode, inputs, iters, device, repeats)
+    timed = time_method(model, method, dense, backend, mode, inputs, iters, device, repeats,
+                        speculate=extra.get("speculate"))
     _release(device)
     times, counts, cpu_times = timed["times"], timed["counts"], timed["cpu_times"]
     bd = breakdown(model, method, backend, mode, inputs, device)
@@ -280,6 +282,9 @@ def main() -> int:
     ap.add_argument("--synthetic-dir", default=None, help="synthetic set root (generated if missing)")
     ap.add_argument("--threads", default="1,4", help="cpu: torch threads per row")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--speculate", action="store_true",
+                    help="diagnostic: speculative capacities at every batch size under graphs (no host read of "
+                         "the counts; the timed batches repeat, so the guess always fits after the first)")
     args = ap.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -335,7 +340,7 @@ def main() -> int:
         extra = {"device": env["device_name"] if cuda else "cpu", "device_name": env["device_name"],
                  "cpu": cpu_model(), "threads": thr, "dtype": str(dtype).removeprefix("torch."),
                  "torch": torch.__version__, "git_commit": env["git_commit"], "cpu_count": os.cpu_count(),
-                 "malloc_keep_freed": malloc_kept}
+                 "malloc_keep_freed": malloc_kept, "speculate": args.speculate or None}
         t0 = time.time()
         group = run_group(model, size, label, pool, source, batch, backend, mode, names, device, dtype,
                           args.repeats, extra)
