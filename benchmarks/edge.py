@@ -250,9 +250,11 @@ def merge_rows(old: dict | None, rows: list[dict], run: dict) -> dict:
     return {
         "schema": SCHEMA,
         "description": "Batch 1, fp32 (and an optional int8 runtime), CPU: dense / oracle (the method's token counts "
-                       "at zero merge cost) / method, in PyTorch and ONNX Runtime, timed interleaved in one process; "
-                       "ratios are medians of per-round ratios, spread = [min, max] over rounds, significant = the "
-                       "spread excludes 1.0. Produced by benchmarks/edge.py (see runs[].command).",
+                       "at zero merge cost) / method, in PyTorch and ONNX Runtime, timed interleaved in one process "
+                       "(every variant back to back on each image, in a rotating order; a round = one pass over "
+                       "the images); ratios are medians of per-round ratios, spread = [min, max] over rounds, "
+                       "significant = the spread excludes 1.0; ideal_speedup = dense GFLOPs / method GFLOPs at the "
+                       "measured counts. Produced by benchmarks/edge.py (see runs[].command).",
         "rows": kept + rows,
         "runs": [*(old or {}).get("runs", []), run],
     }
