@@ -24,7 +24,7 @@ from mpm.errors import BackendError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
-from mpm.merging.mpm import plan_from_partners  # noqa: E402
+from mpm.merging.mpm import partner_cosines, plan_from_partners  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 
 FAILURES = 0
@@ -67,14 +67,7 @@ def kernel_checks(dev: torch.device) -> None:
         check(torch.equal(one[0], best) and torch.equal(one[1], score),
               f"triton best partners, default column ranges == one range {dtype} C={c} (bit for bit)")
         # the chosen partner attains the row maximum (float64 reference); ties may pick another index
-        ref = torch.nn.functional.normalize(feats.double(), dim=-1)
-        sim = ref @ ref.transpose(1, 2)
-        j = torch.arange(s, device=dev)
-        valid = (j[None, :] < n[:, None])
-        sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
-        sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-        top = sim.max(-1).values
-        got = sim.gather(2, best.clamp(0, s - 1)[..., None])[..., 0]
+        top, got, valid = partner_cosines(feats, best, n)
         tol = 1e-6 if dtype == torch.float32 else 2e-3
         ok_rows = ((top - got).abs() <= tol) | ~valid
         check(bool(ok_rows.all()), f"triton best partner {dtype} C={c}: attains the row max (tol {tol}) on "

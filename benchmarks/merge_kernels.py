@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
-from mpm.merging.mpm import best_partners, plan_from_partners, plan_rows  # noqa: E402
+from mpm.merging.mpm import best_partners, partner_cosines, plan_from_partners, plan_rows  # noqa: E402
 
 LOOP = 20
 SHAPES = {"T": (192, 1024), "S": (384, 1024), "B": (768, 1024), "L": (1024, 1600)}
@@ -107,14 +107,7 @@ SWEEP = (
 
 def partner_check(x: torch.Tensor, start: torch.Tensor, n: torch.Tensor, slots: int, best: torch.Tensor) -> float:
     """Share of real rows whose partner attains the row's maximum cosine (float64, tolerance 2e-3)."""
-    feats = torch.nn.functional.normalize(rows_to_padded(x, start + 1, slots).double(), dim=-1)
-    sim = feats @ feats.transpose(1, 2)
-    j = torch.arange(slots, device=x.device)
-    valid = j[None, :] < n[:, None]
-    sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
-    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    top = sim.max(-1).values
-    got = sim.gather(2, best.clamp(0, slots - 1)[..., None])[..., 0]
+    top, got, valid = partner_cosines(rows_to_padded(x, start + 1, slots), best, n)
     ok = ((top - got).abs() <= 2e-3) | ~torch.isfinite(top)
     return int(ok[valid].sum()) / int(valid.sum())  # exact: a float32 mean of ones can round below 1
 

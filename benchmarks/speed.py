@@ -1,8 +1,9 @@
 """Wall-clock speed of MPM, ToMe and ALGM against the dense model and the slice oracle.
 
 One run per device. Every row compares, in one process and interleaved
-(dense, oracle, method, dense, oracle, method, ...), three variants of the same
-model on the same images in the same execution mode:
+(:func:`mpm.benchmarking.timing.interleaved`: on the GPU a block of calls per variant
+in turn; on the CPU the variants back to back on each image, in a rotating order),
+three variants of the same model on the same images in the same execution mode:
 
 * **dense**: no merging;
 * **oracle**: a static slice of every image to the method's measured per-site

@@ -166,20 +166,40 @@ def time_block(fn: Callable[[int], object], device: torch.device, iters: int, of
 
 
 def interleaved(variants: dict[str, Callable[[int], object]], device: torch.device, iters: int, repeats: int,
-                warmup: int = 1, cpu_ms: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
-    """Time the variants in turn (a, b, c, a, b, c, ...): ``repeats`` blocks of ``iters`` calls each.
+                warmup: int = 1, cpu_ms: dict[str, list[float]] | None = None,
+                per_call: bool | None = None) -> dict[str, list[float]]:
+    """Time the variants in turn: ``repeats`` rounds of ``iters`` calls of each.
 
-    Machine load that drifts over the run then hits every variant alike, and the
-    per-repeat ratios (:func:`ratio_stats`) show how much the comparison moves.
-    Returns ms per call, one entry per repeat, per variant; on the CPU ``cpu_ms`` (if given)
-    receives the process CPU time likewise.
+    ``per_call`` (default on the CPU): within a round, call ``i`` of every variant runs back to
+    back (``fn(i)`` of a, b, c, then of b, c, a, ...: the order rotates), so a slow spell of a
+    shared machine hits the variants alike; otherwise (default on CUDA) each variant runs its
+    ``iters`` calls as one block between events (a, a, b, b, ...). The per-round ratios
+    (:func:`ratio_stats`) show how much the comparison moves. Returns ms per call, one entry per
+    round, per variant; on the CPU ``cpu_ms`` (if given) receives the process CPU time likewise.
     """
     for fn in variants.values():
         for i in range(warmup):
             fn(i)
     out: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
-            out[name].append(time_block(fn, device, iters, cpu_ms=sink))
+    if per_call is None:
+        per_call = device.type == "cpu"
+    names = list(variants)
+    for r in range(repeats):
+        if not per_call:
+            for name, fn in variants.items():
+                sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
+                out[name].append(time_block(fn, device, iters, cpu_ms=sink))
+            continue
+        wall = dict.fromkeys(names, 0.0)
+        cpu = dict.fromkeys(names, 0.0)
+        for i in range(iters):
+            shift = (r * iters + i) % len(names)
+            for name in names[shift:] + names[:shift]:
+                sink: list[float] = []
+                wall[name] += time_block(variants[name], device, 1, offset=i, cpu_ms=sink)
+                cpu[name] += sink[0] if sink else 0.0
+        for name in names:
+            out[name].append(wall[name] / iters)
+            if cpu_ms is not None and device.type == "cpu":
+                cpu_ms.setdefault(name, []).append(cpu[name] / iters)
     return out

@@ -51,6 +51,26 @@ def best_partners(x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Ten
     return best, score
 
 
+def partner_cosines(x: Tensor, best: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Each token's best cosine and its chosen partner's, in float64: the check of fast paths
+    whose rounding may pick another partner at a near-tie (the choice must attain the maximum).
+
+    Args:
+        x: (B, N, C) tokens; best: (B, N) chosen partners; lengths: (B,) real tokens or None.
+    Returns:
+        top (B, N) ``max_{j != i} S_ij`` over real j (``-inf`` for a token alone), chosen (B, N)
+        ``S_i,best(i)``, and valid (B, N) bool, the real tokens.
+    """
+    b, n, _ = x.shape
+    xn = F.normalize(x.double(), dim=-1)
+    sim = xn @ xn.transpose(1, 2)
+    valid = valid_mask(lengths, n, b, x.device)
+    sim = sim.masked_fill(~valid.unsqueeze(1), float("-inf"))
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    chosen = sim.gather(2, best.clamp(0, n - 1).unsqueeze(-1)).squeeze(-1)
+    return sim.max(-1).values, chosen, valid
+
+
 def mutual_pairs(best: Tensor, score: Tensor, lengths: Tensor | None = None) -> Tensor:
     """(B, N) bool: token i and ``best[i]`` choose each other (i != best[i])."""
     idx = torch.arange(best.shape[1], device=best.device)

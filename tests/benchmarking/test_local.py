@@ -119,8 +119,15 @@ def test_ratio_statistics_mark_noise():
     calls = []
     times = interleaved({"a": lambda i: calls.append("a"), "b": lambda i: calls.append("b")}, torch.device("cpu"),
                         iters=2, repeats=3, warmup=1)
-    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then interleaved blocks
+    # warm-up, then on the CPU call by call, the order rotating
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3
     assert [len(v) for v in times.values()] == [3, 3]
+    calls.clear()
+    cpu: dict = {}
+    times = interleaved({"a": lambda i: calls.append("a"), "b": lambda i: calls.append("b")}, torch.device("cpu"),
+                        iters=2, repeats=3, warmup=1, cpu_ms=cpu, per_call=False)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # blocks (the CUDA default)
+    assert [len(v) for v in times.values()] == [3, 3] and [len(v) for v in cpu.values()] == [3, 3]
 
 
 def test_an_invalid_record_is_refused_on_write_naming_the_field(images, tmp_path, tiny_point, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpm.merging import compose, mpm_merge, unmerge
-from mpm.merging.mpm import best_partners, keep_top_pairs, mutual_pairs
+from mpm.merging.mpm import best_partners, keep_top_pairs, mutual_pairs, partner_cosines
 
 
 def reference_mpm(x: torch.Tensor) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
@@ -161,3 +161,19 @@ def test_bad_input() -> None:
         mpm_merge(torch.randn(10, 4))
     with pytest.raises(ValueError, match="policy"):
         mpm_merge(torch.randn(1, 10, 4), policy="pad-all")
+
+
+def test_partner_cosines_check_a_choice_against_the_row_maximum() -> None:
+    """The fast paths' check: the reference partners attain the maximum, another choice falls short."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 30, 16)
+    lengths = torch.tensor([30, 1])
+    best, score = best_partners(x, lengths)
+    top, chosen, valid = partner_cosines(x, best, lengths)
+    assert valid.tolist()[1] == [True] + [False] * 29
+    assert torch.allclose(top[0], chosen[0]) and torch.allclose(top[0], score[0].double(), atol=1e-6)
+    assert torch.isneginf(top[1, 0])  # a token alone has no partner
+    wrong = best.clone()
+    wrong[0, 4] = (best[0, 4] + 1) % 30  # another token (or itself: -inf), never the best
+    top_w, chosen_w, _ = partner_cosines(x, wrong, lengths)
+    assert (top_w - chosen_w)[0, 4] > 0 and torch.equal(top_w, top)
