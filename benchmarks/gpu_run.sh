@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 9 rounds (about 7-8 min)
+#   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (about 4 min)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
@@ -70,6 +71,12 @@ edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the comm
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 9 2>&1 \
         | tee "$OUT/edge.log"
 }
+edge_profile_rows() {  # per-operator ms of ONNX Runtime and PyTorch at 1 and 4 threads (Seg-T)
+    for t in 1 4; do
+        OMP_NUM_THREADS=$t python3 benchmarks/edge_profile.py --model T --threads $t --out "$OUT/profile$t" 2>&1 \
+            | grep -v "USDT" | tee -a "$OUT/edge_profile.log"
+    done
+}
 cpu_rows() {
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats 5 \
@@ -80,7 +87,8 @@ case "$what" in
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
+    edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, tuned, edge, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

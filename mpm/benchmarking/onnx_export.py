@@ -48,7 +48,7 @@ from mpm.errors import ConfigError
 from mpm.merging.algm import window_similarity
 from mpm.merging.maps import unmerge, valid_mask
 from mpm.merging.tome import bipartite_scores
-from mpm.models.decoders import upsample
+from mpm.models.decoders import crop_to, upsample
 from mpm.models.encoder import block_forward, embed, mlp_forward
 
 OPSET = 17
@@ -156,7 +156,7 @@ class DecoderHead(nn.Module):
         masks = self.model.decoder(tokens, self.grid, backend=self.backend)
         p = self.model.patch_size
         h, w = self.image_size
-        return upsample(masks, (self.grid[0] * p, self.grid[1] * p))[..., :h, :w]
+        return crop_to(upsample(masks, (self.grid[0] * p, self.grid[1] * p)), h, w)
 
 
 class _TokenScores(nn.Module):

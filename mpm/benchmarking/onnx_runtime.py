@@ -125,11 +125,14 @@ class SegmentedModel:
     """The sessions of a segmented export and the merge steps between them."""
 
     def __init__(self, manifest: dict, root: Path, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), spinning: bool = True) -> None:
+                 providers: Sequence[str] = ("CPUExecutionProvider",), spinning: bool = True,
+                 options=None) -> None:
+        """``options``: ORT ``SessionOptions`` for every session instead of :func:`session_options`
+        of ``threads`` (e.g. with profiling on)."""
         if manifest.get("format") != "mpm.onnx-segments/1":
             raise ConfigError(f"{root}: not an mpm segmented ONNX export (format {manifest.get('format')!r})")
         self.manifest, self.root = manifest, root
-        options = session_options(threads, spinning)
+        options = options if options is not None else session_options(threads, spinning)
         self.thread_pool = thread_pool_kind(options)
         self.segments = [Graph(root / s["file"], options, providers) for s in manifest["segments"]]
         scores: dict[str, Graph] = {}
@@ -146,6 +149,11 @@ class SegmentedModel:
         self.biased = bool(manifest["proportional_attention"])
         self.uses_size = bool(manifest["uses_size"])
         self.providers = self.decoder.session.get_providers()
+
+    def graphs(self) -> list[Graph]:
+        """Every session of the model: the segments, the score graphs (once each), the decoder."""
+        scores = list({id(s.score): s.score for s in self.sites}.values())
+        return [*self.segments, *scores, self.decoder]
 
     @classmethod
     def load(cls, folder: str | Path, **kwargs) -> "SegmentedModel":

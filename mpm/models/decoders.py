@@ -95,6 +95,14 @@ def interpolation_matrix(n_in: int, n_out: int, device=None, dtype=None) -> Tens
 _MATRICES: dict[tuple, Tensor] = {}
 
 
+def crop_to(logits: Tensor, h: int, w: int) -> Tensor:
+    """(B, K, H', W') logits cut to (H, W); unchanged when they already fit, so that an exported
+    graph holds no Slice that cuts nothing (ONNX Runtime may run one as a copy of the whole map)."""
+    if logits.shape[-2:] == (h, w):
+        return logits
+    return logits[..., :h, :w]
+
+
 def upsample(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling of (B, K, h, w) logits to ``size`` (align_corners=False).
 

@@ -21,7 +21,7 @@ from mpm.errors import ConfigError
 from mpm.merging.base import MergeMethod, NoMerge
 from mpm.merging.maps import round_up
 from mpm.merging.mpm import RowPlan
-from mpm.models.decoders import LinearDecoder, MaskTransformer, upsample
+from mpm.models.decoders import LinearDecoder, MaskTransformer, crop_to, upsample
 from mpm.models.encoder import (VARLEN_BACKENDS, EncoderOutput, Layout, RowState, SectionTimer, _no_timer, check_vit,
                                 embed, rows_apply, rows_attention, rows_fallback_merge, rows_initial, rows_mlp,
                                 rows_unmerge, run_encoder)
@@ -170,7 +170,7 @@ class Segmenter(nn.Module):
         enc = self.encode(images, method, backend, timer)
         with timer("decoder"):
             masks = self.decoder(enc.tokens, enc.grid, backend=backend)
-            logits = upsample(masks, (ph, pw))[..., :h, :w]
+            logits = crop_to(upsample(masks, (ph, pw)), h, w)
         return (logits, enc) if return_encoder else logits
 
     def runner(self, method: MergeMethod | None = None, backend: str = "sdpa", mode: str = "eager",
@@ -509,7 +509,7 @@ class SegmenterRunner:
                     grid = self._grid(host)
                     masks = model.decoder(out["tokens"], grid, backend=self.backend)
                     size = (grid[0] * model.patch_size, grid[1] * model.patch_size)
-                    out["logits"] = upsample(masks, size)[..., :h, :w]
+                    out["logits"] = crop_to(upsample(masks, size), h, w)
             else:  # pragma: no cover - the program holds only the ops above
                 raise AssertionError(f"unknown op {op!r}")
         if st is not None:

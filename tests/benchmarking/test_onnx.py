@@ -311,6 +311,20 @@ def test_edge_benchmark_rows(tmp_path):
     assert rows[0]["maps_equal"] is None and len(result["runs"]) == 1
 
 
+@pytest.mark.slow
+def test_edge_profile_tables(tmp_path):
+    """benchmarks/edge_profile.py: per-operator ms of both runtimes, dense and MPM, and wall ms."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "edge_profile.py"), "--out", str(tmp_path), "--model", "T",
+           "--threads", "1", "--crop", "64", "--images", "synthetic", "--num-images", "1", "--iters", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "edge_profile.json").read_text())
+    assert set(result["wall_ms"]) == set(result["op_ms_per_forward"]) == {"torch dense", "torch mpm", "ort dense",
+                                                                          "ort mpm"}
+    assert "Resize" in result["op_ms_per_forward"]["ort mpm"] and "aten::addmm" in result["op_ms_per_forward"]["torch dense"]
+    assert result["forwards_per_variant"] == 1 and all(ms > 0 for ms in result["wall_ms"].values())
+
+
 def _edge_module():
     spec = importlib.util.spec_from_file_location("edge_bench", REPO / "benchmarks" / "edge.py")
     module = importlib.util.module_from_spec(spec)
