@@ -340,6 +340,7 @@ def worker(job: dict) -> int:
 
     from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, shared_thread_pool
     from mpm.benchmarking.oracle import SliceOracle
+    from mpm.benchmarking.timing import interleaved
     from mpm.merging import build_method
     from mpm.models.flops import flops_of_run
 
@@ -400,28 +401,24 @@ def worker(job: dict) -> int:
                 seg, outs)
             variants[(name, "method")] = (lambda s: lambda i: s(arrays[i]))(seg)
 
-        keys = list(variants)
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}  # per-round means over the images
         n_img = len(arrays)
-        for key in keys:  # untimed, before the first round
-            for j in range(job["warmup"]):
-                oracle.set_counts(counts[j % n_img])
-                variants[key](j % n_img)
+
+        def on_image(run):  # call i: image i mod n, the PyTorch oracle at that image's counts
+            def call(i):
+                oracle.set_counts(counts[i % n_img])
+                return run(i % n_img)
+            return call
+
         t_start = time.perf_counter()
-        for rnd in range(job["rounds"]):
-            total = {k: 0.0 for k in keys}
-            for j in range(job["iters"] * n_img):
-                i = (rnd + j) % n_img
-                oracle.set_counts(counts[i])
-                shift = (rnd * n_img + j) % len(keys)  # every variant on this image, in a rotating order
-                for key in keys[shift:] + keys[:shift]:
-                    t0 = time.perf_counter()
-                    variants[key](i)
-                    total[key] += (time.perf_counter() - t0) * 1000.0
-            for key in keys:
-                times[key].append(total[key] / (job["iters"] * n_img))
+
+        def progress(rnd: int) -> None:
             print(f"[edge] {MODEL_NAMES[size]} threads={threads} round {rnd + 1}/{job['rounds']} "
                   f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+
+        # per round: every image, every variant back to back on it, the order rotating (per-round means)
+        times = interleaved({k: on_image(v) for k, v in variants.items()}, torch.device("cpu"),
+                            iters=job["iters"] * n_img, repeats=job["rounds"], warmup=job["warmup"],
+                            per_call=True, on_round=progress)
 
         method_name = f"mpm({','.join(map(str, job['schedule_list']))})"
         for name in ("torch", *runtimes):

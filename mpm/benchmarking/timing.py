@@ -167,7 +167,8 @@ def time_block(fn: Callable[[int], object], device: torch.device, iters: int, of
 
 def interleaved(variants: dict[str, Callable[[int], object]], device: torch.device, iters: int, repeats: int,
                 warmup: int = 1, cpu_ms: dict[str, list[float]] | None = None,
-                per_call: bool | None = None) -> dict[str, list[float]]:
+                per_call: bool | None = None,
+                on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Time the variants in turn: ``repeats`` rounds of ``iters`` calls of each.
 
     ``per_call`` (default on the CPU): within a round, call ``i`` of every variant runs back to
@@ -176,6 +177,7 @@ def interleaved(variants: dict[str, Callable[[int], object]], device: torch.devi
     ``iters`` calls as one block between events (a, a, b, b, ...). The per-round ratios
     (:func:`ratio_stats`) show how much the comparison moves. Returns ms per call, one entry per
     round, per variant; on the CPU ``cpu_ms`` (if given) receives the process CPU time likewise.
+    ``on_round(r)`` is called after each round (progress).
     """
     for fn in variants.values():
         for i in range(warmup):
@@ -189,6 +191,8 @@ def interleaved(variants: dict[str, Callable[[int], object]], device: torch.devi
             for name, fn in variants.items():
                 sink = cpu_ms.setdefault(name, []) if cpu_ms is not None and device.type == "cpu" else None
                 out[name].append(time_block(fn, device, iters, cpu_ms=sink))
+            if on_round is not None:
+                on_round(r)
             continue
         wall = dict.fromkeys(names, 0.0)
         cpu = dict.fromkeys(names, 0.0)
@@ -202,4 +206,6 @@ def interleaved(variants: dict[str, Callable[[int], object]], device: torch.devi
             out[name].append(wall[name] / iters)
             if cpu_ms is not None and device.type == "cpu":
                 cpu_ms.setdefault(name, []).append(cpu[name] / iters)
+        if on_round is not None:
+            on_round(r)
     return out

@@ -118,9 +118,9 @@ def test_ratio_statistics_mark_noise():
         ratio_stats([1.0], [])
     calls = []
     times = interleaved({"a": lambda i: calls.append("a"), "b": lambda i: calls.append("b")}, torch.device("cpu"),
-                        iters=2, repeats=3, warmup=1)
+                        iters=2, repeats=3, warmup=1, on_round=lambda r: calls.append(f"round {r}"))
     # warm-up, then on the CPU call by call, the order rotating
-    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3
+    assert calls == ["a", "b"] + [c for r in range(3) for c in ("a", "b", "b", "a", f"round {r}")]
     assert [len(v) for v in times.values()] == [3, 3]
     calls.clear()
     cpu: dict = {}
