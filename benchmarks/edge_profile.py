@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+POOLS = ("shared", "per-session", "per-session-nospin")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, metavar="DIR", help="folder for edge_profile.json (created)")
@@ -38,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--images", default="photos", help="'photos' or 'synthetic' (default photos)")
     ap.add_argument("--num-images", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3, help="forwards per variant per image (default 3)")
+    ap.add_argument("--pool", default="shared", choices=POOLS,
+                    help="ORT intra-op threads: one pool shared by all sessions (default), or a pool per "
+                         "session, spinning or not")
     ap.add_argument("--top", type=int, default=12, help="operator kinds listed per variant (default 12)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.iters < 1 or args.num_images < 1 or args.crop % 16:
@@ -60,6 +66,22 @@ def torch_op_totals(prof) -> dict[str, float]:
     return {e.key: float(e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
+def ort_alone(variants: dict, arrays, calls: int) -> dict[str, float]:
+    """Median ms per forward of the ORT ``variants`` alone (no PyTorch forward yet in this
+    process), call by call, the order rotating."""
+    for fn in variants.values():
+        fn(0)
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for j in range(calls):
+        shift = j % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            variants[name](j % len(arrays))
+            wall[name].append((time.perf_counter() - t0) * 1000.0)
+    return {v: statistics.median(t) for v, t in wall.items()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -77,7 +99,8 @@ def main(argv=None) -> int:
 
     edge = _edge_module()
     torch.set_num_threads(args.threads)
-    shared = shared_thread_pool(args.threads)
+    shared = args.pool == "shared" and shared_thread_pool(args.threads)
+    spinning = args.pool != "per-session-nospin"
     images, source = edge.make_images(argparse.Namespace(images=None if args.images == "synthetic" else args.images,
                                                          num_images=args.num_images, seed=0), args.crop)
     torch.manual_seed(0)
@@ -92,7 +115,7 @@ def main(argv=None) -> int:
         export_dense(model, inputs[0], work / "dense.onnx", "math")
 
         def options(prefix: str | None):
-            opts = session_options(args.threads, shared=shared)
+            opts = session_options(args.threads, spinning=spinning, shared=shared)
             if prefix:
                 opts.enable_profiling = True
                 opts.profile_file_prefix = str(work / prefix)
@@ -106,6 +129,7 @@ def main(argv=None) -> int:
             "ort dense": lambda i: plain["ort dense"](images=arrays[i]),
             "ort mpm": lambda i: plain["ort mpm"](arrays[i]),
         }
+        alone = ort_alone({k: v for k, v in variants.items() if k.startswith("ort")}, arrays, args.iters * n)
         wall: dict[str, list[float]] = {k: [] for k in variants}
         with torch.inference_mode():
             for fn in variants.values():  # warm-up
@@ -133,16 +157,19 @@ def main(argv=None) -> int:
             ops["ort mpm"] = ort_op_totals([g.session.end_profiling() for g in seg.graphs()])
     forwards = args.iters * n
     per_forward = {v: {op: us / 1000.0 / forwards for op, us in t.items()} for v, t in ops.items()}
-    result = {"model": f"Seg-{args.model}/16", "threads": args.threads, "cpu": cpu_model(),
+    result = {"model": f"Seg-{args.model}/16", "threads": args.threads, "ort_pool": args.pool, "cpu": cpu_model(),
               "cpu_count": len(os.sched_getaffinity(0)), "git_commit": git_commit(ROOT), "images": source,
               "weights": "random-init (seed 0)", "forwards_per_variant": forwards,
               "wall_ms": {v: statistics.median(t) for v, t in wall.items()},
+              "ort_alone_wall_ms": alone,
               "op_ms_per_forward": per_forward}
     path = out / "edge_profile.json"
     write_json_atomic(path, result)
     print(f"{result['model']} {args.threads} thread(s) on {result['cpu']} ({result['cpu_count']} usable): "
           "wall ms per forward (median, no profiler): "
           + ", ".join(f"{v} {ms:.1f}" for v, ms in result["wall_ms"].items()))
+    print(f"ORT alone (before any PyTorch forward; pool {args.pool}): "
+          + ", ".join(f"{v} {ms:.1f}" for v, ms in alone.items()))
     for v, table in per_forward.items():
         top = sorted(table.items(), key=lambda kv: -kv[1])[:args.top]
         print(f"{v:12s} profiled total {sum(table.values()):8.1f} ms: "

@@ -72,9 +72,11 @@ edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the comm
         | tee "$OUT/edge.log"
 }
 edge_profile_rows() {  # per-operator ms of ONNX Runtime and PyTorch at 1 and 4 threads (Seg-T)
-    for t in 1 4; do
-        OMP_NUM_THREADS=$t python3 benchmarks/edge_profile.py --model T --threads $t --out "$OUT/profile$t" 2>&1 \
-            | grep -v "USDT" | tee -a "$OUT/edge_profile.log"
+    lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA|L2|L3|Flags)" | cut -c1-400 | tee -a "$OUT/gpu.txt"; nproc | tee -a "$OUT/gpu.txt"
+    for run in "1 shared" "4 shared" "4 per-session" "4 per-session-nospin"; do
+        set -- $run
+        OMP_NUM_THREADS=$1 python3 benchmarks/edge_profile.py --model T --threads $1 --pool $2 \
+            --out "$OUT/profile$1-$2" 2>&1 | grep -v "USDT" | tee -a "$OUT/edge_profile.log"
     done
 }
 cpu_rows() {
