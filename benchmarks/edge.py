@@ -22,13 +22,15 @@ are the synthetic demo set's generator (``mpm.data.synthetic``) unless ``--image
 token counts are those of these weights on these images, not the paper's.
 ``--int8`` adds ONNX Runtime's dynamic int8 quantisation (weights of the MatMul/Gemm
 of segments, dense graph and decoder; the score graphs stay fp32) as a further
-runtime, beyond the paper.
+runtime, beyond the paper. Every ORT graph has its plain attention fused into ORT's
+``MultiHeadAttention`` (the dense graph's too); ``--unfused`` adds a runtime with the
+attention as exported, to measure what the fusion gives.
 
 Writes ``DIR/edge.json`` atomically (rows of other machines already in it are kept),
 and prints a table. Needs torch, timm, numpy, pillow, onnx, onnxruntime and this
 source tree only:
 
-    python benchmarks/edge.py --out DIR [--models T,S] [--threads 1,4] [--rounds 5] [--iters 1] [--int8]
+    python benchmarks/edge.py --out DIR [--models T,S] [--threads 1,4] [--rounds 5] [--iters 1] [--int8] [--unfused]
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backend", default="math", choices=("math", "sdpa"),
                     help="attention of the PyTorch variants and of the export (default math)")
     ap.add_argument("--int8", action="store_true", help="also time ORT dynamic int8 quantisation (beyond the paper)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time ORT with the attention as exported, not fused into MultiHeadAttention")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -169,6 +173,7 @@ def quantize_folder(src: Path, dst: Path) -> None:
     import logging
     import shutil
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, once per graph
@@ -177,7 +182,9 @@ def quantize_folder(src: Path, dst: Path) -> None:
     for path in sorted(src.iterdir()):
         if path.name.startswith(("segment", "decoder", "dense")) and path.suffix == ".onnx":
             quantize_dynamic(str(path), str(dst / path.name), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+                             op_types_to_quantize=["MatMul", "Gemm"],
+                             # shape inference stops at ORT's MultiHeadAttention: its outputs are float32
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             shutil.copy(path, dst / path.name)
 
@@ -201,6 +208,10 @@ def export_all(args, work: Path) -> dict:
         export_s = time.perf_counter() - t0
         if args.int8:
             quantize_folder(folder, work / f"{size}-int8")
+        if args.unfused:  # the same graphs with their attention as exported (no MultiHeadAttention)
+            export_segments(model, build_method("mpm", args.schedule_list), example, work / f"{size}-unfused",
+                            args.backend, fuse=False)
+            export_dense(model, example, work / f"{size}-unfused" / "dense.onnx", args.backend, fuse=False)
         info["models"][size] = {"weights": weights, "export_s": round(export_s, 1)}
         print(f"[edge] exported {MODEL_NAMES[size]} ({export_s:.1f} s)", file=sys.stderr, flush=True)
     return info
@@ -287,7 +298,7 @@ def write_result(args, old: dict | None, rows: list[dict], info: dict, started: 
 def print_table(rows: list[dict]) -> None:
     """One line per row: times (ms), speedup and oracle speedup with their spreads, FLOP-ideal,
     method / oracle, ORT-over-PyTorch for the method, and the checks against PyTorch."""
-    print(f"{'cpu':24s} {'images':8s} {'runtime':16s} {'model':9s} {'thr':>3s} {'dense':>7s} {'oracle':>7s} "
+    print(f"{'cpu':24s} {'images':8s} {'runtime':19s} {'model':9s} {'thr':>3s} {'dense':>7s} {'oracle':>7s} "
           f"{'method':>7s} {'speedup':>17s} {'oracle':>17s} {'ideal':>5s} {'m/o':>5s} {'vs pt':>5s} {'maps':>5s} "
           f"{'diff':>8s}")
     mark = lambda sig: " " if sig else "*"  # noqa: E731
@@ -295,15 +306,27 @@ def print_table(rows: list[dict]) -> None:
         sp, osp = r["spread"]["speedup"], r["spread"]["oracle_speedup"]
         vs = r.get("vs_torch", {}).get("method", {}).get("ratio")
         diff = r["max_abs_diff_vs_torch"]
-        print(f"{r['cpu'][:24]:24s} {r.get('images', 'synthetic')[:8]:8s} {r['runtime']:16s} {r['model']:9s} "
+        print(f"{r['cpu'][:24]:24s} {r.get('images', 'synthetic')[:8]:8s} {r['runtime']:19s} {r['model']:9s} "
               f"{r['threads']:3d} {r['dense_ms']:7.1f} {r['oracle_ms']:7.1f} {r['method_ms']:7.1f} "
               f"{r['speedup']:5.2f} [{sp[0]:.2f},{sp[1]:.2f}]{mark(r['significant']['speedup'])} "
               f"{r['oracle_speedup']:5.2f} [{osp[0]:.2f},{osp[1]:.2f}]{mark(r['significant']['oracle_speedup'])} "
               f"{r['ideal_speedup']:5.2f} {r['speedup_over_oracle_speedup']:5.2f} "
-              f"{'-' if vs is None else f'{vs:.2f}':>5s} {str(r['maps_equal']):>5s} "
+              f"{'-' if vs is None else f'{vs:.2f}':>5s} {maps_label(r):>5s} "
               f"{'-' if diff is None else f'{diff:.1e}':>8s}")
     print("(* = spread contains 1.0: not significant; m/o = oracle ms / method ms; "
-          "vs pt = PyTorch method ms / this runtime's)")
+          "vs pt = PyTorch method ms / this runtime's; maps = images whose merge maps equal PyTorch's)")
+    for r in rows:
+        for i, same in enumerate(r.get("maps_equal_per_image") or []):
+            if not same:
+                print(f"  {r['runtime']} {r['model']} {r['threads']} thr, image {i}: maps differ; smallest "
+                      "best/second-best cosine gap per site in PyTorch: "
+                      + ", ".join(f"{m:.1e}" for m in r["partner_margins"][i]))
+
+
+def maps_label(row: dict) -> str:
+    """``equal/images`` for a runtime's merge maps against PyTorch's, ``-`` for PyTorch itself."""
+    per_image = row.get("maps_equal_per_image")
+    return "-" if per_image is None else f"{sum(per_image)}/{len(per_image)}"
 
 
 def main(argv=None) -> int:
@@ -339,6 +362,7 @@ def worker(job: dict) -> int:
     import torch
 
     from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, shared_thread_pool
+    from mpm.benchmarking.margins import site_margins
     from mpm.benchmarking.oracle import SliceOracle
     from mpm.benchmarking.timing import interleaved
     from mpm.merging import build_method
@@ -362,10 +386,15 @@ def worker(job: dict) -> int:
             ref = [model(x, method=method, backend=job["backend"], return_encoder=True) for x in inputs]
             ref_dense = [model(x, backend=job["backend"]) for x in inputs]
         counts = [[int(t[0]) for t in enc.tokens_left] for _, enc in ref]
+        # per image and site, the smallest best / second-best cosine gap: where the maps of two
+        # runtimes differ, a gap below their rounding difference (~1e-6) says it is a tie flipped
+        margins = [site_margins(model, x, job["schedule_list"], job["backend"]) for x in inputs]
         dense_gf = flops_of_run(model, (job["crop"], job["crop"]), None, []).total
         runtimes = {"onnxruntime": work / size}
         if job["int8"]:
             runtimes["onnxruntime-int8"] = work / f"{size}-int8"
+        if job["unfused"]:
+            runtimes["onnxruntime-unfused"] = work / f"{size}-unfused"
         variants: dict[tuple[str, str], object] = {}
 
         def torch_variant(kind):
@@ -386,13 +415,15 @@ def worker(job: dict) -> int:
             dense = Graph(folder / "dense.onnx", options, ["CPUExecutionProvider"])
             seg = SegmentedModel.load(folder, threads=threads)
             outs = [seg(a) for a in arrays]
-            maps_equal = all(np.array_equal(o.index, enc.index.numpy()) for o, (_, enc) in zip(outs, ref))
+            per_image = [bool(np.array_equal(o.index, enc.index.numpy())) for o, (_, enc) in zip(outs, ref)]
+            maps_equal = all(per_image)
             diff = max(float(np.abs(o.logits - r.numpy()).max()) for o, (r, _) in zip(outs, ref))
             dense_diff = max(float(np.abs(dense(images=a)["logits"] - r.numpy()).max())
                              for a, r in zip(arrays, ref_dense))
             agree = float(np.mean([np.mean(o.logits.argmax(1) == r.numpy().argmax(1)) for o, (r, _) in zip(outs, ref)]))
             ort_counts = [[int(t[0]) for t in o.tokens_left] for o in outs]
-            checks[name] = {"maps_equal": maps_equal, "max_abs_diff_vs_torch": diff,
+            checks[name] = {"maps_equal": maps_equal, "maps_equal_per_image": per_image,
+                            "max_abs_diff_vs_torch": diff,
                             "dense_max_abs_diff_vs_torch": dense_diff, "argmax_agreement_vs_torch": agree,
                             "tokens_left": ort_counts, "thread_pool": seg.thread_pool}
             # the oracle keeps the ORT run's own counts (equal to PyTorch's when the maps are)
@@ -455,10 +486,14 @@ def worker(job: dict) -> int:
                 "maps_equal": None,
                 "per_round_ms": t,
                 "tokens": {"full": int(ref[0][1].index.shape[1]), "after_step": counts},
+                "partner_margins": margins,
                 "batch_size": 1,
                 "dtype": "float32" if name != "onnxruntime-int8" else "int8 weights (dynamic), fp32 activations",
                 "crop": [job["crop"], job["crop"]],
                 "backend": job["backend"],
+                "ort_attention": None if name == "torch" else (
+                    "as exported (MatMul, Softmax, MatMul)" if name == "onnxruntime-unfused"
+                    else "fused (com.microsoft.MultiHeadAttention)"),
                 "weights": "checkpoint" if job.get("checkpoint") else "random-init",
             }
             if name != "torch":

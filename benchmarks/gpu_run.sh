@@ -68,7 +68,7 @@ tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRIT
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 9 2>&1 \
+    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 6 --unfused 2>&1 \
         | tee "$OUT/edge.log"
 }
 edge_profile_rows() {  # per-operator ms of ONNX Runtime and PyTorch at 1 and 4 threads (Seg-T)

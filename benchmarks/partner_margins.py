@@ -4,7 +4,7 @@ Two runtimes that compute a merge site's tokens with different rounding (PyTorch
 differ by ~3e-5 in the logits, fp32) pick different partners wherever a token's two best cosine
 similarities lie closer than that difference. This prints, for the models and images of
 ``benchmarks/edge.py`` (random init, seed 0, its synthetic images), each image's smallest margin
-at each merge site, in PyTorch:
+at each merge site, in PyTorch (:mod:`mpm.benchmarking.margins`):
 
     python benchmarks/partner_margins.py --models T,S --num-images 4
 """
@@ -16,46 +16,24 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edge  # noqa: E402
-from mpm.merging.mpm import MPM  # noqa: E402
-
-
-def top2_margin(x: torch.Tensor) -> float:
-    """The smallest gap between a token's best and second-best cosine similarity (x: (B, M, C))."""
-    xn = torch.nn.functional.normalize(x.double(), dim=-1)
-    sim = xn @ xn.transpose(1, 2)
-    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    top = sim.topk(2, dim=-1).values
-    return float((top[..., 0] - top[..., 1]).min())
-
-
-class MarginProbe(MPM):
-    """MPM that records :func:`top2_margin` of its features at every site, then merges as MPM does."""
-
-    def __init__(self, schedule) -> None:
-        super().__init__(schedule)
-        self.margins: list[float] = []
-
-    def merge(self, x, ctx):
-        self.margins.append(top2_margin(x if ctx.metric is None else ctx.metric))
-        return super().merge(x, ctx)
+from mpm.benchmarking.margins import site_margins  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="T,S")
     ap.add_argument("--schedule", default="2,5")
+    ap.add_argument("--images", default=None, help="'photos' (scikit-image) or a folder; default synthetic")
     ap.add_argument("--num-images", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--out", default=None, help="JSON file (optional)")
     args = ap.parse_args()
-    opts = argparse.Namespace(images=None, num_images=args.num_images, seed=args.seed, checkpoint=None,
+    opts = argparse.Namespace(images=args.images, num_images=args.num_images, seed=args.seed, checkpoint=None,
                               num_classes=150, crop=args.crop)
     images, source = edge.make_images(opts, args.crop)
     schedule = tuple(int(b) for b in args.schedule.split(","))
@@ -63,12 +41,10 @@ def main() -> int:
     for size in args.models.split(","):
         model, weights = edge.build(size, opts)
         for i in range(images.shape[0]):
-            probe = MarginProbe(schedule)
-            with torch.inference_mode():
-                model(model.normalize(images[i:i + 1].float()), method=probe, backend="math")
-            rows.append({"model": f"Seg-{size}/16", "image": i, "blocks": list(schedule), "min_margin": probe.margins})
+            margins = site_margins(model, model.normalize(images[i:i + 1].float()), schedule)
+            rows.append({"model": f"Seg-{size}/16", "image": i, "blocks": list(schedule), "min_margin": margins})
             print(f"Seg-{size}/16 image {i}: smallest top-1/top-2 cosine margin per site (blocks {args.schedule}): "
-                  + ", ".join(f"{m:.1e}" for m in probe.margins))
+                  + ", ".join(f"{m:.1e}" for m in margins))
     if args.out:
         Path(args.out).write_text(json.dumps({"images": source, "weights": weights, "rows": rows}, indent=1) + "\n")
     return 0

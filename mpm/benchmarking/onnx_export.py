@@ -17,6 +17,10 @@ token axis* (the TorchScript exporter, ``dynamo=False``, opset 17):
 * **decoder**: the unmerge (one gather with the composed merge map, shape (B, N)),
   the decoder and the bilinear upsampling to the input size.
 
+Every plain attention (no bias, no key mask) of the encoder and decoder graphs is then
+fused into ORT's ``com.microsoft.MultiHeadAttention`` (:mod:`mpm.benchmarking.onnx_fusion`),
+the dense graph's as well, so the dense baseline gets the same kernel.
+
 The O(M) rest of each merge step runs in NumPy between the sessions
 (:mod:`mpm.benchmarking.onnx_merge`); :mod:`mpm.benchmarking.onnx_runtime` runs the
 whole chain and needs only onnxruntime and numpy. Everything the runtime needs is in
@@ -227,8 +231,11 @@ SCORE_GRAPHS: dict[str, tuple[Callable[[int, bool, MergeStep], nn.Module], tuple
 
 
 def export_graph(module: nn.Module, args: tuple, path: Path, input_names: Sequence[str],
-                 output_names: Sequence[str], dynamic: dict[str, dict[int, str]] | None = None) -> None:
-    """``torch.onnx.export`` with the TorchScript exporter (opset :data:`OPSET`), warnings silenced."""
+                 output_names: Sequence[str], dynamic: dict[str, dict[int, str]] | None = None,
+                 fuse: bool = True) -> int:
+    """``torch.onnx.export`` with the TorchScript exporter (opset :data:`OPSET`), warnings silenced;
+    with ``fuse``, its plain attention chains fused into ORT's ``MultiHeadAttention``
+    (:func:`~mpm.benchmarking.onnx_fusion.fuse_attention`). Returns how many were fused."""
     kwargs: dict[str, Any] = dict(input_names=list(input_names), output_names=list(output_names),
                                   opset_version=OPSET, do_constant_folding=True, dynamic_axes=dynamic or None)
     with warnings.catch_warnings(), torch.no_grad():
@@ -239,10 +246,27 @@ def export_graph(module: nn.Module, args: tuple, path: Path, input_names: Sequen
             if "dynamo" not in str(err):
                 raise
             torch.onnx.export(module, args, str(path), **kwargs)
+    return fuse_file(path) if fuse else 0
 
 
-def export_dense(model, example: Tensor, path: str | Path, backend: str = "math") -> float:
-    """Export the dense ``model`` as one static graph (``images`` -> ``logits``); seconds taken."""
+def fuse_file(path: Path) -> int:
+    """Fuse the attention of the ONNX file ``path`` in place (written whole, then renamed)."""
+    import onnx
+
+    from mpm.benchmarking.onnx_fusion import fuse_attention
+
+    model = onnx.load(str(path))
+    fused = fuse_attention(model)
+    if fused:
+        tmp = path.with_name(path.name + ".tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+    return fused
+
+
+def export_dense(model, example: Tensor, path: str | Path, backend: str = "math", fuse: bool = True) -> float:
+    """Export the dense ``model`` as one static graph (``images`` -> ``logits``), its attention
+    fused as the segments' is (``fuse``); seconds taken."""
     from mpm.merging import build_method
 
     class Dense(nn.Module):
@@ -254,11 +278,12 @@ def export_dense(model, example: Tensor, path: str | Path, backend: str = "math"
             return self.inner(images, method=build_method("none"), backend=backend)
 
     start = time.perf_counter()
-    export_graph(Dense(model), (example,), Path(path), ["images"], ["logits"])
+    export_graph(Dense(model), (example,), Path(path), ["images"], ["logits"], fuse=fuse)
     return time.perf_counter() - start
 
 
-def export_segments(model, method, example: Tensor, out_dir: str | Path, backend: str = "math") -> dict:
+def export_segments(model, method, example: Tensor, out_dir: str | Path, backend: str = "math",
+                    fuse: bool = True) -> dict:
     """Export ``model`` with ``method``'s merge sites as segments into ``out_dir``; returns the manifest.
 
     Args:
@@ -266,6 +291,8 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
         method: a :class:`~mpm.merging.base.MergeMethod` with an ONNX Runtime path.
         example: (B, 3, H, W) normalised images: fixes the batch size and input size.
         out_dir: folder for the ``.onnx`` files and ``manifest.json`` (created).
+        fuse: fuse each plain attention into ORT's ``MultiHeadAttention`` (the manifest
+            counts them per file under ``fused_attention``).
     """
     start = time.perf_counter()
     batch = int(example.shape[0])
@@ -290,6 +317,7 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
     bounds = [0, *cuts, 2 * model.config.depth]
     ops = _ops(model.config.depth)
     segments = []
+    fused: dict[str, int] = {}
     for k in range(len(bounds) - 1):
         first, last = k == 0, k == len(bounds) - 2
         step = None if last else steps[k][2]
@@ -309,7 +337,8 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
         for name in seg.output_names():
             dynamic[name] = dyn
         file = f"segment{k}.onnx"
-        export_graph(seg, tuple(args), out / file, seg.input_names(), seg.output_names(), dynamic)
+        fused[file] = export_graph(seg, tuple(args), out / file, seg.input_names(), seg.output_names(), dynamic,
+                                   fuse=fuse)
         segments.append({"file": file, "ops": [f"{b}.{part}" for b, part in seg.ops], "inputs": seg.input_names(),
                          "outputs": seg.output_names()})
 
@@ -332,8 +361,9 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
                       "score": score_files[key], "metric": step.metric})
 
     head = DecoderHead(model, grid, (h, w), backend)
-    export_graph(head, (torch.randn(batch, num_prefix + n, dim), torch.zeros(batch, n, dtype=torch.long)),
-                 out / "decoder.onnx", ["tokens", "index"], ["logits"], {"tokens": dyn})
+    fused["decoder.onnx"] = export_graph(
+        head, (torch.randn(batch, num_prefix + n, dim), torch.zeros(batch, n, dtype=torch.long)),
+        out / "decoder.onnx", ["tokens", "index"], ["logits"], {"tokens": dyn}, fuse=fuse)
     manifest = {
         "format": FORMAT,
         "opset": OPSET,
@@ -352,6 +382,7 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
         "segments": segments,
         "sites": sites,
         "decoder": {"file": "decoder.onnx", "inputs": ["tokens", "index"], "outputs": ["logits"]},
+        "fused_attention": fused,
         "export_s": round(time.perf_counter() - start, 3),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

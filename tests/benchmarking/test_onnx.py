@@ -214,6 +214,54 @@ def test_segments_match_torch(model_and_images, tmp_path, name, batch):
         assert len(set(counts)) > 1, f"{name}: every image kept the same counts {counts}"
 
 
+def _op_counts(path: Path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node))
+
+
+@pytest.mark.parametrize("name,batch,fused_blocks", [("mpm", 1, 12), ("tome-prop-attn", 1, 2), ("mpm", 2, 2)])
+def test_attention_fused_where_plain(model_and_images, tmp_path, name, batch, fused_blocks):
+    """Plain attention becomes one MultiHeadAttention per block; biased or key-masked attention
+    (after ToMe's first site with prop_attn, after MPM's first site in a padded batch) stays;
+    ToMe's first site is after block 1's attention, MPM(2, 5)'s before block 2."""
+    from mpm.benchmarking.onnx_export import export_segments
+
+    model, x = model_and_images
+    manifest = export_segments(model, METHODS[name](), x[:batch], tmp_path)
+    fused = manifest["fused_attention"]
+    assert fused["decoder.onnx"] == model.config.decoder_depth
+    assert sum(v for f, v in fused.items() if f.startswith("segment")) == fused_blocks
+    for f, count in fused.items():
+        ops = _op_counts(tmp_path / f)
+        assert ops.get("MultiHeadAttention", 0) == count
+        unfused = model.config.depth if f.startswith("segment") else model.config.decoder_depth
+        assert ops.get("Softmax", 0) <= unfused
+        if count:
+            assert "Softmax" not in ops or name != "mpm" or batch > 1, f"{f}: a plain softmax left: {ops}"
+
+
+def test_fused_dense_matches_unfused(model_and_images, tmp_path):
+    from mpm.benchmarking.onnx_export import export_dense
+    from mpm.benchmarking.onnx_runtime import Graph, session_options
+
+    model, x = model_and_images
+    export_dense(model, x[:1], tmp_path / "fused.onnx")
+    export_dense(model, x[:1], tmp_path / "plain.onnx", fuse=False)
+    fused, plain = _op_counts(tmp_path / "fused.onnx"), _op_counts(tmp_path / "plain.onnx")
+    blocks = model.config.depth + model.config.decoder_depth
+    assert fused.get("MultiHeadAttention") == blocks and "Softmax" not in fused
+    assert plain.get("Softmax") == blocks and "MultiHeadAttention" not in plain
+    runs = [Graph(tmp_path / f, session_options(1), ["CPUExecutionProvider"]) for f in ("fused.onnx", "plain.onnx")]
+    for i in range(x.shape[0]):
+        a, b = (g(images=x[i:i + 1].numpy())["logits"] for g in runs)
+        assert float(np.abs(a - b).max()) < 1e-4
+        with torch.inference_mode():
+            assert float(np.abs(a - model(x[i:i + 1], backend="math").numpy()).max()) < 1e-4
+
+
 def test_oracle_keeps_the_counts(model_and_images, tmp_path):
     from mpm.benchmarking.onnx_export import export_segments
     from mpm.benchmarking.onnx_runtime import SegmentedModel
