@@ -5,9 +5,10 @@
 #   bash benchmarks/gpu_run.sh gpu     # checks; MPM, ToMe, ALGM; photos + synthetic; 5 repeats (about 5-6 min)
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
-#   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 9 rounds (about 7-8 min)
+#   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
-#   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (about 4 min)
+#   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
+#   (EDGE_ROUNDS=N and EDGE_EXTRA="--unfused" for edge, CPU_REPEATS=N for cpu change their length)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
 # Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
@@ -68,7 +69,7 @@ tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRIT
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds 6 --unfused 2>&1 \
+    python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds "${EDGE_ROUNDS:-6}" $EDGE_EXTRA 2>&1 \
         | tee "$OUT/edge.log"
 }
 edge_profile_rows() {  # per-operator ms of ONNX Runtime and PyTorch at 1 and 4 threads (Seg-T)
@@ -81,7 +82,7 @@ edge_profile_rows() {  # per-operator ms of ONNX Runtime and PyTorch at 1 and 4 
 }
 cpu_rows() {
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
-    python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats 5 \
+    python3 benchmarks/speed.py --device cpu --models T,S --threads 1,4 --methods mpm --repeats "${CPU_REPEATS:-15}" \
         --images photos --out "$OUT/cpu_speed.json" 2>&1 | tee "$OUT/cpu_speed.log"
 }
 case "$what" in

@@ -177,19 +177,23 @@ class _TokenScores(nn.Module):
 
 class MutualScores(_TokenScores):
     """Each image token's most cosine-similar *other* real token (MPM's
-    :func:`~mpm.merging.mpm.best_partners`, written without in-place ops so that it traces):
-    ``feats`` (B, P + M, D) [, ``lengths``] -> ``best`` (B, M) int64, ``score`` (B, M)."""
+    :func:`~mpm.merging.mpm.best_partners`): ``feats`` (B, P + M, D) [, ``lengths``] ->
+    ``best`` (B, M) int64, ``score`` (B, M).
+
+    Beside the (M x M) product, one pass over it: the diagonal is written in place (a
+    ``ScatterND`` of M entries, not an (M x M) mask and ``Where``), and ``score`` is gathered
+    at ``best`` instead of a second reduction. Same values, same first index on ties."""
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None):
         x = feats[:, self.num_prefix:]
         xn = F.normalize(x, dim=-1)
         sim = xn @ xn.transpose(1, 2)
         pos = torch.arange(sim.shape[-1], device=x.device)
-        sim = sim.masked_fill((pos[:, None] == pos[None, :]).unsqueeze(0), float("-inf"))
+        sim[:, pos, pos] = float("-inf")  # j != i
         if lengths is not None:
             sim = sim.masked_fill(~valid_mask(lengths, sim.shape[-1], sim.shape[0]).unsqueeze(1), float("-inf"))
-        score, best = sim.max(dim=-1)
-        return best, score
+        best = sim.argmax(dim=-1)
+        return best, sim.gather(2, best.unsqueeze(-1)).squeeze(-1)
 
 
 class BipartiteScores(_TokenScores):
