@@ -238,7 +238,8 @@ class SegmenterRunner:
 
     * Methods with a device-side plan (MPM, exact batches) decide on the device, the
       host reads the kept-token counts once per step, rounds the capacity up to a
-      bucket (``graphs``: a few per step, so few graphs; ``eager``: a multiple of 8)
+      bucket (``graphs``: a few per step, so few graphs; ``eager``: a multiple of 8 on CUDA,
+      the exact count on the CPU)
       and the next piece gathers the merged tokens into a buffer of that capacity.
       Pad rows are excluded from attention (a sequence of their own for
       FlashAttention-2's variable-length mode, masked keys otherwise); their share is
@@ -443,8 +444,9 @@ class SegmenterRunner:
         if self.granularity is not None:
             return self.granularity
         n_all = self.model.encoder.patch_embed.num_patches + self.num_prefix if layout is None else layout.slots
-        if self.mode == "eager":
-            return 8, 8
+        if self.mode == "eager":  # CUDA: shapes aligned for the matrix units; CPU: exact, so that a
+            # single image needs no key mask (on the CPU the mask is one more pass over each N x N logits)
+            return (8, 8) if next(self.model.parameters()).device.type == "cuda" else (1, 1)
         g_slots = round_up(max(8, n_all // 64), 8)
         g_rows = min(round_up(max(8, batch * n_all // 64), 8), n_all)
         return g_rows, g_slots

@@ -95,6 +95,31 @@ def test_batch_one_and_uneven_input(model) -> None:
             assert out.shape == (1, 6, 120, 100)
 
 
+def test_cpu_batch_one_has_no_pad_rows_or_key_mask(model, monkeypatch) -> None:
+    """Eager on the CPU a single image's capacity is its exact count: no pad row, and every
+    attention after a merge runs without a key mask (which would be one more N x N pass)."""
+    import importlib
+
+    attention = importlib.import_module("mpm.models.attention")  # the module, not its function
+    masked = []
+    plain_math = attention._math
+
+    def spy(q, k, v, lengths, bias, scale):
+        masked.append(lengths is not None)
+        return plain_math(q, k, v, lengths, bias, scale)
+
+    monkeypatch.setattr(attention, "_math", spy)
+    method = _method("mpm")
+    runner = model.runner(method, backend="math")
+    with torch.no_grad():
+        for seed in (1, 2, 3):
+            x = _images(1, seed)
+            torch.testing.assert_close(runner(x), model(x, method=method, backend="math"), rtol=1e-10, atol=1e-10)
+    assert runner.pad_stats and all(real == cap for real, cap in runner.pad_stats)
+    assert any(real % 8 for real, _ in runner.pad_stats), "a count off the old multiple-of-8 bucket, please"
+    assert masked and not any(masked)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("key", ["mpm", "tome", "algm"])
 def test_slice_oracle_keeps_the_method_counts(model, key: str, packed: bool) -> None:
