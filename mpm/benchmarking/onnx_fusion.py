@@ -19,6 +19,7 @@ as exported: only the plain chain is fused.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,11 +58,16 @@ def _static_dims(model) -> dict[str, list[int | None]]:
     return dims
 
 
+@dataclass
 class _Chain:
     """One matched attention chain: the qkv tensor, its heads, scale, output and the nodes it spans."""
 
-    def __init__(self, qkv: str, heads: int, width: int, scale: float, out: str, nodes: list) -> None:
-        self.qkv, self.heads, self.width, self.scale, self.out, self.nodes = qkv, heads, width, scale, out, nodes
+    qkv: str
+    heads: int
+    width: int
+    scale: float
+    out: str
+    nodes: list
 
 
 def _match(softmax, producer: dict, consumers: dict, consts: dict, dims: dict) -> _Chain | None:
