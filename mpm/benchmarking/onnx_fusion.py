@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: the domain and version of ORT's contrib operators
+#: the domain of ORT's contrib operators (opset version 1)
 MS_DOMAIN = "com.microsoft"
 
 
