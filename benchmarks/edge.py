@@ -299,21 +299,23 @@ def print_table(rows: list[dict]) -> None:
     """One line per row: times (ms), speedup and oracle speedup with their spreads, FLOP-ideal,
     method / oracle, ORT-over-PyTorch for the method, and the checks against PyTorch."""
     print(f"{'cpu':24s} {'images':8s} {'runtime':19s} {'model':9s} {'thr':>3s} {'dense':>7s} {'oracle':>7s} "
-          f"{'method':>7s} {'speedup':>17s} {'oracle':>17s} {'ideal':>5s} {'m/o':>5s} {'vs pt':>5s} {'maps':>5s} "
+          f"{'method':>7s} {'merge':>6s} {'speedup':>17s} {'oracle':>17s} {'ideal':>5s} {'m/o':>5s} {'vs pt':>5s} {'maps':>5s} "
           f"{'diff':>8s}")
     mark = lambda sig: " " if sig else "*"  # noqa: E731
     for r in rows:
         sp, osp = r["spread"]["speedup"], r["spread"]["oracle_speedup"]
         vs = r.get("vs_torch", {}).get("method", {}).get("ratio")
         diff = r["max_abs_diff_vs_torch"]
+        merge = r.get("sections_ms", {}).get("merge_ms")
         print(f"{r['cpu'][:24]:24s} {r.get('images', 'synthetic')[:8]:8s} {r['runtime']:19s} {r['model']:9s} "
               f"{r['threads']:3d} {r['dense_ms']:7.1f} {r['oracle_ms']:7.1f} {r['method_ms']:7.1f} "
-              f"{r['speedup']:5.2f} [{sp[0]:.2f},{sp[1]:.2f}]{mark(r['significant']['speedup'])} "
+              f"{'-' if merge is None else f'{merge:.1f}':>6s} {r['speedup']:5.2f} [{sp[0]:.2f},{sp[1]:.2f}]{mark(r['significant']['speedup'])} "
               f"{r['oracle_speedup']:5.2f} [{osp[0]:.2f},{osp[1]:.2f}]{mark(r['significant']['oracle_speedup'])} "
               f"{r['ideal_speedup']:5.2f} {r['speedup_over_oracle_speedup']:5.2f} "
               f"{'-' if vs is None else f'{vs:.2f}':>5s} {maps_label(r):>5s} "
               f"{'-' if diff is None else f'{diff:.1e}':>8s}")
-    print("(* = spread contains 1.0: not significant; m/o = oracle ms / method ms; "
+    print("(* = spread contains 1.0: not significant; merge = ORT MPM's merge sites (score graph + NumPy step), "
+          "ms per forward, timed after the rounds; m/o = oracle ms / method ms; "
           "vs pt = PyTorch method ms / this runtime's; maps = images whose merge maps equal PyTorch's)")
     for r in rows:
         for i, same in enumerate(r.get("maps_equal_per_image") or []):
@@ -364,7 +366,7 @@ def worker(job: dict) -> int:
     from mpm.benchmarking.onnx_runtime import Graph, SegmentedModel, session_options, shared_thread_pool
     from mpm.benchmarking.margins import site_margins
     from mpm.benchmarking.oracle import SliceOracle
-    from mpm.benchmarking.timing import interleaved
+    from mpm.benchmarking.timing import SectionTimer, interleaved
     from mpm.merging import build_method
     from mpm.models.flops import flops_of_run
 
@@ -410,10 +412,11 @@ def worker(job: dict) -> int:
         for kind in VARIANTS:
             variants[("torch", kind)] = torch_variant(kind)
         checks: dict[str, dict] = {}
+        seg_models: dict[str, SegmentedModel] = {}
         for name, folder in runtimes.items():
             options = session_options(threads, shared=shared)
             dense = Graph(folder / "dense.onnx", options, ["CPUExecutionProvider"])
-            seg = SegmentedModel.load(folder, threads=threads)
+            seg = seg_models[name] = SegmentedModel.load(folder, threads=threads)
             outs = [seg(a) for a in arrays]
             per_image = [bool(np.array_equal(o.index, enc.index.numpy())) for o, (_, enc) in zip(outs, ref)]
             maps_equal = all(per_image)
@@ -450,6 +453,17 @@ def worker(job: dict) -> int:
         times = interleaved({k: on_image(v) for k, v in variants.items()}, torch.device("cpu"),
                             iters=job["iters"] * n_img, repeats=job["rounds"], warmup=job["warmup"],
                             per_call=True, on_round=progress)
+
+        # after the timed rounds: ORT MPM's own sections (segments, merge sites = score graph + NumPy step,
+        # decoder), mean ms per forward over two passes of the images
+        sections: dict[str, dict] = {}
+        for name in runtimes:
+            timer = SectionTimer(torch.device("cpu"))
+            for _ in range(2):
+                for a in arrays:
+                    seg_models[name](a, timer)
+                    timer.calls += 1
+            sections[name] = {f"{k}_ms": v / timer.calls for k, v in sorted(timer.totals.items())}
 
         method_name = f"mpm({','.join(map(str, job['schedule_list']))})"
         for name in ("torch", *runtimes):
@@ -499,6 +513,8 @@ def worker(job: dict) -> int:
             if name != "torch":
                 row.update({k: v for k, v in checks[name].items() if k != "tokens_left"})
                 row["tokens"]["after_step_ort"] = checks[name]["tokens_left"]
+                row["sections_ms"] = sections[name]
+                row["merge_share"] = sections[name].get("merge_ms", 0.0) / row["method_ms"]
                 vs = {v: ratio_stats(times[("torch", v)], t[v]) for v in VARIANTS}
                 row["vs_torch"] = {v: {"ratio": s["median"], "spread": s["spread"], "significant": s["significant"]}
                                    for v, s in vs.items()}

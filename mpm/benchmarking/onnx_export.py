@@ -175,25 +175,66 @@ class _TokenScores(nn.Module):
         return ["feats", "lengths"] if self.masked else ["feats"]
 
 
+#: row blocks of MPM's similarity product in the score graph (see :class:`MutualScores`)
+MUTUAL_BLOCKS = 3
+
+
+def _best_along(sim: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Maximum of ``sim`` (B, R, C) along ``dim`` (2: per row, 1: per column) and its first index."""
+    index = sim.argmax(dim=dim)
+    return sim.gather(dim, index.unsqueeze(dim)).squeeze(dim), index
+
+
 class MutualScores(_TokenScores):
     """Each image token's most cosine-similar *other* real token (MPM's
     :func:`~mpm.merging.mpm.best_partners`): ``feats`` (B, P + M, D) [, ``lengths``] ->
     ``best`` (B, M) int64, ``score`` (B, M).
 
-    Beside the (M x M) product, one pass over it: the diagonal is written in place (a
-    ``ScatterND`` of M entries, not an (M x M) mask and ``Where``), and ``score`` is gathered
-    at ``best`` instead of a second reduction. Same values, same first index on ties."""
+    The (M x M) similarity is symmetric, so the tokens are cut into ``blocks`` row blocks
+    and each pair of blocks is multiplied once: k(k + 1) / 2 of the k^2 block products
+    (3 blocks: 6 of 9). A diagonal block is read along its rows with its diagonal written
+    in place (``ScatterND``, no mask); an off-diagonal block along its rows (for the first
+    block's tokens) and its columns (for the second's). The candidates of a token are
+    then taken in block order, a later block only when strictly greater: the first index
+    on ties, as one ``argmax`` over the whole row. ``blocks`` must not exceed the fewest
+    tokens the graph will see (an empty block has no maximum)."""
+
+    def __init__(self, num_prefix: int, masked: bool, blocks: int = 1) -> None:
+        super().__init__(num_prefix, masked)
+        self.blocks = max(int(blocks), 1)
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None):
         x = feats[:, self.num_prefix:]
-        xn = F.normalize(x, dim=-1)
-        sim = xn @ xn.transpose(1, 2)
-        pos = torch.arange(sim.shape[-1], device=x.device)
-        sim[:, pos, pos] = float("-inf")  # j != i
-        if lengths is not None:
-            sim = sim.masked_fill(~valid_mask(lengths, sim.shape[-1], sim.shape[0]).unsqueeze(1), float("-inf"))
-        best = sim.argmax(dim=-1)
-        return best, sim.gather(2, best.unsqueeze(-1)).squeeze(-1)
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's values, without its Expand
+        m, k = x.shape[1], self.blocks
+        starts = [m * j // k for j in range(k + 1)]
+        parts = [x[:, a:b] for a, b in zip(starts, starts[1:])]
+        valid = None if lengths is None else valid_mask(lengths, m, x.shape[0])
+        keep = [None if valid is None else valid[:, a:b] for a, b in zip(starts, starts[1:])]
+        found: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # (rows' block, columns' block) -> best
+        for p in range(k):
+            for q in range(p, k):
+                sim = parts[p] @ parts[q].transpose(1, 2)  # (B, Mp, Mq)
+                if p == q:
+                    pos = torch.arange(sim.shape[-1], device=x.device)
+                    sim[:, pos, pos] = float("-inf")  # j != i
+                if keep[q] is not None:
+                    sim = sim.masked_fill(~keep[q].unsqueeze(1), float("-inf"))
+                found[p, q] = _best_along(sim, 2)
+                if p != q:
+                    if keep[p] is not None:
+                        sim = sim.masked_fill(~keep[p].unsqueeze(2), float("-inf"))
+                    found[q, p] = _best_along(sim, 1)
+        best, score = [], []
+        for p in range(k):
+            value, index = found[p, 0]
+            for q in range(1, k):
+                value_q, index_q = found[p, q]
+                later = value_q > value
+                value, index = torch.where(later, value_q, value), torch.where(later, index_q + starts[q], index)
+            best.append(index)
+            score.append(value)
+        return torch.cat(best, 1), torch.cat(score, 1)
 
 
 class BipartiteScores(_TokenScores):
@@ -220,11 +261,13 @@ class WindowScores(nn.Module):
         return window_similarity(feats[:, self.num_prefix:], self.windows)
 
 
-#: score graph kind -> (factory(num_prefix, masked, step), output names)
-SCORE_GRAPHS: dict[str, tuple[Callable[[int, bool, MergeStep], nn.Module], tuple[str, ...]]] = {
-    "mutual": (lambda p, masked, step: MutualScores(p, masked), ("best", "score")),
-    "bipartite": (lambda p, masked, step: BipartiteScores(p, masked), ("node_max", "node_idx")),
-    "windows": (lambda p, masked, step: WindowScores(p, torch.tensor(step.windows, dtype=torch.long)
+#: score graph kind -> (factory(num_prefix, masked, step, fewest), output names); ``fewest``: the
+#: fewest image tokens the graph can be fed
+SCORE_GRAPHS: dict[str, tuple[Callable[[int, bool, MergeStep, int], nn.Module], tuple[str, ...]]] = {
+    "mutual": (lambda p, masked, step, fewest: MutualScores(p, masked, min(MUTUAL_BLOCKS, fewest)),
+               ("best", "score")),
+    "bipartite": (lambda p, masked, step, fewest: BipartiteScores(p, masked), ("node_max", "node_idx")),
+    "windows": (lambda p, masked, step, fewest: WindowScores(p, torch.tensor(step.windows, dtype=torch.long)
                                                      .reshape(-1, step.window_size)), ("window_sim",)),
 }
 
@@ -347,10 +390,11 @@ def export_segments(model, method, example: Tensor, out_dir: str | Path, backend
                          "outputs": seg.output_names()})
 
     sites, score_files = [], {}
+    fewest = -(-n // 2 ** max(len(steps) - 1, 0))  # no step removes more than half the tokens
     for k, (b, site, step) in enumerate(steps):
         kind = step.score_graph()
         factory, outputs = SCORE_GRAPHS[kind]
-        head = factory(num_prefix, masked, step)
+        head = factory(num_prefix, masked, step, fewest)
         key = (kind, json.dumps(step.params(), sort_keys=True) if kind == "windows" else "")
         if key not in score_files:
             file = f"score_{kind}{len(score_files)}.onnx"

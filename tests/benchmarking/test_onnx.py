@@ -109,6 +109,38 @@ def test_mpm_step_equals_torch(n):
     assert np.array_equal(merged, ref.x[0].numpy())  # the same float operations: bit for bit
 
 
+def _exact_tokens(n: int, c: int = 16, seed: int = 0) -> torch.Tensor:
+    """(1, n, c) tokens of four entries +-0.5 each: unit norm and every dot product exact in
+    fp32, so ties are real ties whatever the product's blocking (and many of them)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(1, n, c)
+    for i in range(n):
+        cols = torch.randperm(c, generator=g)[:4]
+        x[0, i, cols] = torch.where(torch.rand(4, generator=g) < 0.5, -0.5, 0.5)
+    return x
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [4, 17, 24, 61])
+def test_blocked_mutual_scores_equal_best_partners(n, blocks):
+    from mpm.benchmarking.onnx_export import MutualScores
+
+    for x in (_tokens(n), _exact_tokens(n, seed=n)):
+        feats = torch.cat([torch.randn(1, 1, x.shape[2]), x], 1)  # a prefix token, skipped
+        best, score = MutualScores(1, False, blocks)(feats)
+        ref_best, ref_score = best_partners(x)
+        assert torch.equal(best, ref_best)
+        assert torch.allclose(score, ref_score, atol=1e-6, rtol=0)
+    # padded: two images, the second with fewer real tokens
+    x = torch.cat([_exact_tokens(n, seed=1), _exact_tokens(n, seed=2)])
+    lengths = torch.tensor([n, max(n - 5, 1)])
+    best, score = MutualScores(0, True, blocks)(x, lengths)
+    ref_best, ref_score = best_partners(x, lengths)
+    for i, length in enumerate(lengths.tolist()):
+        assert torch.equal(best[i, :length], ref_best[i, :length])
+        assert torch.equal(score[i, :length], ref_score[i, :length])
+
+
 @pytest.mark.parametrize("n,r", [(17, 5), (24, 12), (24, 40), (3, 1)])
 def test_tome_step_equals_torch(n, r):
     x = _tokens(n)
@@ -357,6 +389,9 @@ def test_edge_benchmark_rows(tmp_path):
         assert len(row["per_round_ms"]["dense"]) == 2
     assert rows[1]["maps_equal"] is True and rows[1]["max_abs_diff_vs_torch"] < 1e-4
     assert rows[0]["maps_equal"] is None and len(result["runs"]) == 1
+    sections = rows[1]["sections_ms"]  # ORT MPM's own sections, merge sites included
+    assert set(sections) == {"encoder_ms", "merge_ms", "decoder_ms"} and 0 < sections["merge_ms"] < rows[1]["method_ms"]
+    assert rows[1]["merge_share"] == sections["merge_ms"] / rows[1]["method_ms"] and "sections_ms" not in rows[0]
 
 
 @pytest.mark.slow
