@@ -12,6 +12,7 @@ Checks of the fast path (:class:`mpm.models.segmenter.SegmenterRunner`):
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -192,6 +193,25 @@ def runner_checks(dev: torch.device) -> None:
             r_g(xi)
             worst = max(worst, rel(r_g(xi), a))
         check(worst < 5e-2, f"batch-1 graphs vs eager over 6 images: worst rel {worst:.2e}, graphs {r_g._graphs.num_graphs}")
+        # a discarded runner's graphs (a reference cycle: only the cyclic collector frees them) must not be
+        # freed inside another runner's capture; the collector made to run at every allocation meanwhile
+        del r_e, r_g
+        gc.collect()
+        old = m.runner(method, "fa2", "graphs")
+        old(smooth_images(1, 512, 30).to(dev).half())
+        del old
+        threshold = gc.get_threshold()
+        gc.set_threshold(1)
+        try:
+            fresh = m.runner(method, "fa2", "graphs")
+            out = fresh(smooth_images(1, 512, 31).to(dev).half()).clone()
+            ref = m.runner(method, "fa2", "eager")(smooth_images(1, 512, 31).to(dev).half())
+            check(rel(out, ref) < 5e-2, f"capture beside a discarded runner's graphs (gc at every allocation): "
+                                        f"rel {rel(out, ref):.2e}")
+        except Exception as err:  # noqa: BLE001 - a failed capture is this check's failure
+            check(False, f"capture beside a discarded runner's graphs: {type(err).__name__}: {str(err)[:200]}")
+        finally:
+            gc.set_threshold(*threshold)
         model.float()
 
 

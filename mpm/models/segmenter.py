@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -593,13 +594,27 @@ class _GraphCache:
                 body()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with _no_cyclic_gc(), torch.cuda.graph(graph, pool=self.pool):
             outs, new_host = body()
         return graph, outs, new_host
 
     @property
     def num_graphs(self) -> int:
         return len(self.entries)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Python's cyclic collector off for a capture: a CUDA graph it frees meanwhile (a discarded
+    runner's, kept alive by a reference cycle) destroys a graph during the capture, which
+    invalidates it (``cudaErrorStreamCaptureInvalidated``); torch >= 2.6 no longer collects first."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _SimulatedGraphs(_GraphCache):
