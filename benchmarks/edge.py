@@ -253,11 +253,19 @@ def row_key(row: dict) -> tuple:
             row["method"], row["threads"])
 
 
+def run_id(machine_info: dict, started_utc: str) -> str:
+    """The name a run's rows give it: ``<cpu> @ <commit>, <start time>``."""
+    return f"{machine_info.get('cpu')} @ {str(machine_info.get('git_commit'))[:12]}, {started_utc}"
+
+
 def merge_rows(old: dict | None, rows: list[dict], run: dict) -> dict:
     """The edge.json of ``old`` (or nothing) with ``rows`` added: earlier rows with the same
-    (cpu, cpu_count, images, runtime, model, method, threads) are replaced, the others kept."""
+    (cpu, cpu_count, images, runtime, model, method, threads) are replaced, the others kept.
+    Every row names its run (``run``, the run's ``id``); a run no row names any more is dropped."""
     new_keys = {row_key(r) for r in rows}
     kept = [r for r in (old or {}).get("rows", []) if row_key(r) not in new_keys]
+    named = {r.get("run") for r in kept + rows}
+    runs = [r for r in (old or {}).get("runs", []) if r.get("id") in named]
     return {
         "schema": SCHEMA,
         "description": "Batch 1, fp32 (and an optional int8 runtime), CPU: dense / oracle (the method's token counts "
@@ -267,7 +275,7 @@ def merge_rows(old: dict | None, rows: list[dict], run: dict) -> dict:
                        "significant = the spread excludes 1.0; ideal_speedup = dense GFLOPs / method GFLOPs at the "
                        "measured counts. Produced by benchmarks/edge.py (see runs[].command).",
         "rows": kept + rows,
-        "runs": [*(old or {}).get("runs", []), run],
+        "runs": [*runs, run],
     }
 
 
@@ -288,9 +296,13 @@ def write_result(args, old: dict | None, rows: list[dict], info: dict, started: 
     from mpm.io import write_json_atomic
 
     path = Path(args.out) / "edge.json"
-    run = {"command": "python benchmarks/edge.py " + " ".join(sys.argv[1:]), "machine": machine(),
+    machine_info = machine()
+    started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.perf_counter() - started)))
+    run = {"id": run_id(machine_info, started_utc), "command": "python benchmarks/edge.py " + " ".join(sys.argv[1:]),
+           "machine": machine_info,
            "image_source": info["image_source"], "models": info["models"], "rounds": args.rounds,
            "iters": args.iters, "warmup": args.warmup, "wall_s": round(time.perf_counter() - started, 1)}
+    rows = [{**r, "run": run["id"]} for r in rows]
     write_json_atomic(path, merge_rows(old, rows, run))
     return path
 

@@ -417,13 +417,24 @@ def _edge_module():
 
 def test_edge_rows_of_other_machines_are_kept():
     edge = _edge_module()
-    row = lambda cpu, threads, ms: {"cpu": cpu, "cpu_count": 2, "runtime": "torch", "model": "Seg-T/16",  # noqa: E731
-                                    "method": "mpm(2,5)", "threads": threads, "dense_ms": ms}
-    old = edge.merge_rows(None, [row("A", 1, 1.0), row("A", 4, 2.0)], {"command": "first"})
-    new = edge.merge_rows(old, [row("B", 1, 3.0), row("A", 1, 4.0)], {"command": "second"})
-    assert [(r["cpu"], r["threads"], r["dense_ms"]) for r in new["rows"]] == [("A", 4, 2.0), ("B", 1, 3.0),
-                                                                               ("A", 1, 4.0)]
+    run = lambda command, cpu: {"id": edge.run_id({"cpu": cpu, "git_commit": "abc"}, command),  # noqa: E731
+                                "command": command}
+    row = lambda the_run, threads, ms: {  # noqa: E731
+        "cpu": the_run["id"].split(" @ ")[0], "cpu_count": 2, "runtime": "torch", "model": "Seg-T/16",
+        "method": "mpm(2,5)", "threads": threads, "dense_ms": ms, "run": the_run["id"]}
+    first, second, third, fourth = run("first", "A"), run("second", "B"), run("third", "A"), run("fourth", "A")
+    old = edge.merge_rows(None, [row(first, 1, 1.0), row(first, 4, 2.0)], first)
+    new = edge.merge_rows(old, [row(second, 1, 3.0)], second)
+    assert [(r["cpu"], r["threads"], r["dense_ms"]) for r in new["rows"]] == [("A", 1, 1.0), ("A", 4, 2.0),
+                                                                               ("B", 1, 3.0)]
     assert [r["command"] for r in new["runs"]] == ["first", "second"] and new["schema"] == edge.SCHEMA
+    # A run on A that replaces one of the first run's rows keeps that run; replacing both drops it.
+    newer = edge.merge_rows(new, [row(third, 1, 4.0)], third)
+    assert [(r["cpu"], r["threads"], r["dense_ms"]) for r in newer["rows"]] == [("A", 4, 2.0), ("B", 1, 3.0),
+                                                                                 ("A", 1, 4.0)]
+    assert [r["command"] for r in newer["runs"]] == ["first", "second", "third"]
+    newest = edge.merge_rows(newer, [row(fourth, 1, 5.0), row(fourth, 4, 6.0)], fourth)
+    assert [r["command"] for r in newest["runs"]] == ["second", "fourth"]
 
 
 def test_edge_ratio_spread():
