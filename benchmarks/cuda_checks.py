@@ -193,6 +193,31 @@ def runner_checks(dev: torch.device) -> None:
             r_g(xi)
             worst = max(worst, rel(r_g(xi), a))
         check(worst < 5e-2, f"batch-1 graphs vs eager over 6 images: worst rel {worst:.2e}, graphs {r_g._graphs.num_graphs}")
+        # speculative capacities at batch 4, eager and graphs: batches in an order of growing counts (each new
+        # maximum misses its guess and runs again exactly), then back; the same maps and outputs as exact reads
+        batches = [smooth_images(4, 512, 40 + i).to(dev) for i in range(4)]
+        for dtype, backend in ((torch.float32, "math"), (torch.float16, "fa2")):
+            m = model.to(dtype)
+            xs = [b.to(dtype) for b in batches]
+            kept = [int(m(x, method=method, backend=backend, return_encoder=True)[1].tokens_left[0].sum()) for x in xs]
+            order = sorted(range(len(xs)), key=lambda i: kept[i])
+            for mode in ("eager", "graphs"):
+                fine = {"granularity": (8, 8)}  # small buckets, so that a larger batch misses its guess
+                exact = m.runner(method, backend, mode, speculate=False, **fine)
+                guessing = m.runner(method, backend, mode, speculate=True, **fine)
+                worst, agree = 0.0, 1.0
+                for i in order + order[::-1]:
+                    a, ea = exact(xs[i], return_encoder=True)
+                    b, eb = guessing(xs[i], return_encoder=True)
+                    worst = max(worst, rel(b, a))
+                    agree = min(agree, float((ea.index == eb.index).float().mean()))
+                tol = 1e-4 if dtype == torch.float32 else 5e-2
+                check(worst < tol and agree >= (1.0 if dtype == torch.float32 else 0.99) and guessing.respeculated >= 1,
+                      f"speculative {mode:6s} {str(dtype)[6:]} {backend:4s} batch 4 vs exact reads: worst rel "
+                      f"{worst:.2e}, map agreement {agree:.4f}, respeculated {guessing.respeculated}, "
+                      f"pad {guessing.pad_stats[-2:]}")
+                del exact, guessing
+        m = model.half()
         # a discarded runner's graphs (a reference cycle: only the cyclic collector frees them) must not be
         # freed inside another runner's capture; the collector made to run at every allocation meanwhile
         del r_e, r_g

@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_run.sh quick   # checks; MPM rows only, photos, 3 repeats; batch 32 graphs with --speculate (about 3 min)
 #   bash benchmarks/gpu_run.sh gpu     # checks; MPM, ToMe, ALGM; photos + synthetic; 5 repeats (about 5-6 min)
+#   bash benchmarks/gpu_run.sh spec    # checks; MPM rows with and without speculative capacities, eager and graphs,
+#                                      # batch 32 from a pool of 2 distinct batches (64 photos) and batch 1 (about 6 min)
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
@@ -46,8 +48,11 @@ gpu_rows() {
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
         # diagnostic: batch 32 under graphs without the host reads of the counts (speculative capacities)
         python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 --batches 32 \
-            --backends fa2 --modes graphs --speculate --out "$OUT/speed_speculate.json" 2>&1 \
+            --backends fa2 --modes graphs --speculate on --out "$OUT/speed_speculate.json" 2>&1 \
             | tee "$OUT/speed_speculate.log"
+    elif [ "$1" = spec ]; then
+        python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" \
+            --speculate both --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     else
         python3 benchmarks/speed.py --device cuda --images photos,synthetic --methods mpm,tome,algm --repeats 5 \
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
@@ -86,12 +91,12 @@ cpu_rows() {
         --images photos --out "$OUT/cpu_speed.json" 2>&1 | tee "$OUT/cpu_speed.log"
 }
 case "$what" in
-    quick|gpu) gpu_rows "$what" ;;
+    quick|gpu|spec) gpu_rows "$what" ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -46,6 +46,7 @@ from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E402
 from mpm.benchmarking.timing import SectionTimer, interleaved, ratio_stats  # noqa: E402
 from mpm.environment import cpu_model, describe_environment  # noqa: E402
+from mpm.errors import DatasetError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging.base import NoMerge  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
@@ -55,8 +56,10 @@ DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
 CROP = {"T": 512, "S": 512, "B": 512, "L": 640}
 #: timed forwards per repeat and variant (a multiple of the image pool's batches), by (model, batch size)
 ITERS = {("T", 32): 6, ("S", 32): 4, ("B", 32): 2, ("L", 32): 1}
-#: images per pool: batch 32 -> one batch of 32 distinct images; batch 1 -> this many single images
+#: images per pool: batch 32 -> ``--pool-batches`` batches of 32 distinct images; batch 1 -> this many single images
 POOL_BATCH1 = 16
+#: --speculate: the runner's option per row (None: its default, speculative capacities at batch 1 under graphs)
+SPECULATE = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}
 POOL_CPU = 2
 
 
@@ -92,9 +95,10 @@ def gflops(model, batches, method, encs) -> float:
     return FlopReport.combine(reports, "mean").total
 
 
-def breakdown(model, method, backend: str, mode: str, inputs, device, passes: int = 2) -> dict:
+def breakdown(model, method, backend: str, mode: str, inputs, device, passes: int = 2,
+              speculate: bool | None = None) -> dict:
     """Mean ms per forward of the sections (merge, unmerge, ...); graphs cut around them under ``graphs``."""
-    runner = model.runner(method, backend, mode, split=mode == "graphs")
+    runner = model.runner(method, backend, mode, split=mode == "graphs", speculate=speculate)
     for i in range(len(inputs)):  # capture / warm up
         runner(inputs[i])
     sections = SectionTimer(device)
@@ -115,7 +119,8 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
     method timed interleaved. Only the dense runner outlives a method's row: every graphed runner holds
     its own memory pool (at Seg-L batch 32, 3.9 GB of logits alone), and seven at once overflow an H200."""
     inputs = [model.normalize(b.to(device=device, dtype=dtype)) for b in pool_u8.split(batch)]
-    iters = len(inputs) * (ITERS.get((size, batch), 1) if batch > 1 else 1)
+    per_batch = -(-ITERS.get((size, batch), 1) // len(inputs)) if batch > 1 else 1  # about ITERS forwards a repeat
+    iters = len(inputs) * per_batch
     methods = methods_for(size)
     rows = []
     with torch.inference_mode():
@@ -124,8 +129,10 @@ def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict
         dense_gf = gflops(model, inputs, NoMerge(), dense_encs)
         del dense_encs
         for name in method_names:
-            rows.append(method_row(model, size, images, source, batch, backend, mode, name, methods[name], dense,
-                                   dense_gf, inputs, iters, device, repeats, extra))
+            for speculate in extra["speculate_settings"]:
+                rows.append(method_row(model, size, images, source, batch, backend, mode, name, methods[name],
+                                       dense, dense_gf, inputs, iters, device, repeats,
+                                       {**extra, "speculate": speculate}))
     del dense
     _release(device)
     return rows
@@ -165,7 +172,8 @@ def time_method(model, method, dense, backend: str, mode: str, inputs: list[torc
     times = interleaved(variants, device, iters, repeats, warmup=len(inputs), cpu_ms=cpu_times)
     pads = runner.pad_stats
     return {"counts": counts, "gflops": method_gf, "times": times, "cpu_times": cpu_times,
-            "timing_s": time.time() - t0,
+            "timing_s": time.time() - t0, "respeculated": runner.respeculated,
+            "speculative": runner.speculates(inputs[0].shape[0]),
             "pad_share": (sum(c - r for r, c in pads) / sum(r for r, _ in pads)) if pads else 0.0,
             "graphs": runner._graphs.num_graphs if runner._graphs is not None else 0}
 
@@ -178,7 +186,7 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
                         speculate=extra.get("speculate"))
     _release(device)
     times, counts, cpu_times = timed["times"], timed["counts"], timed["cpu_times"]
-    bd = breakdown(model, method, backend, mode, inputs, device)
+    bd = breakdown(model, method, backend, mode, inputs, device, speculate=extra.get("speculate"))
     total = sum(v for v in bd.values() if v is not None)
     share = (bd["merge_ms"] + bd["unmerge_ms"]) / total if total > 0 else None
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -201,10 +209,12 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
         "repeat_ms": times,
         **(_cpu_time_ratios(cpu_times) if cpu_times else {}),
         "breakdown_ms": bd, "pad_share": timed["pad_share"], "graphs": timed["graphs"],
+        "speculative": timed["speculative"], "respeculated": timed["respeculated"],
         "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
         "dense_gflops": dense_gf, "method_gflops": timed["gflops"],
         "method_config": method.describe(), "weights": "random-init (seed 0)",
-        "image_source": source, "repeats": repeats, "iters": iters, "timing_s": timed["timing_s"], **extra,
+        "image_source": source, "repeats": repeats, "iters": iters, "timing_s": timed["timing_s"],
+        **{k: v for k, v in extra.items() if k != "speculate_settings"},
     }
 
 
@@ -222,13 +232,19 @@ def _cpu_time_ratios(cpu_ms: dict[str, list[float]]) -> dict:
             "cpu_time_vs_oracle": vs.to_dict(), "repeat_cpu_ms": cpu_ms}
 
 
+def method_label(row: dict) -> str:
+    """The method's name, ``+s`` when its forwards ran on speculative capacities."""
+    return row["method"] + ("+s" if row.get("speculative") else "")
+
+
 def fmt_ratio(value: float, rng: list[float], significant: bool) -> str:
     return f"{value:.2f}{'' if significant else '*'} [{rng[0]:.2f},{rng[1]:.2f}]"
 
 
 def print_table(rows: list[dict]) -> None:
     print("\n" + "speedups over dense, same run and mode: median [min,max] over repeats; * = spread crosses 1.0 "
-          "(not significant); share = merge+unmerge of the forward; pad = capacity rows over real rows")
+          "(not significant); share = merge+unmerge of the forward; pad = capacity rows over real rows; "
+          "+s = speculative capacities")
     head = (f"{'images':8s} {'model':9s} {'bs':>3s} {'backend':7s} {'mode':6s} {'thr':>3s} {'method':6s} "
             f"{'dense/s':>8s} {'oracle/s':>8s} {'method/s':>8s} {'speedup':>20s} {'oracle':>20s} {'ideal':>5s} "
             f"{'m/orc':>5s} {'share':>5s} {'pad':>5s}")
@@ -236,7 +252,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         share = f"{r['merge_unmerge_share']:.3f}" if r["merge_unmerge_share"] is not None else "  -  "
         print(f"{r['images'][:8]:8s} {r['model']:9s} {r['batch_size']:3d} {r['backend']:7s} {r['mode']:6s} "
-              f"{r.get('threads') or '-':>3} {r['method']:6s} {r['dense_img_s']:8.1f} {r['oracle_img_s']:8.1f} "
+              f"{r.get('threads') or '-':>3} {method_label(r):6s} {r['dense_img_s']:8.1f} {r['oracle_img_s']:8.1f} "
               f"{r['method_img_s']:8.1f} {fmt_ratio(r['speedup'], r['speedup_range'], r['speedup_significant']):>20s} "
               f"{fmt_ratio(r['oracle_speedup'], r['oracle_speedup_range'], r['oracle_speedup_significant']):>20s} "
               f"{r['ideal_speedup']:5.2f} {r['vs_oracle']:5.2f} {share} {r['pad_share']:5.3f}")
@@ -283,9 +299,12 @@ def main() -> int:
     ap.add_argument("--synthetic-dir", default=None, help="synthetic set root (generated if missing)")
     ap.add_argument("--threads", default="1,4", help="cpu: torch threads per row")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--speculate", action="store_true",
-                    help="diagnostic: speculative capacities at every batch size under graphs (no host read of "
-                         "the counts; the timed batches repeat, so the guess always fits after the first)")
+    ap.add_argument("--speculate", default="default", choices=tuple(SPECULATE),
+                    help="the method runner's speculative capacities (no host read of the counts inside a forward): "
+                         "its default (batch 1 under graphs), on or off everywhere, or both (two rows per method)")
+    ap.add_argument("--pool-batches", type=int, default=1,
+                    help="distinct batches of batch size > 1 in the image pool (photos: at most 2 at batch 32); "
+                         "with more than one, a speculative capacity must hold every batch's counts")
     args = ap.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -323,32 +342,41 @@ def main() -> int:
                             groups.append((kind, batch, backend, size, mode, thr, names))
     order = {"photos": 0, "synthetic": 1}
     groups.sort(key=lambda g: (order[g[0]], g[2] != "fa2", g[1] == 1, models.index(g[3]), modes.index(g[4])))
+    if args.pool_batches < 1:
+        print(f"speed.py: --pool-batches must be at least 1, got {args.pool_batches}", file=sys.stderr)
+        return 2
+    pools: dict[tuple, tuple] = {}
+    for kind, batch, _, size, *_ in groups:  # every image pool before any timing (a bad source fails here)
+        count = batch * args.pool_batches if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
+        if (kind, count, CROP[size]) not in pools:
+            try:
+                pools[(kind, count, CROP[size])] = image_pool(kind, count, CROP[size], synth)
+            except DatasetError as err:
+                print(f"speed.py: {kind} images for batch {batch} x {args.pool_batches}: {err}", file=sys.stderr)
+                return 2
     rows: list[dict] = []
     t_start = time.time()
     built: dict[str, torch.nn.Module] = {}
-    pools: dict[tuple, tuple] = {}
     for kind, batch, backend, size, mode, thr, names in groups:
         if size not in built:
             torch.manual_seed(0)
             built[size] = build_segmenter(SegmenterConfig.preset(size, 150)).to(device=device, dtype=dtype).eval()
         model = built[size]
-        count = batch if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
-        if (kind, count, CROP[size]) not in pools:
-            pools[(kind, count, CROP[size])] = image_pool(kind, count, CROP[size], synth)
+        count = batch * args.pool_batches if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
         pool, source, label = pools[(kind, count, CROP[size])]
         if thr:
             torch.set_num_threads(thr)
         extra = {"device": env["device_name"] if cuda else "cpu", "device_name": env["device_name"],
                  "cpu": cpu_model(), "threads": thr, "dtype": str(dtype).removeprefix("torch."),
                  "torch": torch.__version__, "git_commit": env["git_commit"], "cpu_count": os.cpu_count(),
-                 "malloc_keep_freed": malloc_kept, "speculate": args.speculate or None}
+                 "malloc_keep_freed": malloc_kept, "speculate_settings": SPECULATE[args.speculate]}
         t0 = time.time()
         group = run_group(model, size, label, pool, source, batch, backend, mode, names, device, dtype,
                           args.repeats, extra)
         rows.extend(group)
         print(f"[{time.time() - t_start:6.0f}s] {label} Seg-{size} bs{batch} {backend} {mode} thr={thr}: "
               f"{time.time() - t0:.1f}s  " + "  ".join(
-                  f"{r['method']} {r['speedup']:.2f} (oracle {r['oracle_speedup']:.2f}, m/o {r['vs_oracle']:.2f}, "
+                  f"{method_label(r)} {r['speedup']:.2f} (oracle {r['oracle_speedup']:.2f}, m/o {r['vs_oracle']:.2f}, "
                   f"share {r['merge_unmerge_share'] or 0:.3f})" for r in group), flush=True)
         _write(out.with_name(out.stem + ".partial.json"), rows)  # a failure loses nothing
     _write(out, rows)

@@ -64,15 +64,17 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "m
                   "hubble_deep_field.jpg", "camera.png", "coins.png", "moon.png", "grass.png", "gravel.png",
                   "brick.png")
 #: variants that make distinct images of one photo: (horizontal flip, central zoom)
-PHOTO_VARIANTS = ((False, 1.0), (True, 1.0), (False, 0.7), (True, 0.7))
+PHOTO_VARIANTS = ((False, 1.0), (True, 1.0), (False, 0.7), (True, 0.7), (False, 0.5), (True, 0.5), (False, 0.85),
+                  (True, 0.85))
 
 
 def skimage_photos(count: int, crop: tuple[int, int], photos: int = 8) -> tuple[torch.Tensor, dict]:
     """``count`` distinct real photographs from scikit-image's package data, (count, 3, H, W) uint8.
 
-    The first ``photos`` bundled photographs found (:data:`SKIMAGE_PHOTOS`) each give up to four
-    images (:data:`PHOTO_VARIANTS`: as is, mirrored, a central 70% crop, mirrored crop), variant by
-    variant, so 32 images come from 8 photos; grey photos are replicated to RGB. Needs
+    The first ``photos`` bundled photographs found (:data:`SKIMAGE_PHOTOS`) each give up to eight
+    images (:data:`PHOTO_VARIANTS`: as is, mirrored, central 70%, 50% and 85% crops, each also
+    mirrored), variant by variant, so 32 images come from 8 photos (the first four variants), 64
+    from the eight; grey photos are replicated to RGB. Needs
     scikit-image (``pip install scikit-image``; the files ship inside its wheel).
     """
     try:

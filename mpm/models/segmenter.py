@@ -263,13 +263,14 @@ class SegmenterRunner:
         granularity: capacity buckets (rows, slots); default by mode.
         packed: keep merged batches packed (default: for FlashAttention-2 backends;
             with ``math``/``sdpa`` a testing path that unpacks around attention).
-        speculate: under graphs, go on with the largest capacity seen so far at each
-            step instead of waiting for the counts; they are copied to the host
-            asynchronously and checked at the end of the forward, which runs again with
-            exact reads when one did not fit (results are the same either way: pad rows
-            never reach an image). No host sync inside the forward then. Default: at
-            batch size 1 under graphs (there the pad rows cost next to nothing and the
-            waits are a large share of the forward; at batch 32 the reverse).
+        speculate: go on with the largest capacity seen so far at each step instead of
+            waiting for the counts; they are copied to the host asynchronously and
+            checked at the end of the forward, which runs again with exact reads when one
+            did not fit (results are the same either way: pad rows never reach an image).
+            No host sync inside the forward then, in either mode (in eager mode the GPU
+            queue is not drained at each merge). Default (None): at batch size 1 under
+            graphs (there the pad rows cost next to nothing and the waits are a large
+            share of the forward); True / False: on / off in every mode and batch size.
     """
 
     def __init__(self, model: Segmenter, method: MergeMethod | None = None, backend: str = "sdpa",
@@ -344,8 +345,7 @@ class SegmenterRunner:
                  _exact: bool = False):
         """Class logits (B, K, H, W) of normalised images (B, 3, H, W), as :meth:`Segmenter.forward`."""
         timer = timer or _no_timer
-        speculate = self.mode == "graphs" and not _exact and (
-            self.speculate if self.speculate is not None else images.shape[0] == 1)
+        speculate = not _exact and self.speculates(images.shape[0])
         pending: list[tuple] = []
         if self.mode == "graphs" and self._graphs is None:
             if images.device.type != "cuda" and not self._simulate_graphs:
@@ -404,6 +404,13 @@ class SegmenterRunner:
         left = [tensors[f"st.left{k}"] for k in range(sum(n.startswith("st.left") for n in tensors))]
         enc = EncoderOutput(tensors["tokens"], tensors["prefix"], self._grid(host), tensors["st.index"], left)
         return tensors["logits"], enc
+
+    def speculates(self, batch_size: int) -> bool:
+        """Whether forwards of ``batch_size`` images run on speculative capacities (``speculate``; only a
+        method whose counts are read on the host has any)."""
+        if not any(piece.kind == "counts" for piece in self.pieces):
+            return False
+        return self.speculate if self.speculate is not None else self.mode == "graphs" and batch_size == 1
 
     def _grid(self, host: _Host) -> tuple[int, int]:
         p = self.model.patch_size

@@ -40,3 +40,32 @@ def test_speed_rows_on_the_cpu(tmp_path):
         assert r["ideal_speedup"] > 1.0 and 0.0 < r["merge_unmerge_share"] < 1.0
         assert r["tokens_after_site"] and all(t < r["tokens_full"] for t in r["tokens_after_site"])
     assert "speedups over dense" in done.stdout and "2 rows in" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image (the photographs) missing")
+def test_speed_rows_with_and_without_speculation(tmp_path):
+    """--speculate both: one row per setting; a pool of 2 distinct batches, so a guess must hold both."""
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--models", "T",
+           "--threads", "1", "--repeats", "2", "--methods", "mpm", "--images", "photos", "--batches", "2",
+           "--pool-batches", "2", "--speculate", "both", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["batch_size"], r["speculative"]) for r in rows] == [("mpm", 2, False), ("mpm", 2, True)]
+    exact, guessed = rows
+    assert exact["respeculated"] == 0 and guessed["respeculated"] >= 0
+    assert exact["image_source"]["images_used"] == 4 and not exact["image_source"]["repeated"]
+    assert guessed["pad_share"] >= exact["pad_share"]  # a guess holds the larger batch's counts
+    assert "mpm+s" in done.stdout and "speculate_settings" not in rows[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image (the photographs) missing")
+def test_speed_refuses_a_pool_larger_than_the_photos(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--models", "T",
+           "--batches", "32", "--pool-batches", "3", "--images", "photos", "--out", str(tmp_path / "s.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "photos images for batch 32 x 3" in done.stderr and "too few for 96 distinct images" in done.stderr
+    assert not (tmp_path / "s.json").exists()

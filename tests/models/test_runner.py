@@ -175,12 +175,14 @@ def test_modes_and_devices_are_checked(model) -> None:
         model.runner(build_method("mpm", (2, 30)), backend="math")
 
 
+@pytest.mark.parametrize("mode", ["graphs", "eager"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_speculative_capacities_give_the_same_results(model, packed: bool) -> None:
-    """Graphs going on with the largest capacity seen (counts checked at the end; a miss runs again exactly)."""
+def test_speculative_capacities_give_the_same_results(model, packed: bool, mode: str) -> None:
+    """Going on with the largest capacity seen (counts checked at the end; a miss runs again exactly),
+    under graphs and in eager mode."""
     method = _method("mpm")
-    runner = model.runner(method, backend="math", mode="graphs", packed=packed, speculate=True, granularity=(1, 1))
-    runner._simulate_graphs = True
+    runner = model.runner(method, backend="math", mode=mode, packed=packed, speculate=True, granularity=(1, 1))
+    runner._simulate_graphs = mode == "graphs"
     images = [_images(1, s) for s in range(6)]
     with torch.no_grad():
         kept = [model(x, method=method, backend="math", return_encoder=True)[1].tokens_left[0].item() for x in images]
@@ -192,3 +194,4 @@ def test_speculative_capacities_give_the_same_results(model, packed: bool) -> No
             assert torch.equal(enc.index, ref_enc.index)
     assert runner.respeculated >= 1  # a larger count than guessed was caught and run again
     assert all(cap >= real for real, cap in runner.pad_stats)
+    assert any(cap > real + 1 for real, cap in runner.pad_stats)  # some forwards ran on a guess with pad rows
