@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)" \
     | tee -a "$OUT/gpu.txt"
 gpu_rows() {
-    timeout 150 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
+    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
     # the kernels' own checks decide which kernels are timed; a runner check that fails is reported in
     # checks.log (and the rows are then not to be trusted), but does not change the kernels
     if ! grep -q "^ok .*triton mutual plan" "$OUT/checks.log" || grep -q "^FAIL triton" "$OUT/checks.log"; then
