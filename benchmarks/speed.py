@@ -58,7 +58,7 @@ CROP = {"T": 512, "S": 512, "B": 512, "L": 640}
 ITERS = {("T", 32): 6, ("S", 32): 4, ("B", 32): 2, ("L", 32): 1}
 #: images per pool: batch 32 -> ``--pool-batches`` batches of 32 distinct images; batch 1 -> this many single images
 POOL_BATCH1 = 16
-#: --speculate: the runner's option per row (None: its default, speculative capacities at batch 1 under graphs)
+#: --speculate: the runner's option per row (None: its default, SegmenterRunner.speculates)
 SPECULATE = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}
 POOL_CPU = 2
 
@@ -148,7 +148,7 @@ def time_method(model, method, dense, backend: str, mode: str, inputs: list[torc
                 device: torch.device, repeats: int, speculate: bool | None = None) -> dict:
     """Dense, the slice oracle at the method's own counts and the method, timed interleaved; the method's
     and the oracle's runners (and their graph pools) are freed on return. ``speculate``: the method's
-    runner option (None: its default, speculative capacities at batch 1 under graphs only)."""
+    runner option (None: its default, :meth:`SegmenterRunner.speculates`)."""
     runner = model.runner(method, backend, mode, speculate=speculate)
     counts, encs = [], []
     for x in inputs:  # the method's own counts per batch (also captures its graphs)
@@ -301,7 +301,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--speculate", default="default", choices=tuple(SPECULATE),
                     help="the method runner's speculative capacities (no host read of the counts inside a forward): "
-                         "its default (batch 1 under graphs), on or off everywhere, or both (two rows per method)")
+                         "its default (packed batches > 1, batch 1 under graphs), on or off everywhere, or both "
+                         "(two rows per method)")
     ap.add_argument("--pool-batches", type=int, default=1,
                     help="distinct batches of batch size > 1 in the image pool (photos: at most 2 at batch 32); "
                          "with more than one, a speculative capacity must hold every batch's counts")

@@ -268,9 +268,10 @@ class SegmenterRunner:
             checked at the end of the forward, which runs again with exact reads when one
             did not fit (results are the same either way: pad rows never reach an image).
             No host sync inside the forward then, in either mode (in eager mode the GPU
-            queue is not drained at each merge). Default (None): at batch size 1 under
-            graphs (there the pad rows cost next to nothing and the waits are a large
-            share of the forward); True / False: on / off in every mode and batch size.
+            queue is not drained at each merge). Default (None): packed batches of more
+            than one image in either mode (the guess pads a batch's total by about 1%;
+            NOTES 32) and batch size 1 under graphs (the waits are a large share of a
+            short forward); True / False: on / off in every mode and batch size.
     """
 
     def __init__(self, model: Segmenter, method: MergeMethod | None = None, backend: str = "sdpa",
@@ -410,7 +411,9 @@ class SegmenterRunner:
         method whose counts are read on the host has any)."""
         if not any(piece.kind == "counts" for piece in self.pieces):
             return False
-        return self.speculate if self.speculate is not None else self.mode == "graphs" and batch_size == 1
+        if self.speculate is not None:
+            return self.speculate
+        return (self.mode == "graphs" and batch_size == 1) or (self.packed and batch_size > 1)
 
     def _grid(self, host: _Host) -> tuple[int, int]:
         p = self.model.patch_size

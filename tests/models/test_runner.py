@@ -195,3 +195,18 @@ def test_speculative_capacities_give_the_same_results(model, packed: bool, mode:
     assert runner.respeculated >= 1  # a larger count than guessed was caught and run again
     assert all(cap >= real for real, cap in runner.pad_stats)
     assert any(cap > real + 1 for real, cap in runner.pad_stats)  # some forwards ran on a guess with pad rows
+
+
+def test_default_speculation_policy(model) -> None:
+    """Default: packed batches of more than one image, and batch 1 under graphs; never for a method
+    without host-read counts; an explicit setting wins everywhere."""
+    method = _method("mpm")
+    packed = model.runner(method, backend="math", mode="eager", packed=True)
+    padded = model.runner(method, backend="math", mode="eager", packed=False)
+    graphs = model.runner(method, backend="math", mode="graphs", packed=False)
+    assert packed.speculates(32) and not packed.speculates(1)
+    assert not padded.speculates(32) and not padded.speculates(1)
+    assert graphs.speculates(1) and not graphs.speculates(32)
+    assert not model.runner(None, backend="math", mode="graphs").speculates(1)  # dense: no counts to guess
+    assert not model.runner(method, backend="math", mode="graphs", speculate=False).speculates(1)
+    assert model.runner(method, backend="math", mode="eager", packed=False, speculate=True).speculates(1)
