@@ -346,9 +346,12 @@ def main() -> int:
     if args.pool_batches < 1:
         print(f"speed.py: --pool-batches must be at least 1, got {args.pool_batches}", file=sys.stderr)
         return 2
+    def pool_size(batch: int) -> int:
+        return batch * args.pool_batches if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
+
     pools: dict[tuple, tuple] = {}
     for kind, batch, _, size, *_ in groups:  # every image pool before any timing (a bad source fails here)
-        count = batch * args.pool_batches if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
+        count = pool_size(batch)
         if (kind, count, CROP[size]) not in pools:
             try:
                 pools[(kind, count, CROP[size])] = image_pool(kind, count, CROP[size], synth)
@@ -363,8 +366,7 @@ def main() -> int:
             torch.manual_seed(0)
             built[size] = build_segmenter(SegmenterConfig.preset(size, 150)).to(device=device, dtype=dtype).eval()
         model = built[size]
-        count = batch * args.pool_batches if batch > 1 else (POOL_BATCH1 if cuda else POOL_CPU)
-        pool, source, label = pools[(kind, count, CROP[size])]
+        pool, source, label = pools[(kind, pool_size(batch), CROP[size])]
         if thr:
             torch.set_num_threads(thr)
         extra = {"device": env["device_name"] if cuda else "cpu", "device_name": env["device_name"],
