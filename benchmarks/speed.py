@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_table, beside this script
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E402
@@ -51,6 +52,7 @@ from mpm.merging import build_method  # noqa: E402
 from mpm.merging.base import NoMerge  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 from mpm.models.flops import FlopReport, flops_of_run  # noqa: E402
+from speed_table import method_label  # noqa: E402
 
 DEPTH = {"T": 12, "S": 12, "B": 12, "L": 24}
 CROP = {"T": 512, "S": 512, "B": 512, "L": 640}
@@ -230,11 +232,6 @@ def _cpu_time_ratios(cpu_ms: dict[str, list[float]]) -> dict:
     speed, ospeed, vs = three_ratios(cpu_ms)
     return {"cpu_time_speedup": speed.to_dict(), "cpu_time_oracle_speedup": ospeed.to_dict(),
             "cpu_time_vs_oracle": vs.to_dict(), "repeat_cpu_ms": cpu_ms}
-
-
-def method_label(row: dict) -> str:
-    """The method's name, ``+s`` when its forwards ran on speculative capacities."""
-    return row["method"] + ("+s" if row.get("speculative") else "")
 
 
 def fmt_ratio(value: float, rng: list[float], significant: bool) -> str:

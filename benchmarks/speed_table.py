@@ -3,7 +3,7 @@
     python benchmarks/speed_table.py results/reference/h200/speed.json results/reference/cpu/speed.json
 
 One table per device and image set; a speedup marked ``*`` has a spread over the
-repeats that crosses 1.0 (not significant). The paper's figures are from other
+repeats that crosses 1.0 (not significant); ``+s``: the method ran on speculative capacities. The paper's figures are from other
 hardware (H100, Raspberry Pi 5) and trained weights: beside ours for orientation only.
 """
 
@@ -24,6 +24,11 @@ PAPER = {
     ("algm", "Seg-T/16", 32, "math"): (665 / 660, "H100"),
     ("mpm", "Seg-T/16", 1, "cpu"): (1.71 / 1.06, "Pi 5"),
 }
+
+
+def method_label(row: dict) -> str:
+    """The method's name, ``+s`` when its forwards ran on speculative capacities."""
+    return row["method"] + ("+s" if row.get("speculative") else "")
 
 
 def ratio(row: dict, key: str) -> str:
@@ -57,7 +62,7 @@ def table(rows: list[dict]) -> str:
         paper = PAPER.get(paper_key)
         share = f"{100 * r['merge_unmerge_share']:.1f}%" if r["merge_unmerge_share"] is not None else "-"
         out.append(f"| {r['model']} | {r['batch_size']} | {backend} | {r['mode']} | {r.get('threads') or '-'} | "
-                   f"{r['method']} | {rate(r['dense_img_s'])} | {rate(r['method_img_s'])} | {ratio(r, 'speedup')} | "
+                   f"{method_label(r)} | {rate(r['dense_img_s'])} | {rate(r['method_img_s'])} | {ratio(r, 'speedup')} | "
                    f"{ratio(r, 'oracle_speedup')} | {r['vs_oracle']:.2f} | {r['ideal_speedup']:.2f}x | {share} | "
                    + (f"{cpu_time(r)} | " if with_cpu else "")
                    + f"{f'{paper[0]:.2f}x ({paper[1]})' if paper else ''} |")

@@ -55,7 +55,7 @@ def test_speed_rows_with_and_without_speculation(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["method"], r["batch_size"], r["speculative"]) for r in rows] == [("mpm", 2, False), ("mpm", 2, True)]
     exact, guessed = rows
-    assert exact["respeculated"] == 0 and guessed["respeculated"] >= 0
+    assert exact["respeculated"] == 0
     assert exact["image_source"]["images_used"] == 4 and not exact["image_source"]["repeated"]
     assert guessed["pad_share"] >= exact["pad_share"]  # a guess holds the larger batch's counts
     assert "mpm+s" in done.stdout and "speculate_settings" not in rows[0]
