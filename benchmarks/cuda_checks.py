@@ -76,6 +76,19 @@ def kernel_checks(dev: torch.device) -> None:
         fin = valid & torch.isfinite(top)
         check(bool(((score.double() - top).abs()[fin] < 1e-5 if dtype == torch.float32 else
                     (score.double() - top).abs()[fin] < 3e-3).all()), f"triton best score {dtype} close to cosine")
+        # the symmetric kernel (each pair of token blocks multiplied once): the same checks
+        sym_tiles = tk.SYMMETRIC_TILES[c]
+        for tiles in (sym_tiles, tk.TileConfig(64, 64, 64, 4, 3, True, True)):
+            sb, ss = tk.best_partners_rows(x, start, n, p, s, tiles=tiles)
+            _, sgot, _ = partner_cosines(feats, sb, n)
+            ok_sym = ((top - sgot).abs() <= tol) | ~valid
+            check(bool(ok_sym.all()), f"triton best partner, symmetric {tiles.label()} {dtype} C={c}: attains the row "
+                                      f"max on {float(ok_sym[valid].float().mean()):.5f} of rows, equal to the row "
+                                      f"kernel's on {float((sb == best)[valid].float().mean()):.5f}")
+            check(bool(((ss.double() - top).abs()[fin] < (1e-5 if dtype == torch.float32 else 3e-3)).all())
+                  and torch.equal(torch.isfinite(ss) & valid, torch.isfinite(score) & valid)
+                  and torch.equal(sb[~valid], best[~valid]),
+                  f"triton best score, symmetric {tiles.label()} {dtype}: close to cosine; past n as the row kernel")
         # the plan from the same partners: exact
         rp = plan_from_partners(best, score, n)
         dest, partner, surv, kept = tk.mutual_plan(best, score, n)
@@ -97,6 +110,11 @@ def kernel_checks(dev: torch.device) -> None:
                 same = all(torch.equal(u, v) for u, v in zip(a, t) if u is not None)
                 check(same and torch.equal(ga, gt), f"triton sources+gather == PyTorch {dtype} packed={packed} "
                                                     f"two-source={with_partner} (bit for bit)")
+
+
+    big, small = tk.partner_tiles(192, 32, 1024, dev), tk.partner_tiles(192, 1, 1024, dev)
+    check(big.symmetric == tk.symmetric_best_partner and not small.symmetric,
+          f"best-partner kernel by batch: Seg-T batch 32 {big.label()}, batch 1 {small.label()}")
 
 
 def math_alignment_checks(dev: torch.device) -> None:

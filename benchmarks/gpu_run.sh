@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_run.sh spec    # checks; MPM rows with and without speculative capacities, eager and graphs,
 #                                      # batch 32 from a pool of 2 distinct batches (64 photos) and batch 1 (about 6 min)
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
+#   bash benchmarks/gpu_run.sh sym     # checks; row vs symmetric best-partner kernel (sweep, batch 1 and 32), merge steps;
+#                                      # MPM rows at batch 32, FA2, both modes, with the symmetric kernel (all sizes)
+#                                      # and without it (T, S), pool of 2 batches (about 7 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
@@ -58,6 +61,20 @@ gpu_rows() {
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     fi
 }
+sym_rows() {  # the symmetric best-partner kernel: its checks, its timings against the row kernel, MPM rows with and without it
+    timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
+    if ! grep -q "^ok .*symmetric" "$OUT/checks.log" || grep -q "^FAIL" "$OUT/checks.log"; then
+        echo "symmetric kernel checks failed or did not run: no timings" | tee -a "$OUT/checks.log"; return 1
+    fi
+    timeout 200 python3 benchmarks/merge_kernels.py --sweep --sweep-set symmetric --batches 1,32 --out "$OUT/tiles.json" \
+        2>&1 | tee "$OUT/tiles.log"
+    timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" --batches 32 \
+        --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+    MPM_TRITON_SYMMETRIC=0 python3 benchmarks/speed.py --device cuda --images photos --methods mpm --models T,S \
+        --repeats "${SPEC_REPEATS:-5}" --batches 32 --backends fa2 --pool-batches 2 --out "$OUT/speed_rowkernel.json" 2>&1 \
+        | tee "$OUT/speed_rowkernel.log"
+}
 kernel_rows() {
     timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
     timeout 240 python3 benchmarks/merge_kernels.py --sweep --batches 32 --out "$OUT/tiles.json" --best-out "$OUT/tiles_best.json" \
@@ -92,11 +109,12 @@ cpu_rows() {
 }
 case "$what" in
     quick|gpu|spec) gpu_rows "$what" ;;
+    sym) sym_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

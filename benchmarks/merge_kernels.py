@@ -16,6 +16,8 @@ replayed in one CUDA graph (``graph ms``: GPU time, what a graphed forward pays)
 cost), on the same rows, and checks every tiling's partners: each attains its row's
 maximum cosine (float64 reference, fp16 tolerance 2e-3) and the share equal to the
 current tiling's. It prints the fastest tiling per feature width and batch size.
+``--sweep-set symmetric`` times each width's row kernel (:data:`tk.TILES`) against the
+symmetric kernel's tilings (:data:`SYMMETRIC_SWEEP`: each pair of token blocks multiplied once).
 """
 
 from __future__ import annotations
@@ -105,6 +107,24 @@ SWEEP = (
 )
 
 
+#: tilings of the symmetric kernel that ``--sweep --sweep-set symmetric`` times beside each width's row kernel
+SYMMETRIC_SWEEP = (
+    tk.TileConfig(64, 64, 64, 4, 3, True, True),
+    tk.TileConfig(64, 64, 32, 4, 4, True, True),
+    tk.TileConfig(128, 128, 64, 8, 3, True, True),
+    tk.TileConfig(128, 128, 32, 8, 4, True, True),
+    tk.TileConfig(128, 128, 64, 4, 3, True, True),
+    tk.TileConfig(64, 64, 128, 4, 2, True, True),
+)
+
+
+def tilings_for(size: str, sweep_set: str) -> tuple[tk.TileConfig, ...]:
+    """``all``: :data:`SWEEP`; ``symmetric``: the width's row kernel (:data:`tk.TILES`), then :data:`SYMMETRIC_SWEEP`."""
+    if sweep_set == "all":
+        return SWEEP
+    return (tk.tile_config(SHAPES[size][0]), *SYMMETRIC_SWEEP)
+
+
 def partner_check(x: torch.Tensor, start: torch.Tensor, n: torch.Tensor, slots: int, best: torch.Tensor) -> float:
     """Share of real rows whose partner attains the row's maximum cosine (float64, tolerance 2e-3)."""
     top, got, valid = partner_cosines(rows_to_padded(x, start + 1, slots), best, n)
@@ -170,6 +190,8 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
             steps["best partner kernel alone"] = lambda: tk.best_partners_rows(x, start, n, 1, slots)
             steps["best partner kernel alone, one column range"] = lambda: tk.best_partners_rows(
                 x, start, n, 1, slots, splits=1)
+            steps["best partner, row kernel (TILES)"] = lambda: tk.best_partners_rows(
+                x, start, n, 1, slots, tiles=tk.tile_config(dim))
         else:
             steps["best partner alone (padded view + bmm + max)"] = lambda: best_partners(
                 rows_to_padded(x, start + 1, slots), n)
@@ -197,6 +219,9 @@ def main() -> int:
     ap.add_argument("--models", default="T,S,B,L")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--sweep", action="store_true", help="time the best-partner kernel's tilings (SWEEP)")
+    ap.add_argument("--sweep-set", choices=("all", "symmetric"), default="all",
+                    help="--sweep: the row kernel's tilings (SWEEP), or each width's row kernel against the "
+                         "symmetric kernel's (SYMMETRIC_SWEEP)")
     ap.add_argument("--best-out", default=None, help="--sweep: write the fastest checked tiling per width "
                                                       "at the largest batch here (JSON for MPM_TRITON_TILES)")
     args = ap.parse_args()
@@ -225,7 +250,7 @@ def main_sweep(args) -> int:
     with torch.inference_mode():
         for size in args.models.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
-                rows.extend(sweep(size, batch))
+                rows.extend(sweep(size, batch, tilings_for(size, args.sweep_set)))
                 print(f"[sweep] Seg-{size}/16 batch {batch} done", file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                           "loop": LOOP, "timing": "CUDA graph replay", "rows": rows}, indent=1))

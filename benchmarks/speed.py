@@ -15,7 +15,9 @@ Each ratio is reported with its median and spread (min, max) over the repeats;
 a ratio whose spread crosses 1.0 is marked not significant (``*`` in the table).
 ``ideal`` is dense GFLOPs / method GFLOPs at the measured counts; ``share`` is
 merge + unmerge time over the whole forward (CUDA events around those sections
-in eager mode; under graphs, from graphs cut around them).
+in eager mode; under graphs, from graphs cut around them, whose cuts add their own
+idle time); ``kshare`` (CUDA) is merge + unmerge *kernel* time over all kernel time
+of the forward, from a profiled pass (:class:`mpm.benchmarking.timing.KernelSections`).
 
 Weights are random (seed 0; no checkpoint can be downloaded on the GPU host):
 the timings are real, the token counts are those of random weights, on
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_table, beside 
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E402
-from mpm.benchmarking.timing import SectionTimer, interleaved, ratio_stats  # noqa: E402
+from mpm.benchmarking.timing import KernelSections, SectionTimer, interleaved, ratio_stats  # noqa: E402
 from mpm.environment import cpu_model, describe_environment  # noqa: E402
 from mpm.errors import DatasetError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
@@ -99,7 +101,9 @@ def gflops(model, batches, method, encs) -> float:
 
 def breakdown(model, method, backend: str, mode: str, inputs, device, passes: int = 2,
               speculate: bool | None = None) -> dict:
-    """Mean ms per forward of the sections (merge, unmerge, ...); graphs cut around them under ``graphs``."""
+    """Mean ms per forward of the sections (merge, unmerge, ...): elapsed (CUDA events; graphs cut around
+    them under ``graphs``), and on CUDA also the sections' kernel time (:class:`KernelSections`, one
+    profiled pass of the same runner), which the cuts add nothing to. Returns (elapsed, kernels or None)."""
     runner = model.runner(method, backend, mode, split=mode == "graphs", speculate=speculate)
     for i in range(len(inputs)):  # capture / warm up
         runner(inputs[i])
@@ -108,10 +112,25 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
         for x in inputs:
             runner(x, timer=sections)
             sections.calls += 1
-    out = sections.breakdown()
+    out, kernel_out = sections.breakdown(), None
+    if device.type == "cuda":
+        kernels = KernelSections(device)
+        with kernels.profile():
+            for x in inputs:
+                runner(x, timer=kernels)
+                kernels.calls += 1
+        kernel_out = kernels.breakdown()
     del runner
     _release(device)
-    return out
+    return out, kernel_out
+
+
+def kernel_share(kernels: dict | None) -> float | None:
+    """Merge + unmerge kernel time over all kernel time of the forward (None: not profiled, or the
+    profiler credited no kernel to the sections)."""
+    if not kernels or kernels["kernel_ms"] <= 0 or kernels["merge_ms"] + kernels["unmerge_ms"] <= 0:
+        return None
+    return (kernels["merge_ms"] + kernels["unmerge_ms"]) / kernels["kernel_ms"]
 
 
 def run_group(model, size: str, images: str, pool_u8: torch.Tensor, source: dict, batch: int, backend: str,
@@ -188,7 +207,7 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
                         speculate=extra.get("speculate"))
     _release(device)
     times, counts, cpu_times = timed["times"], timed["counts"], timed["cpu_times"]
-    bd = breakdown(model, method, backend, mode, inputs, device, speculate=extra.get("speculate"))
+    bd, kernels = breakdown(model, method, backend, mode, inputs, device, speculate=extra.get("speculate"))
     total = sum(v for v in bd.values() if v is not None)
     share = (bd["merge_ms"] + bd["unmerge_ms"]) / total if total > 0 else None
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -203,14 +222,14 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
         "method_img_s": 1000.0 * batch / med["method"],
         "speedup": speed.median, "oracle_speedup": ospeed.median,
         "ideal_speedup": dense_gf / timed["gflops"],
-        "merge_unmerge_share": share,
+        "merge_unmerge_share": share, "merge_unmerge_kernel_share": kernel_share(kernels),
         "speedup_range": [speed.low, speed.high], "speedup_significant": speed.significant,
         "oracle_speedup_range": [ospeed.low, ospeed.high], "oracle_speedup_significant": ospeed.significant,
         "vs_oracle": vs_oracle.median, "vs_oracle_range": [vs_oracle.low, vs_oracle.high],
         "dense_ms": med["dense"], "oracle_ms": med["oracle"], "method_ms": med["method"],
         "repeat_ms": times,
         **(_cpu_time_ratios(cpu_times) if cpu_times else {}),
-        "breakdown_ms": bd, "pad_share": timed["pad_share"], "graphs": timed["graphs"],
+        "breakdown_ms": bd, "kernel_breakdown_ms": kernels, "pad_share": timed["pad_share"], "graphs": timed["graphs"],
         "speculative": timed["speculative"], "respeculated": timed["respeculated"],
         "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
         "dense_gflops": dense_gf, "method_gflops": timed["gflops"],
@@ -240,19 +259,21 @@ def fmt_ratio(value: float, rng: list[float], significant: bool) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print("\n" + "speedups over dense, same run and mode: median [min,max] over repeats; * = spread crosses 1.0 "
-          "(not significant); share = merge+unmerge of the forward; pad = capacity rows over real rows; "
+          "(not significant); share = merge+unmerge of the forward (kshare: of its kernel time); pad = capacity rows over real rows; "
           "+s = speculative capacities")
     head = (f"{'images':8s} {'model':9s} {'bs':>3s} {'backend':7s} {'mode':6s} {'thr':>3s} {'method':6s} "
             f"{'dense/s':>8s} {'oracle/s':>8s} {'method/s':>8s} {'speedup':>20s} {'oracle':>20s} {'ideal':>5s} "
-            f"{'m/orc':>5s} {'share':>5s} {'pad':>5s}")
+            f"{'m/orc':>5s} {'share':>5s} {'kshare':>6s} {'pad':>5s}")
     print(head)
     for r in rows:
         share = f"{r['merge_unmerge_share']:.3f}" if r["merge_unmerge_share"] is not None else "  -  "
+        kshare = r.get("merge_unmerge_kernel_share")
+        kshare = f"{kshare:6.3f}" if kshare is not None else "   -  "
         print(f"{r['images'][:8]:8s} {r['model']:9s} {r['batch_size']:3d} {r['backend']:7s} {r['mode']:6s} "
               f"{r.get('threads') or '-':>3} {method_label(r):6s} {r['dense_img_s']:8.1f} {r['oracle_img_s']:8.1f} "
               f"{r['method_img_s']:8.1f} {fmt_ratio(r['speedup'], r['speedup_range'], r['speedup_significant']):>20s} "
               f"{fmt_ratio(r['oracle_speedup'], r['oracle_speedup_range'], r['oracle_speedup_significant']):>20s} "
-              f"{r['ideal_speedup']:5.2f} {r['vs_oracle']:5.2f} {share} {r['pad_share']:5.3f}")
+              f"{r['ideal_speedup']:5.2f} {r['vs_oracle']:5.2f} {share} {kshare} {r['pad_share']:5.3f}")
         if "cpu_time_speedup" in r:
             c, o, v = r["cpu_time_speedup"], r["cpu_time_oracle_speedup"], r["cpu_time_vs_oracle"]
             print(f"{'':8s} {'':9s} {'':3s} {'':7s} {'cpu-t':6s} {'':3s} {'':6s} {'':8s} {'':8s} {'':8s} "
@@ -323,6 +344,11 @@ def main() -> int:
     synth = Path(args.synthetic_dir or Path(tempfile.gettempdir()) / "mpm-speed-synth")
     env = describe_environment(device, None, str(dtype).removeprefix("torch."))
     env["git_commit"] = env.get("git_commit") or os.environ.get("MPM_GIT_COMMIT")
+    if cuda:  # which merge kernels ran (A/B runs switch them by environment variable)
+        from mpm.merging import triton_kernels as tk
+
+        env["merge_kernels"] = {"triton": tk.enabled, "fused_best_partner": tk.fused_best_partner,
+                                "symmetric_best_partner": tk.symmetric_best_partner}
     # groups in order of priority (a run cut short keeps the most important rows):
     # real photos first, FA2 before math, batch 32 before batch 1, eager before graphs
     groups = []
@@ -369,7 +395,8 @@ def main() -> int:
         extra = {"device": env["device_name"] if cuda else "cpu", "device_name": env["device_name"],
                  "cpu": cpu_model(), "threads": thr, "dtype": str(dtype).removeprefix("torch."),
                  "torch": torch.__version__, "git_commit": env["git_commit"], "cpu_count": os.cpu_count(),
-                 "malloc_keep_freed": malloc_kept, "speculate_settings": SPECULATE[args.speculate]}
+                 "malloc_keep_freed": malloc_kept, "speculate_settings": SPECULATE[args.speculate],
+                 **({"merge_kernels": env["merge_kernels"]} if cuda else {})}
         t0 = time.time()
         group = run_group(model, size, label, pool, source, batch, backend, mode, names, device, dtype,
                           args.repeats, extra)

@@ -61,6 +61,8 @@ def table(rows: list[dict]) -> str:
         paper_key = (r["method"], r["model"], r["batch_size"], "cpu" if r["device"] == "cpu" else r["backend"])
         paper = PAPER.get(paper_key)
         share = f"{100 * r['merge_unmerge_share']:.1f}%" if r["merge_unmerge_share"] is not None else "-"
+        if r.get("merge_unmerge_kernel_share") is not None:  # CUDA: of the forward's kernel time, no cuts
+            share += f" (kernels {100 * r['merge_unmerge_kernel_share']:.1f}%)"
         out.append(f"| {r['model']} | {r['batch_size']} | {backend} | {r['mode']} | {r.get('threads') or '-'} | "
                    f"{method_label(r)} | {rate(r['dense_img_s'])} | {rate(r['method_img_s'])} | {ratio(r, 'speedup')} | "
                    f"{ratio(r, 'oracle_speedup')} | {r['vs_oracle']:.2f} | {r['ideal_speedup']:.2f}x | {share} | "

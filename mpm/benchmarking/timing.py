@@ -17,7 +17,7 @@ import torch
 
 from mpm.ratios import Ratio, ratio_stats  # re-exported: the ratios of interleaved timings
 
-__all__ = ["Ratio", "SectionTimer", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
+__all__ = ["KernelSections", "Ratio", "SectionTimer", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
            "time_block", "time_calls"]
 
 
@@ -139,6 +139,55 @@ class SectionTimer:
             "unmerge_ms": self.totals.get("unmerge", 0.0) / n,
             "decoder_ms": self.totals.get("decoder", 0.0) / n,
         }
+
+
+class KernelSections(SectionTimer):
+    """A :class:`SectionTimer` that sums GPU *kernel* time per section instead of elapsed time.
+
+    Each section is a profiler range; :meth:`profile` runs forwards under ``torch.profiler`` and
+    credits every kernel (CUDA-graph replays included) to the ranges that launched it. Graphs cut
+    around the sections (``split=True``) then add nothing to them: the gaps at a cut are idle GPU
+    time, in no kernel. :attr:`kernel_ms` is all kernel (and copy) time of the profiled calls, so
+    a section's share of it is its share of the forward's GPU work. On the CPU every figure is 0.
+    """
+
+    PREFIX = "mpm.section::"
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.kernel_ms = 0.0
+        self.ranges: dict[str, int] = defaultdict(int)  # section -> profiled ranges seen
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        with torch.profiler.record_function(self.PREFIX + name):
+            yield
+
+    @contextlib.contextmanager
+    def profile(self) -> Iterator[None]:
+        """Profile the calls inside; their kernels are credited when it exits."""
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self._cuda else [])
+        with profile(activities=activities) as prof:
+            yield
+            if self._cuda:
+                torch.cuda.synchronize(self.device)
+        for event in prof.events():
+            if event.device_type == DeviceType.CPU and event.name.startswith(self.PREFIX):
+                name = event.name[len(self.PREFIX):]
+                self.ranges[name] += 1
+                self.totals[name] += event.device_time_total / 1000.0
+            elif event.device_type == DeviceType.CUDA and not event.name.startswith(self.PREFIX):
+                self.kernel_ms += event.time_range.elapsed_us() / 1000.0
+
+    def flush(self) -> None:
+        """Nothing pending: :meth:`profile` credits the kernels."""
+
+    def breakdown(self) -> dict[str, float]:
+        """:meth:`SectionTimer.breakdown` in kernel ms per call, with ``kernel_ms``: all kernel time per call."""
+        return {**super().breakdown(), "kernel_ms": self.kernel_ms / max(self.calls, 1)}
 
 
 def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0,

@@ -18,8 +18,12 @@ best partners          cosine similarity tiles in registers, running max / argma
                        matrix in memory; at small batches the columns are split
                        over several programs (:func:`column_splits`); the tiling
                        per feature width is :data:`TILES`
-combine splits         the column ranges' partial maxima, the earlier range
-                       keeping ties
+best partners,         at large batches (:func:`partner_tiles`): one program per
+symmetric              pair of token blocks, the upper triangle only; a tile's
+                       row maxima serve its rows, its column maxima its columns
+                       (half the products); a partial per column block
+combine splits         the column ranges' (or blocks') partial maxima, the
+                       earlier range keeping ties
 mutual plan            mutual test, representatives, output slots (one scan),
                        kept tokens per image: one program per image
 gather sources         the output layout (packed back to back or padded), its
@@ -151,6 +155,57 @@ if triton is not None:
         tl.store(BEST + out, best_idx.to(tl.int64), mask=offs_m < stride_o)
         tl.store(SCORE + out, score, mask=offs_m < stride_o)
 
+    @triton.jit(do_not_specialize=["P"])
+    def _best_partner_sym_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_part, P, C,
+                                 BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+        # one (BLOCK x BLOCK) tile (bi, bj), bi <= bj, of one image's cosine matrix: its row maxima are
+        # the candidates of block bi's tokens among block bj, its column maxima those of block bj's
+        # tokens among block bi (the matrix is symmetric: each pair of blocks is multiplied once).
+        # Partial k of a row = its best among column block k, stored at BEST/SCORE[k, b, row].
+        bi = tl.program_id(0)
+        bj = tl.program_id(1)
+        b = tl.program_id(2)
+        if bi <= bj:
+            n = tl.load(NIMG + b)
+            row0 = tl.load(START + b) + P
+            offs_m = bi * BLOCK + tl.arange(0, BLOCK)
+            offs_n = bj * BLOCK + tl.arange(0, BLOCK)
+            mask_m = offs_m < n
+            mask_n = offs_n < n
+            offs_k = tl.arange(0, BLOCK_K)
+            rows_m = (row0 + offs_m).to(tl.int64) * stride_x
+            rows_n = (row0 + offs_n).to(tl.int64) * stride_x
+            acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+            k_end = tl.where(bj * BLOCK < n, C, 0)  # a tile past the image's tokens: no product
+            for k0 in range(0, k_end, BLOCK_K):
+                kk = k0 + offs_k
+                a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
+                bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
+                if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
+                    acc = tl.dot(a, bt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, bt, acc)
+            inv_m = tl.load(INV + row0 + offs_m, mask=mask_m, other=1.0)
+            inv_n = tl.load(INV + row0 + offs_n, mask=mask_n, other=1.0)
+            s = (acc * inv_n[None, :]) * inv_m[:, None]
+            s = tl.where(mask_m[:, None] & mask_n[None, :] & (offs_n[None, :] != offs_m[:, None]), s,
+                         float("-inf"))
+            base = b.to(tl.int64) * stride_o
+            # rows of block bi against columns of block bj: partial bj of those rows
+            row_max = tl.max(s, axis=1)
+            row_arg = (tl.argmax(s, axis=1) + bj * BLOCK).to(tl.int64)
+            row_arg = tl.where(mask_m, row_arg, offs_m.to(tl.int64))  # past the tokens: own index, -inf
+            out_m = bj.to(tl.int64) * stride_part + base + offs_m
+            tl.store(BEST + out_m, row_arg, mask=offs_m < stride_o)
+            tl.store(SCORE + out_m, row_max, mask=offs_m < stride_o)
+            if bi < bj:  # columns of block bj against rows of block bi: partial bi of those rows
+                col_max = tl.max(s, axis=0)
+                col_arg = (tl.argmax(s, axis=0) + bi * BLOCK).to(tl.int64)
+                col_arg = tl.where(mask_n, col_arg, offs_n.to(tl.int64))
+                out_n = bi.to(tl.int64) * stride_part + base + offs_n
+                tl.store(BEST + out_n, col_arg, mask=offs_n < stride_o)
+                tl.store(SCORE + out_n, col_max, mask=offs_n < stride_o)
+
     @triton.jit(do_not_specialize=["total"])
     def _combine_splits_kernel(BEST_PART, SCORE_PART, BEST, SCORE, total, SPLITS: tl.constexpr,
                                BLOCK: tl.constexpr):
@@ -269,7 +324,9 @@ if triton is not None:
 class TileConfig:
     """Tiling of the best-partner kernel: (BLOCK_M, BLOCK_N) similarity tiles, BLOCK_K features per
     step, warps and pipeline stages per program; ``norms``: inverse norms from one pre-pass
-    (:func:`inv_norms`) instead of recomputing each column tile's norms in every program."""
+    (:func:`inv_norms`) instead of recomputing each column tile's norms in every program;
+    ``symmetric``: one program per pair of token blocks (square ``block_m`` tiles of the upper
+    triangle only, each read along its rows and along its columns; norms always from the pre-pass)."""
 
     block_m: int = 64
     block_n: int = 64
@@ -277,8 +334,11 @@ class TileConfig:
     num_warps: int = 4
     num_stages: int = 3
     norms: bool = False
+    symmetric: bool = False
 
     def label(self) -> str:
+        if self.symmetric:
+            return f"sym {self.block_m}x{self.block_m}x{self.block_k} w{self.num_warps} s{self.num_stages}"
         return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
                 f"{' norms' if self.norms else ''}")
 
@@ -297,6 +357,18 @@ TILES: dict[int, TileConfig] = {
     768: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True),
     1024: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True),
 }
+
+
+#: feature width -> tiling of the symmetric kernel (:class:`TileConfig` ``symmetric``), which
+#: :func:`partner_tiles` takes over the row kernel when its grid alone fills the GPU (large batches)
+SYMMETRIC_TILES: dict[int, TileConfig] = {
+    192: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
+    384: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
+    768: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
+    1024: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
+}
+#: set False (or MPM_TRITON_SYMMETRIC=0) to keep the row kernel at every batch size (A/B timings)
+symmetric_best_partner = os.environ.get("MPM_TRITON_SYMMETRIC", "1") != "0"
 
 
 def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
@@ -321,6 +393,19 @@ def tile_config(c: int) -> TileConfig:
     return cfg
 
 
+def partner_tiles(c: int, batch: int, slots: int, device: torch.device) -> TileConfig:
+    """The best-partner kernel's tiling for ``batch`` images of up to ``slots`` tokens of ``c`` features:
+    the symmetric kernel's (:data:`SYMMETRIC_TILES`) when its tiles alone fill the GPU (it halves the
+    products but has fewer programs), else the row kernel's (:func:`tile_config`, columns split at
+    small batches)."""
+    sym = SYMMETRIC_TILES.get(c)
+    if sym is not None and symmetric_best_partner and device.type == "cuda":
+        blocks = -(-slots // sym.block_m)
+        if batch * blocks * (blocks + 1) // 2 >= _programs_wanted(device):
+            return sym
+    return tile_config(c)
+
+
 def inv_norms(x: Tensor) -> Tensor:
     """(R,) float32 ``1 / max(||x_r||, 1e-12)`` of every row of (R, C) ``x``."""
     r, c = x.shape
@@ -343,7 +428,7 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         slots: S >= max(n_img), the width of the outputs.
         splits: column ranges searched by separate programs, then combined (default: enough
             programs to fill the GPU, :func:`column_splits`; 1 on the CPU).
-        tiles: the kernel's tiling (default :func:`tile_config` of C).
+        tiles: the kernel's tiling (default :func:`partner_tiles`; a ``symmetric`` one takes that kernel).
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
         float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
@@ -355,7 +440,10 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     score = torch.empty(b, slots, dtype=torch.float32, device=x.device)
     if b == 0 or slots == 0:
         return best, score
-    cfg = tiles or tile_config(c)
+    cfg = tiles or partner_tiles(c, b, slots, x.device)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    if cfg.symmetric:
+        return _best_partners_symmetric(x, start, n_img, num_prefix, slots, cfg, precision, best, score)
     row_blocks = triton.cdiv(slots, cfg.block_m)
     if splits is None:
         splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device)
@@ -363,7 +451,6 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     if splits > 1:
         part_best = torch.empty(splits, b, slots, dtype=torch.long, device=x.device)
         part_score = torch.empty(splits, b, slots, dtype=torch.float32, device=x.device)
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     inv = inv_norms(x) if cfg.norms else score  # (not read without norms)
     _best_partner_kernel[(row_blocks, b, splits)](
         x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
@@ -376,9 +463,38 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     return best, score
 
 
+def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
+                             cfg: TileConfig, precision: str, best: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`best_partners_rows` by the symmetric kernel: a (blocks, B, S) partial per column block,
+    then the column blocks combined in order (the earlier keeps ties: the first index)."""
+    b = start.shape[0]
+    blocks = triton.cdiv(slots, cfg.block_m)
+    part_best, part_score = best, score
+    if blocks > 1:
+        part_best = torch.empty(blocks, b, slots, dtype=torch.long, device=x.device)
+        part_score = torch.empty(blocks, b, slots, dtype=torch.float32, device=x.device)
+    _best_partner_sym_kernel[(blocks, blocks, b)](
+        x, x.stride(0), inv_norms(x), start, n_img, part_best, part_score, slots, b * slots, num_prefix,
+        x.shape[1], BLOCK=cfg.block_m, BLOCK_K=cfg.block_k, PRECISION=precision, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    if blocks > 1:
+        total = b * slots
+        _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
+                                                             SPLITS=blocks, BLOCK=1024, num_warps=4)
+    return best, score
+
+
 #: programs per streaming multiprocessor that :func:`column_splits` aims at
 PROGRAMS_PER_SM = 2
 _SM_COUNT: dict[int, int] = {}
+
+
+def _programs_wanted(device: torch.device) -> int:
+    """:data:`PROGRAMS_PER_SM` x the multiprocessors of CUDA ``device``."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return PROGRAMS_PER_SM * _SM_COUNT[index]
 
 
 def column_splits(programs: int, column_tiles: int, device: torch.device) -> int:
@@ -387,10 +503,7 @@ def column_splits(programs: int, column_tiles: int, device: torch.device) -> int
     one program per 64 rows would leave most multiprocessors idle)."""
     if device.type != "cuda":
         return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    want = PROGRAMS_PER_SM * _SM_COUNT[index]
+    want = _programs_wanted(device)
     if programs >= want:
         return 1
     return max(1, min(-(-want // programs), column_tiles // 2, 16))

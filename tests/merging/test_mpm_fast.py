@@ -165,6 +165,24 @@ _INTERPRETER_CHECK = textwrap.dedent('''
             tk.enabled = True
             t = tk.gather_sources(plan[0], plan[1], plan[2], n, start, plan[3], P, packed, s_cut, cut)
             assert all(torch.equal(u, v) for u, v in zip(a, t) if u is not None), "sources over capacity"
+    # the symmetric kernel (each pair of token blocks once; rows and columns of a tile both read):
+    # the row kernel's partners on random rows, the reference's first index on exact ties
+    for tiles in (tk.TileConfig(64, 64, 16, 4, 2, True, True), tk.TileConfig(32, 32, 32, 4, 2, True, True)):
+        got = tk.best_partners_rows(x2, start2, n2, P, 200, tiles=tiles)
+        assert torch.equal(got[0], one[0]), f"best partners, {tiles.label()}"
+        fin = torch.isfinite(one[1])
+        assert torch.equal(fin, torch.isfinite(got[1])), f"tokens alone, {tiles.label()}"
+        assert torch.allclose(got[1][fin], one[1][fin], rtol=1e-6, atol=1e-6), f"scores, {tiles.label()}"
+    n3 = torch.tensor([150, 3, 97, 1])
+    lens3 = n3 + P
+    start3 = lens3.cumsum(0) - lens3
+    protos = torch.randint(-2, 3, (7, 32)).float()  # 7 distinct rows repeated: exact ties everywhere
+    x3 = protos[torch.randint(0, 7, (int(lens3.sum()) + 4,))]
+    ref3 = best_partners(rows_to_padded(x3, start3 + P, 150), n3)[0]
+    for tiles in (tk.TileConfig(64, 64, 16, 4, 2, True, True), tk.TileConfig(32, 32, 32, 4, 2, True, True), None):
+        got = tk.best_partners_rows(x3, start3, n3, P, 150, tiles=tiles)[0]
+        for b, nb in enumerate(n3.tolist()):
+            assert torch.equal(got[b, :nb], ref3[b, :nb]), f"ties: first index, {tiles and tiles.label()}"
     from mpm.merging.mpm import plan_rows
     for fused in (False, True):  # the plan of the fast path, either source of best partners
         tk.fused_best_partner = fused

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpm.benchmarking.bench import SliceOracle
-from mpm.benchmarking.timing import SectionTimer
+from mpm.benchmarking.timing import KernelSections, SectionTimer
 from mpm.errors import ConfigError
 from mpm.merging import build_method
 from mpm.models import SegmenterConfig, build_segmenter
@@ -164,6 +164,21 @@ def test_section_timer_sees_merge_and_unmerge(model) -> None:
     bd = sections.breakdown()
     assert set(bd) == {"embed_and_encoder_ms", "merge_ms", "unmerge_ms", "decoder_ms"}
     assert all(v > 0 for v in bd.values())
+
+
+def test_kernel_sections_credit_the_runner_s_sections(model) -> None:
+    """The profiled sections (speed.py's kernel share on CUDA): every section of a forward is a range
+    the profiler sees by name; on the CPU no kernel time is credited to any."""
+    x = _images(2, 3)
+    sections = KernelSections(torch.device("cpu"))
+    runner = model.runner(_method("mpm"), backend="math")
+    with torch.no_grad(), sections.profile():
+        runner(x, timer=sections)
+    sections.calls = 1
+    assert set(sections.ranges) == {"encoder", "merge", "unmerge", "decoder"}
+    assert sections.ranges["encoder"] == 1 and sections.ranges["merge"] >= 2
+    assert sections.breakdown() == {"embed_and_encoder_ms": 0.0, "merge_ms": 0.0, "unmerge_ms": 0.0,
+                                    "decoder_ms": 0.0, "kernel_ms": 0.0}
 
 
 def test_modes_and_devices_are_checked(model) -> None:
