@@ -7,8 +7,8 @@
 #                                      # batch 32 from a pool of 2 distinct batches (64 photos) and batch 1 (about 6 min)
 #   bash benchmarks/gpu_run.sh kernels # checks; the best-partner kernel's tilings (about 2-3 min)
 #   bash benchmarks/gpu_run.sh sym     # checks; row vs symmetric best-partner kernel (sweep, batch 1 and 32), merge steps;
-#                                      # MPM rows at batch 32, FA2, both modes, with the symmetric kernel (all sizes)
-#                                      # and without it (T, S), pool of 2 batches (about 7 min)
+#                                      # MPM rows at batch 32, FA2, both modes, with the symmetric kernel and without
+#                                      # it, pool of 2 batches (about 5 min; at most 8 files come back: logs in logs.tar.gz)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
@@ -66,14 +66,20 @@ sym_rows() {  # the symmetric best-partner kernel: its checks, its timings again
     if ! grep -q "^ok .*symmetric" "$OUT/checks.log" || grep -q "^FAIL" "$OUT/checks.log"; then
         echo "symmetric kernel checks failed or did not run: no timings" | tee -a "$OUT/checks.log"; return 1
     fi
-    timeout 200 python3 benchmarks/merge_kernels.py --sweep --sweep-set symmetric --batches 1,32 --out "$OUT/tiles.json" \
-        2>&1 | tee "$OUT/tiles.log"
+    # the symmetric tilings against each width's row kernel at batch 32; the winners become SYMMETRIC_TILES
+    # for the rest of the run (a width whose row kernel wins keeps the row kernel)
+    timeout 200 python3 benchmarks/merge_kernels.py --sweep --sweep-set symmetric --batches 32 --out "$OUT/tiles.json" \
+        --best-out "$OUT/tiles_best.json" 2>&1 | tee "$OUT/tiles.log"
+    [ -s "$OUT/tiles_best.json" ] && export MPM_TRITON_SYMMETRIC_TILES="$OUT/tiles_best.json"
+    timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee -a "$OUT/checks.log"
+    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks with the sweep's tilings failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
     timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
     python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" --batches 32 \
         --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
-    MPM_TRITON_SYMMETRIC=0 python3 benchmarks/speed.py --device cuda --images photos --methods mpm --models T,S \
+    MPM_TRITON_SYMMETRIC=0 python3 benchmarks/speed.py --device cuda --images photos --methods mpm \
         --repeats "${SPEC_REPEATS:-5}" --batches 32 --backends fa2 --pool-batches 2 --out "$OUT/speed_rowkernel.json" 2>&1 \
         | tee "$OUT/speed_rowkernel.log"
+    (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
 }
 kernel_rows() {
     timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"

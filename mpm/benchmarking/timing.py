@@ -17,7 +17,7 @@ import torch
 
 from mpm.ratios import Ratio, ratio_stats  # re-exported: the ratios of interleaved timings
 
-__all__ = ["KernelSections", "Ratio", "SectionTimer", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
+__all__ = ["KernelSections", "Ratio", "SectionTimer", "credit_kernels", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
            "time_block", "time_calls"]
 
 
@@ -141,46 +141,97 @@ class SectionTimer:
         }
 
 
+def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]],
+                   marker: str) -> tuple[dict[str, float], float, int]:
+    """Kernel ms per section from one stream's kernels in order, (name, ms), among which every kernel
+    whose name holds ``marker`` is the boundary ``log[i]`` ((entering, section), in launch order).
+
+    Returns (ms per section, each kernel credited to every section open around it; all kernel ms,
+    markers excluded; markers seen). Raises ``RuntimeError`` when the markers do not match the log.
+    """
+    totals: dict[str, float] = defaultdict(float)
+    open_sections: list[str] = []
+    total, seen = 0.0, 0
+    for name, ms in kernels:
+        if marker in name:
+            if seen >= len(log):
+                raise RuntimeError(f"KernelSections: more markers on the stream than the {len(log)} "
+                                   "section boundaries logged")
+            entering, section = log[seen]
+            seen += 1
+            if entering:
+                open_sections.append(section)
+            elif open_sections and open_sections[-1] == section:
+                open_sections.pop()
+            else:
+                raise RuntimeError(f"KernelSections: marker {seen} leaves '{section}', which is not the "
+                                   "innermost open section")
+            continue
+        total += ms
+        for section in set(open_sections):
+            totals[section] += ms
+    if seen != len(log):
+        raise RuntimeError(f"KernelSections: {seen} markers on the stream, {len(log)} section boundaries logged")
+    return dict(totals), total, seen
+
+
 class KernelSections(SectionTimer):
     """A :class:`SectionTimer` that sums GPU *kernel* time per section instead of elapsed time.
 
-    Each section is a profiler range; :meth:`profile` runs forwards under ``torch.profiler`` and
-    credits every kernel (CUDA-graph replays included) to the ranges that launched it. Graphs cut
-    around the sections (``split=True``) then add nothing to them: the gaps at a cut are idle GPU
-    time, in no kernel. :attr:`kernel_ms` is all kernel (and copy) time of the profiled calls, so
-    a section's share of it is its share of the forward's GPU work. On the CPU every figure is 0.
+    Entering and leaving a section launches a marker kernel (``torch.cuda._sleep(0)``) on the
+    stream and logs the boundary on the host; :meth:`profile` runs forwards under
+    ``torch.profiler`` and walks the stream's kernels in order, crediting each to the sections
+    open at its place between the markers. That needs no link from a kernel to the code that
+    launched it, which the profiler does not give for the kernels of a CUDA-graph replay (nor for
+    Triton's launches). Graphs cut around the sections (``split=True``) add nothing: the gaps at a
+    cut are idle GPU time, in no kernel. :attr:`kernel_ms` is all kernel (and copy) time of the
+    profiled calls, markers excluded, so a section's share of it is its share of the forward's GPU
+    work. On the CPU every figure is 0.
     """
 
-    PREFIX = "mpm.section::"
+    MARKER = "spin_kernel"  # the kernel of torch.cuda._sleep
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
         self.kernel_ms = 0.0
-        self.ranges: dict[str, int] = defaultdict(int)  # section -> profiled ranges seen
+        self.ranges: dict[str, int] = defaultdict(int)  # section -> times entered
+        self._log: list[tuple[bool, str]] = []  # (entering, section), in launch order
+        self.markers_seen: int | None = None
+
+    def _mark(self, entering: bool, name: str) -> None:
+        self._log.append((entering, name))
+        if self._cuda:
+            torch.cuda._sleep(0)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        with torch.profiler.record_function(self.PREFIX + name):
+        self.ranges[name] += 1
+        self._mark(True, name)
+        try:
             yield
+        finally:
+            self._mark(False, name)
 
     @contextlib.contextmanager
     def profile(self) -> Iterator[None]:
-        """Profile the calls inside; their kernels are credited when it exits."""
+        """Profile the calls inside; their kernels are credited when it exits. Raises ``RuntimeError``
+        when the profiled stream's markers do not match the sections entered and left."""
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self._cuda else [])
-        with profile(activities=activities) as prof:
+        self._log.clear()
+        if not self._cuda:
             yield
-            if self._cuda:
-                torch.cuda.synchronize(self.device)
-        for event in prof.events():
-            if event.device_type == DeviceType.CPU and event.name.startswith(self.PREFIX):
-                name = event.name[len(self.PREFIX):]
-                self.ranges[name] += 1
-                self.totals[name] += event.device_time_total / 1000.0
-            elif event.device_type == DeviceType.CUDA and not event.name.startswith(self.PREFIX):
-                self.kernel_ms += event.time_range.elapsed_us() / 1000.0
+            return
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            yield
+            torch.cuda.synchronize(self.device)
+        events = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA),
+                        key=lambda e: e.time_range.start)
+        totals, self.kernel_ms, self.markers_seen = credit_kernels(
+            [(e.name, e.time_range.elapsed_us() / 1000.0) for e in events], self._log, self.MARKER)
+        for name, ms in totals.items():
+            self.totals[name] += ms
 
     def flush(self) -> None:
         """Nothing pending: :meth:`profile` credits the kernels."""

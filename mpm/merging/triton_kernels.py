@@ -383,6 +383,8 @@ def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
 
 if os.environ.get("MPM_TRITON_TILES"):
     TILES = load_tiles(os.environ["MPM_TRITON_TILES"])
+if os.environ.get("MPM_TRITON_SYMMETRIC_TILES"):  # ``--sweep-set symmetric``'s winners; a row-kernel winner drops its width
+    SYMMETRIC_TILES = {w: t for w, t in load_tiles(os.environ["MPM_TRITON_SYMMETRIC_TILES"]).items() if t.symmetric}
 
 
 def tile_config(c: int) -> TileConfig:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpm.benchmarking.bench import SliceOracle
-from mpm.benchmarking.timing import KernelSections, SectionTimer
+from mpm.benchmarking.timing import KernelSections, SectionTimer, credit_kernels
 from mpm.errors import ConfigError
 from mpm.merging import build_method
 from mpm.models import SegmenterConfig, build_segmenter
@@ -179,6 +179,22 @@ def test_kernel_sections_credit_the_runner_s_sections(model) -> None:
     assert sections.ranges["encoder"] == 1 and sections.ranges["merge"] >= 2
     assert sections.breakdown() == {"embed_and_encoder_ms": 0.0, "merge_ms": 0.0, "unmerge_ms": 0.0,
                                     "decoder_ms": 0.0, "kernel_ms": 0.0}
+
+
+def test_kernels_are_credited_between_the_section_markers() -> None:
+    """The stream walk of KernelSections: each kernel goes to every section open around it (nested
+    sections), markers are no kernel time, and markers that do not match the log are an error."""
+    log = [(True, "encoder"), (True, "merge"), (False, "merge"), (False, "encoder"), (True, "decoder"),
+           (False, "decoder")]
+    m = "void at::cuda::spin_kernel(long)"
+    stream = [("embed", 1.0), (m, 9.0), ("attn", 2.0), (m, 9.0), ("best_partner", 0.5), ("gather", 0.25),
+              (m, 9.0), ("mlp", 3.0), (m, 9.0), ("between", 0.125), (m, 9.0), ("decode", 4.0), (m, 9.0)]
+    totals, total, seen = credit_kernels(stream, log, "spin_kernel")
+    assert totals == {"encoder": 5.75, "merge": 0.75, "decoder": 4.0} and total == 10.875 and seen == 6
+    with pytest.raises(RuntimeError, match="5 markers on the stream, 6 section boundaries"):
+        credit_kernels(stream[:-1], log, "spin_kernel")
+    with pytest.raises(RuntimeError, match="not the innermost open section"):
+        credit_kernels(stream, [log[0], log[1], log[3], log[2], *log[4:]], "spin_kernel")
 
 
 def test_modes_and_devices_are_checked(model) -> None:
