@@ -77,7 +77,7 @@ def kernel_checks(dev: torch.device) -> None:
         check(bool(((score.double() - top).abs()[fin] < 1e-5 if dtype == torch.float32 else
                     (score.double() - top).abs()[fin] < 3e-3).all()), f"triton best score {dtype} close to cosine")
         # the symmetric kernel (each pair of token blocks multiplied once): the same checks
-        sym_tiles = tk.SYMMETRIC_TILES.get(c, tk.TileConfig(128, 128, 64, 8, 3, True, True))
+        sym_tiles = tk.SYMMETRIC_TILES.get(c, tk.SYMMETRIC_BASE_TILES)
         for tiles in (sym_tiles, tk.TileConfig(64, 64, 64, 4, 3, True, True)):
             sb, ss = tk.best_partners_rows(x, start, n, p, s, tiles=tiles)
             _, sgot, _ = partner_cosines(feats, sb, n)

@@ -360,13 +360,14 @@ TILES: dict[int, TileConfig] = {
 
 
 #: feature width -> tiling of the symmetric kernel (:class:`TileConfig` ``symmetric``), which
-#: :func:`partner_tiles` takes over the row kernel when its grid alone fills the GPU (large batches)
-SYMMETRIC_TILES: dict[int, TileConfig] = {
-    192: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
-    384: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
-    768: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
-    1024: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, symmetric=True),
-}
+#: :func:`partner_tiles` takes over the row kernel when its grid alone fills the GPU (large batches).
+#: The sweep's winner at every width (``merge_kernels.py --sweep --sweep-set symmetric``, batch 32,
+#: H200, results/reference/h200/sym/tiles.log; kernel alone, CUDA-graph replay): against the row
+#: kernel of :data:`TILES`, Seg-T 0.0616 -> 0.0485 ms, Seg-S 0.0835 -> 0.0577, Seg-B 0.1340 ->
+#: 0.0917, Seg-L 0.3325 -> 0.2006 ms, every partner attaining its row maximum
+SYMMETRIC_BASE_TILES = TileConfig(128, 128, 64, num_warps=4, num_stages=3, norms=True, symmetric=True)
+SYMMETRIC_TILES: dict[int, TileConfig] = {192: SYMMETRIC_BASE_TILES, 384: SYMMETRIC_BASE_TILES,
+                                          768: SYMMETRIC_BASE_TILES, 1024: SYMMETRIC_BASE_TILES}
 #: set False (or MPM_TRITON_SYMMETRIC=0) to keep the row kernel at every batch size (A/B timings)
 symmetric_best_partner = os.environ.get("MPM_TRITON_SYMMETRIC", "1") != "0"
 
