@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_run.sh sym     # checks; row vs symmetric best-partner kernel (sweep, batch 1 and 32), merge steps;
 #                                      # MPM rows at batch 32, FA2, both modes, with the symmetric kernel and without
 #                                      # it, pool of 2 batches (about 5 min; at most 8 files come back: logs in logs.tar.gz)
+#   bash benchmarks/gpu_run.sh fused   # runner checks; MPM rows at batch 1 and 32, FA2, graphs, speculative forwards as one
+#                                      # graph and as one graph per merge interval (MPM_FUSE_SPECULATIVE=1/0; about 5 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
@@ -81,6 +83,16 @@ sym_rows() {  # the symmetric best-partner kernel: its checks, its timings again
         | tee "$OUT/speed_rowkernel.log"
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
 }
+fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE) against one graph per merge interval
+    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
+    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    for fuse in 1 0; do
+        MPM_FUSE_SPECULATIVE=$fuse python3 benchmarks/speed.py --device cuda --images photos --methods mpm \
+            --repeats "${SPEC_REPEATS:-5}" --batches 1,32 --backends fa2 --modes graphs --pool-batches 2 \
+            --out "$OUT/speed_fuse$fuse.json" 2>&1 | tee "$OUT/speed_fuse$fuse.log"
+    done
+    (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
+}
 kernel_rows() {
     timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
     timeout 240 python3 benchmarks/merge_kernels.py --sweep --batches 32 --out "$OUT/tiles.json" --best-out "$OUT/tiles_best.json" \
@@ -116,11 +128,12 @@ cpu_rows() {
 case "$what" in
     quick|gpu|spec) gpu_rows "$what" ;;
     sym) sym_rows ;;
+    fused) fused_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -352,6 +352,9 @@ def main() -> int:
 
         env["merge_kernels"] = {"triton": tk.enabled, "fused_best_partner": tk.fused_best_partner,
                                 "symmetric_best_partner": tk.symmetric_best_partner}
+        from mpm.models import segmenter
+
+        env["fuse_speculative"] = segmenter.FUSE_SPECULATIVE
     # groups in order of priority (a run cut short keeps the most important rows):
     # real photos first, FA2 before math, batch 32 before batch 1, eager before graphs
     groups = []
@@ -399,7 +402,8 @@ def main() -> int:
                  "cpu": cpu_model(), "threads": thr, "dtype": str(dtype).removeprefix("torch."),
                  "torch": torch.__version__, "git_commit": env["git_commit"], "cpu_count": os.cpu_count(),
                  "malloc_keep_freed": malloc_kept, "speculate_settings": SPECULATE[args.speculate],
-                 **({"merge_kernels": env["merge_kernels"]} if cuda else {})}
+                 **({"merge_kernels": env["merge_kernels"], "fuse_speculative": env["fuse_speculative"]}
+                    if cuda else {})}
         t0 = time.time()
         group = run_group(model, size, label, pool, source, batch, backend, mode, names, device, dtype,
                           args.repeats, extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -195,6 +196,10 @@ def build_segmenter(config: SegmenterConfig | None = None, **kwargs: Any) -> Seg
 
 #: execution modes of :class:`SegmenterRunner`
 MODES = ("eager", "graphs")
+#: under graphs, whether a speculative forward whose every capacity is guessed runs as one graph (counts
+#: kept on the device, read after it) instead of one graph per merge interval with a host step at each
+#: plan; False (or MPM_FUSE_SPECULATIVE=0): the host steps stay (A/B timings)
+FUSE_SPECULATIVE = os.environ.get("MPM_FUSE_SPECULATIVE", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ class _Host:
     image_hw: tuple[int, int] = (0, 0)
     speculative: bool = False  # a capacity of this forward is a guess (maps are clamped to the rows)
     static: tuple | None = None  # host-side inputs of a method with static counts (the oracle's counts)
+    guesses: tuple = ()  # ((site, capacity), ...): a fused speculative forward's capacities (part of its graphs' keys)
+    checks: tuple = ()  # ((site, layout before the merge, capacity), ...): the counts it copied out, to check
 
 
 @dataclass
@@ -221,7 +228,7 @@ class _Piece:
     @property
     def label(self) -> str:
         names = {op[0] for op in self.ops}
-        if names <= {"plan", "apply", "static", "fallback"}:
+        if names <= {"plan", "counts", "apply", "static", "fallback"}:
             return "merge"
         if names == {"unmerge"}:
             return "unmerge"
@@ -287,12 +294,17 @@ class SegmenterRunner:
         self.num_prefix = model.encoder.num_prefix_tokens
         self.granularity = granularity
         self.pieces = self._pieces(split)
+        #: the same ops with every plan's counts kept on the device inside the graph, read after the forward
+        #: (speculative forwards under graphs: one graph for the whole forward, or one per piece with
+        #: ``split``; no host step in between)
+        self.fused_pieces = self._pieces(split, inline_counts=True)
         self._keys = self._merge_kind() in ("inline", "eager")
         self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
         self.speculate = speculate
         self.respeculated = 0  # forwards run again because a count did not fit its speculative capacity
-        self._guess: dict[int, Layout] = {}
-        self._pinned: dict[int, Tensor] = {}
+        self._guess: dict[int, Layout] = {}  # merge site (block) -> speculative capacity
+        self._pinned: dict[tuple[int, int], Tensor] = {}  # (site, batch size) -> pinned copy of its counts
+        self._fused: dict[int, tuple[Tensor, Tensor]] = {}  # batch size -> a fused forward's counts (_fused_counts)
         self._graphs: _GraphCache | None = None
         self._simulate_graphs = False  # tests: graphs mode on the CPU, replay = re-run (tests/models/test_runner.py)
 
@@ -310,7 +322,9 @@ class SegmenterRunner:
             return "inline"
         return "eager"
 
-    def _pieces(self, split: bool) -> list[_Piece]:
+    def _pieces(self, split: bool, inline_counts: bool = False) -> list[_Piece]:
+        """The forward as pieces: runs of ops (a graph each) and host steps. ``inline_counts``: a plan's
+        counts are copied out inside a piece instead of read in a host step (speculative forwards)."""
         kind = self._merge_kind()
         ops: list[tuple] = [("embed",)]
         for i in range(self.model.config.depth):
@@ -329,8 +343,8 @@ class SegmenterRunner:
         ops += [("norm",), ("unmerge",), ("decode",)]
         pieces: list[_Piece] = [_Piece("ops")]
         for op in ops:
-            host_step = op[0] == "counts" or (op[0] == "fallback" and not op[2])
-            own = split and op[0] in ("plan", "apply", "static", "fallback", "unmerge", "decode")
+            host_step = (op[0] == "counts" and not inline_counts) or (op[0] == "fallback" and not op[2])
+            own = split and op[0] in ("plan", "counts", "apply", "static", "fallback", "unmerge", "decode")
             if host_step:
                 pieces.append(_Piece("counts" if op[0] == "counts" else "eager", [op]))
                 pieces.append(_Piece("ops"))
@@ -360,26 +374,30 @@ class SegmenterRunner:
         static_key = getattr(self.method, "static_key", None)
         host = _Host("images", image_hw=(h, w), static=static_key() if callable(static_key) else None)
         tensors = {"images": self._graphs.put_input(images) if self._graphs else images}
+        sites = [piece.ops[0][1] for piece in self.pieces if piece.kind == "counts"]
+        fused = (FUSE_SPECULATIVE and speculate and self._graphs is not None and bool(sites)
+                 and all(i in self._guess for i in sites))
+        pieces = self.fused_pieces if fused else self.pieces
+        if fused:  # every capacity is a guess, copied out and checked after the forward
+            host = replace(host, guesses=tuple((i, self._guess[i]) for i in sites))
         with contextlib.ExitStack() as encoder_section:
             encoder_section.enter_context(timer("encoder"))
-            for k, piece in enumerate(self.pieces):
+            for k, piece in enumerate(pieces):
+                site = piece.ops[0][1] if piece.kind == "counts" else None
                 if piece.kind == "counts":
-                    if speculate and k in self._guess:
+                    if speculate and site in self._guess:
                         kept = tensors["plan.kept"]
-                        pinned = self._pinned.get(k)
-                        if pinned is None or pinned.shape != kept.shape:
-                            pinned = self._pinned[k] = torch.empty(kept.shape, dtype=kept.dtype,
-                                                                   pin_memory=kept.is_cuda)
+                        pinned = self._pinned_counts(site, kept)
                         pinned.copy_(kept, non_blocking=True)
                         done = torch.cuda.Event() if kept.is_cuda else None
                         if done is not None:
                             done.record()
-                        pending.append((k, host, self._guess[k], pinned, done))
-                        host = replace(host, target=self._guess[k], speculative=True)
+                        pending.append((site, host.layout, self._guess[site], pinned, done))
+                        host = replace(host, target=self._guess[site], speculative=True)
                     else:
                         host = self._capacity(tensors, host)
                         if speculate:
-                            self._guess[k] = self._widen(self._guess.get(k), host.target)
+                            self._guess[site] = self._widen(self._guess.get(site), host.target)
                 elif self._graphs is None:  # eager: the ops time themselves
                     tensors, host = self._run_ops(piece.ops, tensors, host, timer, encoder_section.close)
                 else:  # graphs: a piece is timed as a whole (split=True gives merges their own pieces)
@@ -390,21 +408,48 @@ class SegmenterRunner:
                             tensors, host = self._run_ops(piece.ops, tensors, host)
                             tensors = {n: self._graphs.put((k, "eager"), n, t) for n, t in tensors.items()}
                         else:
-                            tensors, host = self._graphs.run(k, piece, tensors, host, last=k == len(self.pieces) - 1)
-        for k, at, guess, pinned, done in pending:  # check the speculative capacities
+                            tensors, host = self._graphs.run(("fused", k) if fused else k, piece, tensors, host,
+                                                             last=k == len(pieces) - 1)
+        if fused:  # the counts the graphs kept, to the host in one copy after the forward
+            device_counts, pinned = self._fused_counts(images.shape[0], images.device)
+            pinned.copy_(device_counts, non_blocking=True)
+            done = torch.cuda.Event() if images.is_cuda else None
+            if done is not None:
+                done.record()
+            pending = [(i, layout, guess, pinned[j], done) for j, (i, layout, guess) in enumerate(host.checks)]
+        for site, layout, guess, pinned, done in pending:  # check the speculative capacities
             if done is not None:
                 done.synchronize()
-            need = self._target([self.num_prefix + m for m in pinned.tolist()], at.layout)
-            if not self._fits(need, guess, sum(self.num_prefix + m for m in pinned.tolist())):
-                self._guess[k] = self._widen(guess, need)
+            lens = [self.num_prefix + m for m in pinned.tolist()]
+            need = self._target(lens, layout)
+            if not self._fits(need, guess, sum(lens)):
+                self._guess[site] = self._widen(guess, need)
                 self.respeculated += 1
                 return self(images, timer, return_encoder, _exact=True)
-            self.pad_stats.append((sum(self.num_prefix + m for m in pinned.tolist()), guess.rows))
+            self.pad_stats.append((sum(lens), guess.rows))
         if not return_encoder:
             return tensors["logits"]
         left = [tensors[f"st.left{k}"] for k in range(sum(n.startswith("st.left") for n in tensors))]
         enc = EncoderOutput(tensors["tokens"], tensors["prefix"], self._grid(host), tensors["st.index"], left)
         return tensors["logits"], enc
+
+    def _pinned_counts(self, site: int, kept: Tensor) -> Tensor:
+        """The host buffer that site ``site``'s counts are copied to (pinned on CUDA)."""
+        key = (site, kept.shape[0])
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            pinned = self._pinned[key] = torch.empty(kept.shape, dtype=kept.dtype, pin_memory=kept.is_cuda)
+        return pinned
+
+    def _fused_counts(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(sites, B) long on the device, where a fused forward's graphs keep every site's counts (a
+        fixed address: captured copies write there), and its pinned host copy."""
+        bufs = self._fused.get(batch)
+        if bufs is None:
+            sites = sum(piece.kind == "counts" for piece in self.pieces)
+            dev = torch.zeros(sites, batch, dtype=torch.long, device=device)
+            bufs = self._fused[batch] = (dev, torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.is_cuda))
+        return bufs
 
     def speculates(self, batch_size: int) -> bool:
         """Whether forwards of ``batch_size`` images run on speculative capacities (``speculate``; only a
@@ -477,6 +522,7 @@ class SegmenterRunner:
             plan = RowPlan(tensors["plan.dest"], tensors.get("plan.partner"), tensors["plan.survivor"],
                            tensors["plan.kept"])
         keys, target = tensors.get("keys"), host.target
+        speculative, checks = host.speculative, host.checks
         out = {n: tensors[n] for n in ("tokens", "prefix") if n in tensors}
         for op in ops:
             name = op[0]
@@ -494,9 +540,15 @@ class SegmenterRunner:
                     view = None if st.layout.packed else st.padded()[:, p:]
                     n_img = None if st.layout.uniform else st.length - p
                     plan = method.plan_rows(st.x, st.start, n_img, p, st.layout.slots - p, view)
+            elif name == "counts":  # fused speculative forward: keep the counts on the device, go on with the guess
+                with timer("merge"):
+                    self._fused_counts(plan.kept.shape[0], plan.kept.device)[0][len(checks)].copy_(plan.kept)
+                    target = dict(host.guesses)[op[1]]
+                    checks += ((op[1], st.layout, target),)
+                    speculative = True
             elif name == "apply":
                 with timer("merge"):
-                    st = rows_apply(st, plan, p, target, clamp=host.speculative)
+                    st = rows_apply(st, plan, p, target, clamp=speculative)
                 plan, target = None, None
             elif name == "static":
                 with timer("merge"):
@@ -515,7 +567,7 @@ class SegmenterRunner:
                 if encoder_end is not None:
                     encoder_end()
                 with timer("unmerge"):
-                    out["tokens"], out["prefix"] = rows_unmerge(st, p, clamp=host.speculative)
+                    out["tokens"], out["prefix"] = rows_unmerge(st, p, clamp=speculative)
             elif name == "decode":
                 with timer("decoder"):
                     h, w = host.image_hw
@@ -536,7 +588,7 @@ class SegmenterRunner:
         stage = "logits" if "logits" in out else ("tokens" if "tokens" in out else "rows")
         new_host = _Host(stage, st.layout if st is not None else None, target,
                          (plan.partner is not None,) if plan is not None else None, keys is not None, host.image_hw,
-                         host.speculative, host.static)
+                         speculative, host.static, host.guesses, checks)
         return out, new_host
 
 

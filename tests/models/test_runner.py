@@ -226,6 +226,10 @@ def test_speculative_capacities_give_the_same_results(model, packed: bool, mode:
     assert runner.respeculated >= 1  # a larger count than guessed was caught and run again
     assert all(cap >= real for real, cap in runner.pad_stats)
     assert any(cap > real + 1 for real, cap in runner.pad_stats)  # some forwards ran on a guess with pad rows
+    if mode == "graphs":  # once every site had a guess, whole forwards ran as one graph, counts kept inside
+        assert len(runner.fused_pieces) == 1 and len(runner.pieces) == 5
+        fused = [key for key in runner._graphs.entries if key[0] == ("fused", 0)]
+        assert fused and all(len(key[1].guesses) == 2 for key in fused)
 
 
 def test_default_speculation_policy(model) -> None:
