@@ -196,9 +196,10 @@ def build_segmenter(config: SegmenterConfig | None = None, **kwargs: Any) -> Seg
 
 #: execution modes of :class:`SegmenterRunner`
 MODES = ("eager", "graphs")
-#: under graphs, whether a speculative forward whose every capacity is guessed runs as one graph (counts
-#: kept on the device, read after it) instead of one graph per merge interval with a host step at each
-#: plan; False (or MPM_FUSE_SPECULATIVE=0): the host steps stay (A/B timings)
+#: under graphs, whether a speculative forward whose every capacity is guessed runs as one graph (the
+#: counts copied to the host inside it after the last plan, an event recorded there) instead of one graph
+#: per merge interval with a host step at each plan; False (or MPM_FUSE_SPECULATIVE=0): the host steps
+#: stay (A/B timings)
 FUSE_SPECULATIVE = os.environ.get("MPM_FUSE_SPECULATIVE", "1") != "0"
 
 
@@ -294,9 +295,9 @@ class SegmenterRunner:
         self.num_prefix = model.encoder.num_prefix_tokens
         self.granularity = granularity
         self.pieces = self._pieces(split)
-        #: the same ops with every plan's counts kept on the device inside the graph, read after the forward
-        #: (speculative forwards under graphs: one graph for the whole forward, or one per piece with
-        #: ``split``; no host step in between)
+        #: the same ops with every plan's counts kept inside the graph, copied to the host after the last
+        #: plan with an event recorded there (speculative forwards under graphs: one graph for the whole
+        #: forward, or one per piece with ``split``; no host step in between)
         self.fused_pieces = self._pieces(split, inline_counts=True)
         self._keys = self._merge_kind() in ("inline", "eager")
         self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
@@ -304,7 +305,7 @@ class SegmenterRunner:
         self.respeculated = 0  # forwards run again because a count did not fit its speculative capacity
         self._guess: dict[int, Layout] = {}  # merge site (block) -> speculative capacity
         self._pinned: dict[tuple[int, int], Tensor] = {}  # (site, batch size) -> pinned copy of its counts
-        self._fused: dict[int, tuple[Tensor, Tensor]] = {}  # batch size -> a fused forward's counts (_fused_counts)
+        self._fused: dict[int, tuple] = {}  # batch size -> a fused forward's counts (_fused_counts)
         self._graphs: _GraphCache | None = None
         self._simulate_graphs = False  # tests: graphs mode on the CPU, replay = re-run (tests/models/test_runner.py)
 
@@ -410,13 +411,9 @@ class SegmenterRunner:
                         else:
                             tensors, host = self._graphs.run(("fused", k) if fused else k, piece, tensors, host,
                                                              last=k == len(pieces) - 1)
-        if fused:  # the counts the graphs kept, to the host in one copy after the forward
-            device_counts, pinned = self._fused_counts(images.shape[0], images.device)
-            pinned.copy_(device_counts, non_blocking=True)
-            done = torch.cuda.Event() if images.is_cuda else None
-            if done is not None:
-                done.record()
-            pending = [(i, layout, guess, pinned[j], done) for j, (i, layout, guess) in enumerate(host.checks)]
+        if fused:  # the counts the graph copied to the host after the last plan (its event says when)
+            _, pinned, ready = self._fused_counts(images.shape[0], images.device)
+            pending = [(i, layout, guess, pinned[j], ready) for j, (i, layout, guess) in enumerate(host.checks)]
         for site, layout, guess, pinned, done in pending:  # check the speculative capacities
             if done is not None:
                 done.synchronize()
@@ -441,14 +438,17 @@ class SegmenterRunner:
             pinned = self._pinned[key] = torch.empty(kept.shape, dtype=kept.dtype, pin_memory=kept.is_cuda)
         return pinned
 
-    def _fused_counts(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(sites, B) long on the device, where a fused forward's graphs keep every site's counts (a
-        fixed address: captured copies write there), and its pinned host copy."""
+    def _fused_counts(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, object]:
+        """Where a fused forward's graph keeps every site's counts: (sites, B) long on the device, its
+        pinned host copy (written by the graph after the last plan) and the event the graph records
+        then (CUDA; an external event, so that a graph replay records it). Fixed addresses: the
+        captured copies write there."""
         bufs = self._fused.get(batch)
         if bufs is None:
             sites = sum(piece.kind == "counts" for piece in self.pieces)
             dev = torch.zeros(sites, batch, dtype=torch.long, device=device)
-            bufs = self._fused[batch] = (dev, torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.is_cuda))
+            pinned = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.is_cuda)
+            bufs = self._fused[batch] = (dev, pinned, torch.cuda.Event(external=True) if dev.is_cuda else None)
         return bufs
 
     def speculates(self, batch_size: int) -> bool:
@@ -542,7 +542,12 @@ class SegmenterRunner:
                     plan = method.plan_rows(st.x, st.start, n_img, p, st.layout.slots - p, view)
             elif name == "counts":  # fused speculative forward: keep the counts on the device, go on with the guess
                 with timer("merge"):
-                    self._fused_counts(plan.kept.shape[0], plan.kept.device)[0][len(checks)].copy_(plan.kept)
+                    device_counts, pinned, ready = self._fused_counts(plan.kept.shape[0], plan.kept.device)
+                    device_counts[len(checks)].copy_(plan.kept)
+                    if len(checks) + 1 == device_counts.shape[0]:  # the last site: all counts to the host, now
+                        pinned.copy_(device_counts, non_blocking=True)
+                        if ready is not None:
+                            ready.record()  # an event node of the graph: the host checks while the rest runs
                     target = dict(host.guesses)[op[1]]
                     checks += ((op[1], st.layout, target),)
                     speculative = True
