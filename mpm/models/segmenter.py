@@ -345,8 +345,10 @@ class SegmenterRunner:
         pieces: list[_Piece] = [_Piece("ops")]
         for op in ops:
             host_step = (op[0] == "counts" and not inline_counts) or (op[0] == "fallback" and not op[2])
-            own = split and op[0] in ("plan", "counts", "apply", "static", "fallback", "unmerge", "decode")
-            if host_step:
+            own = split and op[0] in ("plan", "apply", "static", "fallback", "unmerge", "decode")
+            if split and op[0] == "counts" and not host_step:  # inline counts: in its plan's piece
+                pieces[-2].ops.append(op)
+            elif host_step:
                 pieces.append(_Piece("counts" if op[0] == "counts" else "eager", [op]))
                 pieces.append(_Piece("ops"))
             elif own:
