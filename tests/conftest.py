@@ -64,19 +64,6 @@ def seg():
     return build_segmenter(SegmenterConfig.preset("T", num_classes=5, image_size=(128, 128)))
 
 
-#: tests that run Snakemake in the repository itself (its .snakemake/ state, the SLURM cluster): one
-#: pytest-xdist worker takes them all, in order, while the others share out the rest (README: -n 2)
-REPO_SNAKEMAKE = ("slurm/", "workflow/", "benchmarking/test_profiles.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    root = config.rootpath / "tests"
-    for item in items:
-        rel = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
-        if rel.startswith(REPO_SNAKEMAKE):
-            item.add_marker(pytest.mark.xdist_group("repo-snakemake"))
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """One line naming what was skipped and why, grouped by reason (README: "What a test run needs")."""
     skipped = terminalreporter.stats.get("skipped", [])
