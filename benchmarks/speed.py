@@ -234,7 +234,7 @@ def method_row(model, size: str, images: str, source: dict, batch: int, backend:
         **(_cpu_time_ratios(cpu_times) if cpu_times else {}),
         "breakdown_ms": bd, "kernel_breakdown_ms": kernels, "pad_share": timed["pad_share"], "graphs": timed["graphs"],
         "speculative": timed["speculative"], "respeculated": timed["respeculated"],
-        "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
+        "crop": CROP[size], "tokens_full": (CROP[size] // 16) ** 2, "tokens_after_site": per_site,
         "dense_gflops": dense_gf, "method_gflops": timed["gflops"],
         "method_config": method.describe(), "weights": "random-init (seed 0)",
         "image_source": source, "repeats": repeats, "iters": iters, "timing_s": timed["timing_s"],
@@ -327,7 +327,14 @@ def main() -> int:
     ap.add_argument("--pool-batches", type=int, default=1,
                     help="distinct batches of batch size > 1 in the image pool (photos: at most 2 at batch 32); "
                          "with more than one, a speculative capacity must hold every batch's counts")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="image side in pixels for every model (a multiple of 16; default 512, Seg-L 640)")
     args = ap.parse_args()
+    if args.crop is not None:
+        if args.crop < 32 or args.crop % 16:
+            print(f"speed.py: --crop must be a multiple of 16 of at least 32, got {args.crop}", file=sys.stderr)
+            return 2
+        CROP.update({size: args.crop for size in CROP})
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         print("speed.py: --device cuda but CUDA is not available", file=sys.stderr)
@@ -393,7 +400,8 @@ def main() -> int:
     for kind, batch, backend, size, mode, thr, names in groups:
         if size not in built:
             torch.manual_seed(0)
-            built[size] = build_segmenter(SegmenterConfig.preset(size, 150)).to(device=device, dtype=dtype).eval()
+            config = SegmenterConfig.preset(size, 150, image_size=(CROP[size], CROP[size]))
+            built[size] = build_segmenter(config).to(device=device, dtype=dtype).eval()
         model = built[size]
         pool, source, label = pools[(kind, pool_size(batch), CROP[size])]
         if thr:

@@ -21,7 +21,8 @@ ROW_KEYS = ("model", "method", "batch_size", "backend", "mode", "device", "image
 def test_speed_rows_on_the_cpu(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--models", "T",
-           "--threads", "1", "--repeats", "2", "--methods", "mpm,tome", "--images", "photos", "--out", str(out)]
+           "--threads", "1", "--repeats", "2", "--methods", "mpm,tome", "--images", "photos", "--crop", "256",
+           "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())
@@ -32,6 +33,7 @@ def test_speed_rows_on_the_cpu(tmp_path):
         assert all(key in r for key in ROW_KEYS), [k for k in ROW_KEYS if k not in r]
         assert r["backend"] == "math" and r["mode"] == "eager" and r["device"] == "cpu"
         assert r["images"] == "skimage-photos" and r["dtype"] == "float32"
+        assert r["crop"] == 256 and r["tokens_full"] == 256  # --crop 256: 16 x 16 patches
         times = r["repeat_ms"]
         assert sorted(times) == ["dense", "method", "oracle"] and all(len(v) == 2 for v in times.values())
         lo, hi = r["speedup_range"]
@@ -49,7 +51,7 @@ def test_speed_rows_with_and_without_speculation(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--device", "cpu", "--models", "T",
            "--threads", "1", "--repeats", "2", "--methods", "mpm", "--images", "photos", "--batches", "2",
-           "--pool-batches", "2", "--speculate", "both", "--out", str(out)]
+           "--pool-batches", "2", "--speculate", "both", "--crop", "256", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())

@@ -86,7 +86,7 @@ def test_readme_command_caps_timings_and_reruns_after_interrupt(smk, sshd, tmp_p
     cfg = smk.tiny_config(tmp_path, targets_config=str(targets))
     # a schedule name no rule could rebuild from its blocks [2, 5] (issue 11's trace, checked at the end)
     cfg["methods"]["mpm"]["schedules"] = {"paper-default": [2, 5]}
-    cfg["benchmark"]["points"] = [{"target": "rpi5", "backends": ["math"], "batch_sizes": [1, 2],
+    cfg["benchmark"]["points"] = [{"target": "rpi5", "backends": ["math"], "batch_sizes": [1],
                                    "dtype": "float32", "threads": 1}]
     cfg["tables"] = {"gpu_target": "", "cpu_target": "rpi5", "batch_size": 1}
     config = smk.write_config(tmp_path / "config.yaml", cfg)
@@ -125,8 +125,8 @@ def test_readme_command_caps_timings_and_reruns_after_interrupt(smk, sshd, tmp_p
     assert second.returncode == 0, log[-4000:]
     assert "IncompleteFilesException" not in log and "LockException" not in log
     assert PROFILE_LINE in log
-    # 3. no two timings on the board at once (four of them, one core each, on every core there is)
-    assert log.count("rule bench_ssh:") == 4
+    # 3. no two timings on the board at once (two of them, one core each, on every core there is)
+    assert log.count("rule bench_ssh:") == 2
     assert running_peak(log) == {"bench_rpi5": 1}
     # 4. nothing left to do
     third = smk.run("-n", *command, timeout=300)
