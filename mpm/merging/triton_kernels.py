@@ -91,6 +91,27 @@ if triton is not None:
             sq += tl.sum(a * a, axis=1)
         tl.store(OUT + r, 1.0 / tl.maximum(tl.sqrt(sq), 1e-12), mask=mr)
 
+    @triton.jit
+    def _tile_dot(X, rows_m, rows_n, mask_m, mask_n, C, k_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, COLUMN_NORMS: tl.constexpr):
+        """(BLOCK_M, BLOCK_N) float32 dot products of the rows at offsets ``rows_m`` and ``rows_n`` of X
+        over their first ``k_end`` of C features, and (COLUMN_NORMS) the ``rows_n`` rows' squared norms."""
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        sq_n = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, k_end, BLOCK_K):
+            kk = k0 + offs_k
+            a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
+            bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
+            if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
+                acc = tl.dot(a, bt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, bt, acc)
+            if COLUMN_NORMS:
+                btf = bt.to(tl.float32)
+                sq_n += tl.sum(btf * btf, axis=0)
+        return acc, sq_n
+
     @triton.jit(do_not_specialize=["P"])
     def _best_partner_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -123,19 +144,8 @@ if triton is not None:
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < n
             rows_n = (row0 + offs_n).to(tl.int64) * stride_x
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            sq_n = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, C, BLOCK_K):
-                kk = k0 + offs_k
-                a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
-                bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
-                if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
-                    acc = tl.dot(a, bt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, bt, acc)
-                if not NORMS:
-                    btf = bt.to(tl.float32)
-                    sq_n += tl.sum(btf * btf, axis=0)
+            acc, sq_n = _tile_dot(X, rows_m, rows_n, mask_m, mask_n, C, C, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION,
+                                  not NORMS)
             if NORMS:
                 inv_n = tl.load(INV + row0 + offs_n, mask=mask_n, other=1.0)
             else:
@@ -172,19 +182,10 @@ if triton is not None:
             offs_n = bj * BLOCK + tl.arange(0, BLOCK)
             mask_m = offs_m < n
             mask_n = offs_n < n
-            offs_k = tl.arange(0, BLOCK_K)
             rows_m = (row0 + offs_m).to(tl.int64) * stride_x
             rows_n = (row0 + offs_n).to(tl.int64) * stride_x
-            acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
             k_end = tl.where(bj * BLOCK < n, C, 0)  # a tile past the image's tokens: no product
-            for k0 in range(0, k_end, BLOCK_K):
-                kk = k0 + offs_k
-                a = tl.load(X + rows_m[:, None] + kk[None, :], mask=mask_m[:, None] & (kk < C)[None, :], other=0.0)
-                bt = tl.load(X + rows_n[None, :] + kk[:, None], mask=mask_n[None, :] & (kk < C)[:, None], other=0.0)
-                if PRECISION == "ieee":  # float32 inputs: no tf32 rounding
-                    acc = tl.dot(a, bt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, bt, acc)
+            acc, _ = _tile_dot(X, rows_m, rows_n, mask_m, mask_n, C, k_end, BLOCK, BLOCK, BLOCK_K, PRECISION, False)
             inv_m = tl.load(INV + row0 + offs_m, mask=mask_m, other=1.0)
             inv_n = tl.load(INV + row0 + offs_n, mask=mask_n, other=1.0)
             s = (acc * inv_n[None, :]) * inv_m[:, None]
