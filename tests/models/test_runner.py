@@ -232,6 +232,22 @@ def test_speculative_capacities_give_the_same_results(model, packed: bool, mode:
         assert fused and all(len(key[1].guesses) == 2 for key in fused)
 
 
+def test_speculation_without_whole_forward_graphs(model, monkeypatch) -> None:
+    """FUSE_SPECULATIVE off (the A/B setting): one graph per merge interval, the same outputs."""
+    from mpm.models import segmenter
+
+    monkeypatch.setattr(segmenter, "FUSE_SPECULATIVE", False)
+    method = _method("mpm")
+    runner = model.runner(method, backend="math", mode="graphs", packed=True, speculate=True, granularity=(1, 1))
+    runner._simulate_graphs = True
+    with torch.no_grad():
+        for s in (0, 1, 0):
+            x = _images(1, s)
+            torch.testing.assert_close(runner(x), model(x, method=method, backend="math"), rtol=1e-10, atol=1e-10)
+    assert runner._graphs.num_graphs > 0
+    assert not any(key[0] == ("fused", 0) for key in runner._graphs.entries)
+
+
 def test_default_speculation_policy(model) -> None:
     """Default: packed batches of more than one image, and batch 1 under graphs; never for a method
     without host-read counts; an explicit setting wins everywhere."""
