@@ -232,7 +232,7 @@ def runner_checks(dev: torch.device) -> None:
                     agree = min(agree, float((ea.index == eb.index).float().mean()))
                 tol = 1e-4 if dtype == torch.float32 else 5e-2
                 # under graphs, once every site has a guess a forward is one graph (segmenter.FUSE_SPECULATIVE)
-                fused = (sum(key[0] == ("fused", 0) for key in guessing._graphs.entries) if mode == "graphs" else 0)
+                fused = guessing.fused_graphs
                 check(worst < tol and agree >= (1.0 if dtype == torch.float32 else 0.99) and guessing.respeculated >= 1
                       and (mode == "eager" or not segmenter.FUSE_SPECULATIVE or fused >= 1),
                       f"speculative {mode:6s} {str(dtype)[6:]} {backend:4s} batch 4 vs exact reads: worst rel "

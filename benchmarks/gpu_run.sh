@@ -81,7 +81,7 @@ sym_rows() {  # the symmetric best-partner kernel: its checks, its timings again
     MPM_TRITON_SYMMETRIC=0 python3 benchmarks/speed.py --device cuda --images photos --methods mpm \
         --repeats "${SPEC_REPEATS:-5}" --batches 32 --backends fa2 --pool-batches 2 --out "$OUT/speed_rowkernel.json" 2>&1 \
         | tee "$OUT/speed_rowkernel.log"
-    (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
+    pack_logs
 }
 fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE) against one graph per merge interval
     timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
@@ -91,6 +91,9 @@ fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE
             --repeats "${SPEC_REPEATS:-5}" --batches 1,32 --backends fa2 --modes graphs --pool-batches 2 \
             --out "$OUT/speed_fuse$fuse.json" 2>&1 | tee "$OUT/speed_fuse$fuse.log"
     done
+    pack_logs
+}
+pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
 }
 kernel_rows() {

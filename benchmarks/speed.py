@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_table, beside 
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E402
-from mpm.benchmarking.timing import KernelSections, SectionTimer, interleaved, ratio_stats  # noqa: E402
+from mpm.benchmarking.timing import KernelSections, MarkerMismatch, SectionTimer, interleaved, ratio_stats  # noqa: E402
 from mpm.environment import cpu_model, describe_environment  # noqa: E402
 from mpm.errors import DatasetError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
@@ -121,7 +121,7 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
                     runner(x, timer=kernels)
                     kernels.calls += 1
             kernel_out = kernels.breakdown()
-        except RuntimeError as err:  # the stream's markers did not match: no kernel share for this row
+        except MarkerMismatch as err:  # the stream's markers did not match: no kernel share for this row
             print(f"speed.py: no kernel breakdown: {err}", file=sys.stderr)
     del runner
     _release(device)
@@ -129,8 +129,8 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
 
 
 def kernel_share(kernels: dict | None) -> float | None:
-    """Merge + unmerge kernel time over all kernel time of the forward (None: not profiled, or the
-    profiler credited no kernel to the sections)."""
+    """Merge + unmerge kernel time over all kernel time of the forward (None: not profiled, or no kernel
+    fell inside the merge and unmerge sections)."""
     if not kernels or kernels["kernel_ms"] <= 0 or kernels["merge_ms"] + kernels["unmerge_ms"] <= 0:
         return None
     return (kernels["merge_ms"] + kernels["unmerge_ms"]) / kernels["kernel_ms"]

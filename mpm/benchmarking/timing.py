@@ -17,8 +17,8 @@ import torch
 
 from mpm.ratios import Ratio, ratio_stats  # re-exported: the ratios of interleaved timings
 
-__all__ = ["KernelSections", "Ratio", "SectionTimer", "credit_kernels", "TimingStats", "interleaved", "percentile", "ratio_stats", "summarize",
-           "time_block", "time_calls"]
+__all__ = ["KernelSections", "MarkerMismatch", "Ratio", "SectionTimer", "TimingStats", "credit_kernels", "interleaved",
+           "percentile", "ratio_stats", "summarize", "time_block", "time_calls"]
 
 
 @dataclass
@@ -141,13 +141,17 @@ class SectionTimer:
         }
 
 
+class MarkerMismatch(RuntimeError):
+    """The section markers on a profiled stream do not match the boundaries logged on the host."""
+
+
 def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]],
                    marker: str) -> tuple[dict[str, float], float, int]:
     """Kernel ms per section from one stream's kernels in order, (name, ms), among which every kernel
     whose name holds ``marker`` is the boundary ``log[i]`` ((entering, section), in launch order).
 
     Returns (ms per section, each kernel credited to every section open around it; all kernel ms,
-    markers excluded; markers seen). Raises ``RuntimeError`` when the markers do not match the log.
+    markers excluded; markers seen). Raises :class:`MarkerMismatch` when the markers do not match the log.
     """
     totals: dict[str, float] = defaultdict(float)
     open_sections: list[str] = []
@@ -155,7 +159,7 @@ def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]]
     for name, ms in kernels:
         if marker in name:
             if seen >= len(log):
-                raise RuntimeError(f"KernelSections: more markers on the stream than the {len(log)} "
+                raise MarkerMismatch(f"KernelSections: more markers on the stream than the {len(log)} "
                                    "section boundaries logged")
             entering, section = log[seen]
             seen += 1
@@ -164,14 +168,14 @@ def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]]
             elif open_sections and open_sections[-1] == section:
                 open_sections.pop()
             else:
-                raise RuntimeError(f"KernelSections: marker {seen} leaves '{section}', which is not the "
+                raise MarkerMismatch(f"KernelSections: marker {seen} leaves '{section}', which is not the "
                                    "innermost open section")
             continue
         total += ms
         for section in set(open_sections):
             totals[section] += ms
     if seen != len(log):
-        raise RuntimeError(f"KernelSections: {seen} markers on the stream, {len(log)} section boundaries logged")
+        raise MarkerMismatch(f"KernelSections: {seen} markers on the stream, {len(log)} section boundaries logged")
     return dict(totals), total, seen
 
 
@@ -196,7 +200,6 @@ class KernelSections(SectionTimer):
         self.kernel_ms = 0.0
         self.ranges: dict[str, int] = defaultdict(int)  # section -> times entered
         self._log: list[tuple[bool, str]] = []  # (entering, section), in launch order
-        self.markers_seen: int | None = None
 
     def _mark(self, entering: bool, name: str) -> None:
         self._log.append((entering, name))
@@ -214,7 +217,7 @@ class KernelSections(SectionTimer):
 
     @contextlib.contextmanager
     def profile(self) -> Iterator[None]:
-        """Profile the calls inside; their kernels are credited when it exits. Raises ``RuntimeError``
+        """Profile the calls inside; their kernels are credited when it exits. Raises :class:`MarkerMismatch`
         when the profiled stream's markers do not match the sections entered and left."""
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
@@ -228,7 +231,7 @@ class KernelSections(SectionTimer):
             torch.cuda.synchronize(self.device)
         events = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA),
                         key=lambda e: e.time_range.start)
-        totals, self.kernel_ms, self.markers_seen = credit_kernels(
+        totals, self.kernel_ms, _ = credit_kernels(
             [(e.name, e.time_range.elapsed_us() / 1000.0) for e in events], self._log, self.MARKER)
         for name, ms in totals.items():
             self.totals[name] += ms

@@ -451,20 +451,33 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     row_blocks = triton.cdiv(slots, cfg.block_m)
     if splits is None:
         splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device)
-    part_best, part_score = best, score
-    if splits > 1:
-        part_best = torch.empty(splits, b, slots, dtype=torch.long, device=x.device)
-        part_score = torch.empty(splits, b, slots, dtype=torch.float32, device=x.device)
+    part_best, part_score = _partials(splits, best, score)
     inv = inv_norms(x) if cfg.norms else score  # (not read without norms)
     _best_partner_kernel[(row_blocks, b, splits)](
         x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLITS=splits, PRECISION=precision,
         NORMS=cfg.norms, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if splits > 1:
-        total = b * slots
-        _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
-                                                             SPLITS=splits, BLOCK=1024, num_warps=4)
+    _combine_partials(part_best, part_score, best, score)
     return best, score
+
+
+def _partials(parts: int, best: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """(parts, B, S) buffers of per-range partial maxima, or ``best`` and ``score`` themselves for one range."""
+    if parts == 1:
+        return best, score
+    shape = (parts, *best.shape)
+    return (torch.empty(shape, dtype=best.dtype, device=best.device),
+            torch.empty(shape, dtype=score.dtype, device=score.device))
+
+
+def _combine_partials(part_best: Tensor, part_score: Tensor, best: Tensor, score: Tensor) -> None:
+    """Fold (parts, B, S) partial maxima into (B, S) ``best`` / ``score``, the earlier part keeping ties;
+    nothing to do when the partials are the outputs (one part)."""
+    if part_best is best:
+        return
+    total = best.numel()
+    _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
+                                                         SPLITS=part_best.shape[0], BLOCK=1024, num_warps=4)
 
 
 def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
@@ -473,18 +486,12 @@ def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix
     then the column blocks combined in order (the earlier keeps ties: the first index)."""
     b = start.shape[0]
     blocks = triton.cdiv(slots, cfg.block_m)
-    part_best, part_score = best, score
-    if blocks > 1:
-        part_best = torch.empty(blocks, b, slots, dtype=torch.long, device=x.device)
-        part_score = torch.empty(blocks, b, slots, dtype=torch.float32, device=x.device)
+    part_best, part_score = _partials(blocks, best, score)
     _best_partner_sym_kernel[(blocks, blocks, b)](
         x, x.stride(0), inv_norms(x), start, n_img, part_best, part_score, slots, b * slots, num_prefix,
         x.shape[1], BLOCK=cfg.block_m, BLOCK_K=cfg.block_k, PRECISION=precision, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
-    if blocks > 1:
-        total = b * slots
-        _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
-                                                             SPLITS=blocks, BLOCK=1024, num_warps=4)
+    _combine_partials(part_best, part_score, best, score)
     return best, score
 
 

@@ -299,6 +299,7 @@ class SegmenterRunner:
         #: plan with an event recorded there (speculative forwards under graphs: one graph for the whole
         #: forward, or one per piece with ``split``; no host step in between)
         self.fused_pieces = self._pieces(split, inline_counts=True)
+        self._sites = [piece.ops[0][1] for piece in self.pieces if piece.kind == "counts"]  # blocks whose counts are read
         self._keys = self._merge_kind() in ("inline", "eager")
         self.pad_stats: list[tuple[int, int]] = []  # (real rows, capacity rows) of each planned merge
         self.speculate = speculate
@@ -377,12 +378,11 @@ class SegmenterRunner:
         static_key = getattr(self.method, "static_key", None)
         host = _Host("images", image_hw=(h, w), static=static_key() if callable(static_key) else None)
         tensors = {"images": self._graphs.put_input(images) if self._graphs else images}
-        sites = [piece.ops[0][1] for piece in self.pieces if piece.kind == "counts"]
-        fused = (FUSE_SPECULATIVE and speculate and self._graphs is not None and bool(sites)
-                 and all(i in self._guess for i in sites))
+        fused = (FUSE_SPECULATIVE and speculate and self._graphs is not None and bool(self._sites)
+                 and all(i in self._guess for i in self._sites))
         pieces = self.fused_pieces if fused else self.pieces
         if fused:  # every capacity is a guess, copied out and checked after the forward
-            host = replace(host, guesses=tuple((i, self._guess[i]) for i in sites))
+            host = replace(host, guesses=tuple((i, self._guess[i]) for i in self._sites))
         with contextlib.ExitStack() as encoder_section:
             encoder_section.enter_context(timer("encoder"))
             for k, piece in enumerate(pieces):
@@ -447,11 +447,17 @@ class SegmenterRunner:
         captured copies write there."""
         bufs = self._fused.get(batch)
         if bufs is None:
-            sites = sum(piece.kind == "counts" for piece in self.pieces)
-            dev = torch.zeros(sites, batch, dtype=torch.long, device=device)
+            dev = torch.zeros(len(self._sites), batch, dtype=torch.long, device=device)
             pinned = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.is_cuda)
             bufs = self._fused[batch] = (dev, pinned, torch.cuda.Event(external=True) if dev.is_cuda else None)
         return bufs
+
+    @property
+    def fused_graphs(self) -> int:
+        """CUDA graphs captured of whole speculative forwards (:data:`FUSE_SPECULATIVE`; split: of their first piece)."""
+        if self._graphs is None:
+            return 0
+        return sum(key[0] == ("fused", 0) for key in self._graphs.entries)
 
     def speculates(self, batch_size: int) -> bool:
         """Whether forwards of ``batch_size`` images run on speculative capacities (``speculate``; only a
