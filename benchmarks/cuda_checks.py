@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
+from mpm.benchmarking.timing import KernelSections, MarkerMismatch  # noqa: E402
 from mpm.errors import BackendError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
@@ -240,6 +241,29 @@ def runner_checks(dev: torch.device) -> None:
                       f"pad {guessing.pad_stats[-2:]}, whole-forward graphs {fused}")
                 del exact, guessing
         m = model.half()
+        # kernel sections with their markers captured inside the graphs (speed.py's kernel share): the
+        # profiled stream's markers match the replayed logs, merge kernels are credited, outputs unchanged
+        xs = [b.half() for b in batches]
+        plain, marked = m.runner(method, "fa2", "graphs"), m.runner(method, "fa2", "graphs")
+        try:
+            for _ in range(2):
+                for x in xs:
+                    plain(x), marked(x, timer=KernelSections(dev))
+            sections = KernelSections(dev)
+            worst = 0.0
+            with sections.profile():
+                for x in xs:
+                    worst = max(worst, rel(marked(x, timer=sections), plain(x)))
+                    sections.calls += 1
+            bd = sections.breakdown()
+            check(worst == 0.0 and bd["merge_ms"] > 0 and bd["unmerge_ms"] > 0 and marked.fused_graphs >= 1
+                  and 0 < bd["merge_ms"] + bd["unmerge_ms"] + bd["decoder_ms"] < bd["kernel_ms"],
+                  f"kernel sections inside speculative graphs (batch 4, fp16 fa2): rel {worst:.1e}, merge "
+                  f"{bd['merge_ms']:.4f} unmerge {bd['unmerge_ms']:.4f} of {bd['kernel_ms']:.4f} ms, "
+                  f"whole-forward graphs {marked.fused_graphs}")
+        except MarkerMismatch as err:
+            check(False, f"kernel sections inside speculative graphs: {err}")
+        del plain, marked
         # a discarded runner's graphs (a reference cycle: only the cyclic collector frees them) must not be
         # freed inside another runner's capture; the collector made to run at every allocation meanwhile
         del r_e, r_g

@@ -11,6 +11,8 @@
 #                                      # it, pool of 2 batches (about 5 min; at most 8 files come back: logs in logs.tar.gz)
 #   bash benchmarks/gpu_run.sh fused   # runner checks; MPM rows at batch 1 and 32, FA2, graphs, speculative forwards as one
 #                                      # graph and as one graph per merge interval (MPM_FUSE_SPECULATIVE=1/0; about 5 min)
+#   bash benchmarks/gpu_run.sh share   # checks, merge steps; MPM rows at batch 1 and 32, FA2, photos, pool of 2 batches: the
+#                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
@@ -93,6 +95,14 @@ fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE
     done
     pack_logs
 }
+share_rows() {  # the merge + unmerge kernel share with the markers inside the timed (uncut) graphs
+    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
+    grep -q "^FAIL triton" "$OUT/checks.log" && { echo "kernel checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    timeout 100 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" \
+        --batches "${SHARE_BATCHES:-32,1}" --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+    pack_logs
+}
 pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
 }
@@ -132,11 +142,12 @@ case "$what" in
     quick|gpu|spec) gpu_rows "$what" ;;
     sym) sym_rows ;;
     fused) fused_rows ;;
+    share) share_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -16,8 +16,10 @@ a ratio whose spread crosses 1.0 is marked not significant (``*`` in the table).
 ``ideal`` is dense GFLOPs / method GFLOPs at the measured counts; ``share`` is
 merge + unmerge time over the whole forward (CUDA events around those sections
 in eager mode; under graphs, from graphs cut around them, whose cuts add their own
-idle time); ``kshare`` (CUDA) is merge + unmerge *kernel* time over all kernel time
-of the forward, from a profiled pass (:class:`mpm.benchmarking.timing.KernelSections`).
+idle time and copies); ``kshare`` (CUDA) is merge + unmerge *kernel* time over all kernel
+time of the forward, from a profiled pass of the uncut runner, markers inside its graphs
+(:class:`mpm.benchmarking.timing.KernelSections`); each row's ``kernel_breakdown_ms.top``
+lists the merge and unmerge sections' costliest kernels.
 
 Weights are random (seed 0; no checkpoint can be downloaded on the GPU host):
 the timings are real, the token counts are those of random weights, on
@@ -100,10 +102,12 @@ def gflops(model, batches, method, encs) -> float:
 
 
 def breakdown(model, method, backend: str, mode: str, inputs, device, passes: int = 2,
-              speculate: bool | None = None) -> dict:
+              speculate: bool | None = None) -> tuple[dict, dict | None]:
     """Mean ms per forward of the sections (merge, unmerge, ...): elapsed (CUDA events; graphs cut around
     them under ``graphs``), and on CUDA also the sections' kernel time (:class:`KernelSections`, one
-    profiled pass of the same runner), which the cuts add nothing to. Returns (elapsed, kernels or None)."""
+    profiled pass of a runner as the timed one: under graphs its markers are captured inside the same
+    graphs, uncut), with the merge and unmerge sections' costliest kernels (``top``). Returns
+    (elapsed, kernels or None)."""
     runner = model.runner(method, backend, mode, split=mode == "graphs", speculate=speculate)
     for i in range(len(inputs)):  # capture / warm up
         runner(inputs[i])
@@ -113,18 +117,25 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
             runner(x, timer=sections)
             sections.calls += 1
     out, kernel_out = sections.breakdown(), None
+    del runner
+    _release(device)
     if device.type == "cuda":
+        runner = model.runner(method, backend, mode, speculate=speculate)
+        for _ in range(2):  # capture the marked graphs (and settle the guesses) before the profile
+            for x in inputs:
+                runner(x, timer=KernelSections(device))
         kernels = KernelSections(device)
         try:
             with kernels.profile():
                 for x in inputs:
                     runner(x, timer=kernels)
                     kernels.calls += 1
-            kernel_out = kernels.breakdown()
+            kernel_out = {**kernels.breakdown(),
+                          "top": {s: kernels.top_kernels(s) for s in ("merge", "unmerge")}}
         except MarkerMismatch as err:  # the stream's markers did not match: no kernel share for this row
             print(f"speed.py: no kernel breakdown: {err}", file=sys.stderr)
-    del runner
-    _release(device)
+        del runner
+        _release(device)
     return out, kernel_out
 
 

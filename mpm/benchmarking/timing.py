@@ -145,13 +145,15 @@ class MarkerMismatch(RuntimeError):
     """The section markers on a profiled stream do not match the boundaries logged on the host."""
 
 
-def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]],
-                   marker: str) -> tuple[dict[str, float], float, int]:
+def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]], marker: str,
+                   by_kernel: dict[str, dict[str, list]] | None = None) -> tuple[dict[str, float], float, int]:
     """Kernel ms per section from one stream's kernels in order, (name, ms), among which every kernel
     whose name holds ``marker`` is the boundary ``log[i]`` ((entering, section), in launch order).
 
-    Returns (ms per section, each kernel credited to every section open around it; all kernel ms,
-    markers excluded; markers seen). Raises :class:`MarkerMismatch` when the markers do not match the log.
+    ``by_kernel``: filled with ``{section: {kernel name: [ms, launches]}}``, each kernel under its
+    innermost open section only. Returns (ms per section, each kernel credited to every section open
+    around it; all kernel ms, markers excluded; markers seen). Raises :class:`MarkerMismatch` when the
+    markers do not match the log.
     """
     totals: dict[str, float] = defaultdict(float)
     open_sections: list[str] = []
@@ -174,6 +176,10 @@ def credit_kernels(kernels: list[tuple[str, float]], log: list[tuple[bool, str]]
         total += ms
         for section in set(open_sections):
             totals[section] += ms
+        if by_kernel is not None and open_sections:
+            entry = by_kernel.setdefault(open_sections[-1], {}).setdefault(name, [0.0, 0])
+            entry[0] += ms
+            entry[1] += 1
     if seen != len(log):
         raise MarkerMismatch(f"KernelSections: {seen} markers on the stream, {len(log)} section boundaries logged")
     return dict(totals), total, seen
@@ -187,33 +193,64 @@ class KernelSections(SectionTimer):
     ``torch.profiler`` and walks the stream's kernels in order, crediting each to the sections
     open at its place between the markers. That needs no link from a kernel to the code that
     launched it, which the profiler does not give for the kernels of a CUDA-graph replay (nor for
-    Triton's launches). Graphs cut around the sections (``split=True``) add nothing: the gaps at a
-    cut are idle GPU time, in no kernel. :attr:`kernel_ms` is all kernel (and copy) time of the
-    profiled calls, markers excluded, so a section's share of it is its share of the forward's GPU
-    work. On the CPU every figure is 0.
+    Triton's launches). Markers can be captured *inside* a CUDA graph (:attr:`captures`): the
+    runner records the boundaries a capture made (:meth:`recording`) and logs them again at each
+    replay (:meth:`replayed`), so the graphs profiled are the same graphs as the timed ones, with
+    no cut. :attr:`kernel_ms` is all kernel (and copy) time of the profiled calls, markers
+    excluded, so a section's share of it is its share of the forward's GPU work. On the CPU every
+    figure is 0.
     """
 
     MARKER = "spin_kernel"  # the kernel of torch.cuda._sleep
+    #: the runner may capture this timer's markers into its CUDA graphs (a SectionTimer's events may not)
+    captures = True
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
         self.kernel_ms = 0.0
         self.ranges: dict[str, int] = defaultdict(int)  # section -> times entered
+        self.by_kernel: dict[str, dict[str, list]] = {}  # section -> kernel name -> [ms, launches]
         self._log: list[tuple[bool, str]] = []  # (entering, section), in launch order
+        self._recording: list[tuple[bool, str]] | None = None
 
-    def _mark(self, entering: bool, name: str) -> None:
-        self._log.append((entering, name))
+    def mark(self, entering: bool, name: str) -> None:
+        """Enter or leave section ``name``: a marker kernel on the current stream, the boundary logged
+        (or kept for the capture being recorded)."""
+        if self._recording is not None:
+            self._recording.append((entering, name))
+        else:
+            self._logged(entering, name)
         if self._cuda:
             torch.cuda._sleep(0)
 
+    def _logged(self, entering: bool, name: str) -> None:
+        self._log.append((entering, name))
+        if entering:
+            self.ranges[name] += 1
+
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self.ranges[name] += 1
-        self._mark(True, name)
+    def recording(self, marks: list[tuple[bool, str]]) -> Iterator[None]:
+        """The boundaries marked inside go to ``marks`` instead of the log (a CUDA-graph capture: its
+        markers run at every replay, which then logs them with :meth:`replayed`)."""
+        marks.clear()
+        self._recording = marks
         try:
             yield
         finally:
-            self._mark(False, name)
+            self._recording = None
+
+    def replayed(self, marks: list[tuple[bool, str]]) -> None:
+        """Log the boundaries of a replayed capture (:meth:`recording`), in their order."""
+        for entering, name in marks:
+            self._logged(entering, name)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.mark(True, name)
+        try:
+            yield
+        finally:
+            self.mark(False, name)
 
     @contextlib.contextmanager
     def profile(self) -> Iterator[None]:
@@ -232,7 +269,7 @@ class KernelSections(SectionTimer):
         events = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA),
                         key=lambda e: e.time_range.start)
         totals, self.kernel_ms, _ = credit_kernels(
-            [(e.name, e.time_range.elapsed_us() / 1000.0) for e in events], self._log, self.MARKER)
+            [(e.name, e.time_range.elapsed_us() / 1000.0) for e in events], self._log, self.MARKER, self.by_kernel)
         for name, ms in totals.items():
             self.totals[name] += ms
 
@@ -242,6 +279,13 @@ class KernelSections(SectionTimer):
     def breakdown(self) -> dict[str, float]:
         """:meth:`SectionTimer.breakdown` in kernel ms per call, with ``kernel_ms``: all kernel time per call."""
         return {**super().breakdown(), "kernel_ms": self.kernel_ms / max(self.calls, 1)}
+
+    def top_kernels(self, section: str, n: int = 8, width: int = 90) -> list[list]:
+        """The ``n`` kernels of most time whose innermost section was ``section``: [name (cut to
+        ``width``), ms per call, launches per call], most time first."""
+        calls = max(self.calls, 1)
+        rows = sorted(self.by_kernel.get(section, {}).items(), key=lambda kv: -kv[1][0])[:n]
+        return [[name[:width], ms / calls, launches / calls] for name, (ms, launches) in rows]
 
 
 def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0,

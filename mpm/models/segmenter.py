@@ -383,8 +383,11 @@ class SegmenterRunner:
         pieces = self.fused_pieces if fused else self.pieces
         if fused:  # every capacity is a guess, copied out and checked after the forward
             host = replace(host, guesses=tuple((i, self._guess[i]) for i in self._sites))
+        # a timer whose markers go into the graphs (KernelSections): the graphs time themselves
+        marked = self._graphs is not None and getattr(timer, "captures", False)
         with contextlib.ExitStack() as encoder_section:
-            encoder_section.enter_context(timer("encoder"))
+            if not marked:
+                encoder_section.enter_context(timer("encoder"))
             for k, piece in enumerate(pieces):
                 site = piece.ops[0][1] if piece.kind == "counts" else None
                 if piece.kind == "counts":
@@ -406,13 +409,15 @@ class SegmenterRunner:
                 else:  # graphs: a piece is timed as a whole (split=True gives merges their own pieces)
                     if piece.ops[0][0] == "unmerge":
                         encoder_section.close()
-                    with timer(piece.label) if piece.label != "encoder" else contextlib.nullcontext():
+                    cut = piece.label != "encoder" and not marked
+                    with timer(piece.label) if cut else contextlib.nullcontext():
                         if piece.kind == "eager":
-                            tensors, host = self._run_ops(piece.ops, tensors, host)
+                            tensors, host = self._run_ops(piece.ops, tensors, host, timer if marked else None)
                             tensors = {n: self._graphs.put((k, "eager"), n, t) for n, t in tensors.items()}
                         else:
                             tensors, host = self._graphs.run(("fused", k) if fused else k, piece, tensors, host,
-                                                             last=k == len(pieces) - 1)
+                                                             last=k == len(pieces) - 1,
+                                                             timer=timer if marked else None)
         if fused:  # the counts the graph copied to the host after the last plan (its event says when)
             _, pinned, ready = self._fused_counts(images.shape[0], images.device)
             pending = [(i, layout, guess, pinned[j], ready) for j, (i, layout, guess) in enumerate(host.checks)]
@@ -647,22 +652,35 @@ class _GraphCache:
     def put_input(self, images: Tensor) -> Tensor:
         return self.put("input", "images", images)
 
-    def run(self, k: int, piece: _Piece, inputs: dict[str, Tensor], host: _Host, last: bool):
-        key = (k, host, tuple((n, tuple(t.shape), t.dtype) for n, t in sorted(inputs.items())))
+    def run(self, k: int, piece: _Piece, inputs: dict[str, Tensor], host: _Host, last: bool, timer=None):
+        """Replay the graph of piece ``k`` for ``host`` and these inputs, captured first if new. ``timer``:
+        a timer that :attr:`~mpm.benchmarking.timing.KernelSections.captures`, whose section markers are
+        captured into the graph (a graph of its own) and logged at each replay."""
+        key = (k, host, tuple((n, tuple(t.shape), t.dtype) for n, t in sorted(inputs.items())), timer is not None)
         entry = self.entries.get(key)
         if entry is None:
-            def body():
-                outs, new_host = self.runner._run_ops(piece.ops, inputs, host)
+            marks: list[tuple[bool, str]] = []
+
+            def body(record: bool = False):
+                with timer.recording(marks) if record else contextlib.nullcontext():
+                    ops_timer, encoder_end = None, None
+                    if record:  # the sections' markers inside the graph, the encoder's included
+                        ops_timer, encoder_end = timer, lambda: timer.mark(False, "encoder")
+                        if piece.ops[0][0] == "embed":
+                            timer.mark(True, "encoder")
+                    outs, new_host = self.runner._run_ops(piece.ops, inputs, host, ops_timer, encoder_end)
                 if not last:
                     outs = {n: self.put(k, n, t) for n, t in outs.items()}
                 return outs, new_host
 
-            entry = self.entries[key] = self._capture(body)
-        graph, outs, new_host = entry
+            entry = self.entries[key] = (*self._capture(body, record=timer is not None), marks)
+        graph, outs, new_host, marks = entry
         graph.replay()
+        if timer is not None:
+            timer.replayed(marks)
         return outs, new_host
 
-    def _capture(self, body):
+    def _capture(self, body, record: bool = False):
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             for _ in range(2):  # warm-up: lazy initialisation, Triton compilation, cuBLAS workspaces
@@ -670,7 +688,7 @@ class _GraphCache:
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         graph = torch.cuda.CUDAGraph()
         with _no_cyclic_gc(), torch.cuda.graph(graph, pool=self.pool):
-            outs, new_host = body()
+            outs, new_host = body(record)
         return graph, outs, new_host
 
     @property
@@ -707,6 +725,6 @@ class _SimulatedGraphs(_GraphCache):
                 if self.outs[name].data_ptr() != t.data_ptr():
                     self.outs[name].copy_(t)
 
-    def _capture(self, body):
-        outs, new_host = body()
+    def _capture(self, body, record: bool = False):
+        outs, new_host = body(record)
         return self._Replay(body, outs), outs, new_host

@@ -181,6 +181,43 @@ def test_kernel_sections_credit_the_runner_s_sections(model) -> None:
                                     "decoder_ms": 0.0, "kernel_ms": 0.0}
 
 
+def _sections(log: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
+    """A boundary log with each leave-then-re-enter of one section joined (a fused forward's merge runs
+    its plan, counts and apply as three merge sections back to back)."""
+    out: list[tuple[bool, str]] = []
+    for entering, name in log:
+        if entering and out and out[-1] == (False, name):
+            out.pop()
+        else:
+            out.append((entering, name))
+    return out
+
+
+@pytest.mark.parametrize("speculate", [False, True])
+def test_kernel_sections_captured_in_graphs_log_the_eager_boundaries(model, speculate: bool) -> None:
+    """KernelSections under graphs (markers captured inside the graphs, logged again at each replay,
+    no cut): every forward logs the sections an eager forward logs, in the same order."""
+    x = _images(2, 3)
+    logs, ranges = {}, {}
+    for mode in ("eager", "graphs"):
+        runner = model.runner(_method("mpm"), backend="math", mode=mode, speculate=speculate, granularity=(1, 1))
+        runner._simulate_graphs = mode == "graphs"
+        sections = KernelSections(torch.device("cpu"))
+        with torch.no_grad():
+            for _ in range(3):
+                runner(x, timer=sections)
+        logs[mode], ranges[mode] = _sections(sections._log), dict(sections.ranges)
+        if mode == "graphs":
+            assert runner.fused_graphs == (1 if speculate else 0) and runner.respeculated == 0
+            graphs = runner._graphs.num_graphs
+            runner(x)  # a call without the timer replays graphs of its own, without markers
+            assert runner._graphs.num_graphs > graphs
+    assert logs["graphs"] == logs["eager"]
+    assert logs["eager"][:2] == [(True, "encoder"), (True, "merge")] and logs["eager"].count((True, "unmerge")) == 3
+    assert ranges["graphs"]["encoder"] == ranges["eager"]["encoder"] == 3
+    assert ranges["graphs"]["merge"] >= ranges["eager"]["merge"] >= 6
+
+
 def test_kernels_are_credited_between_the_section_markers() -> None:
     """The stream walk of KernelSections: each kernel goes to every section open around it (nested
     sections), markers are no kernel time, and markers that do not match the log are an error."""
@@ -191,6 +228,10 @@ def test_kernels_are_credited_between_the_section_markers() -> None:
               (m, 9.0), ("mlp", 3.0), (m, 9.0), ("between", 0.125), (m, 9.0), ("decode", 4.0), (m, 9.0)]
     totals, total, seen = credit_kernels(stream, log, "spin_kernel")
     assert totals == {"encoder": 5.75, "merge": 0.75, "decoder": 4.0} and total == 10.875 and seen == 6
+    by_kernel: dict = {}
+    credit_kernels(stream + [(m, 9.0), ("decode", 2.0), (m, 9.0)], log + log[-2:], "spin_kernel", by_kernel)
+    assert by_kernel == {"encoder": {"attn": [2.0, 1], "mlp": [3.0, 1]},  # embed and between: no section open
+                         "merge": {"best_partner": [0.5, 1], "gather": [0.25, 1]}, "decoder": {"decode": [6.0, 2]}}
     with pytest.raises(MarkerMismatch, match="5 markers on the stream, 6 section boundaries"):
         credit_kernels(stream[:-1], log, "spin_kernel")
     with pytest.raises(MarkerMismatch, match="not the innermost open section"):
