@@ -25,7 +25,7 @@ from mpm.benchmarking.timing import KernelSections, MarkerMismatch  # noqa: E402
 from mpm.errors import BackendError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
-from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
+from mpm.merging.maps import compose_rows_index, gather_mean, row_sources, rows_to_padded, unmerge_rows  # noqa: E402
 from mpm.merging.mpm import partner_cosines, plan_from_partners  # noqa: E402
 from mpm.models import segmenter  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
@@ -112,6 +112,18 @@ def kernel_checks(dev: torch.device) -> None:
                 same = all(torch.equal(u, v) for u, v in zip(a, t) if u is not None)
                 check(same and torch.equal(ga, gt), f"triton sources+gather == PyTorch {dtype} packed={packed} "
                                                     f"two-source={with_partner} (bit for bit)")
+        # the map after the merge and the unmerge: bit for bit against the twins
+        grid = torch.randint(0, s, (b, 1024), device=dev, generator=g).clamp(max=(n - 1)[:, None])
+        cut = (kept + p) - torch.randint(0, 3, (b,), device=dev, generator=g)
+        for clamp in (False, True):
+            tk.enabled = False
+            want_index = compose_rows_index(rp.dest, grid, cut if clamp else None, p)
+            want = unmerge_rows(x, start, grid, p, clamp)
+            tk.enabled = True
+            got_index = compose_rows_index(dest, grid, cut if clamp else None, p)
+            got = unmerge_rows(x, start, grid, p, clamp)
+            check(torch.equal(got_index, want_index) and all(torch.equal(u, v) for u, v in zip(got, want)),
+                  f"triton compose index + unmerge rows == PyTorch {dtype} clamp={clamp} (bit for bit)")
 
 
     big, small = tk.partner_tiles(192, 32, 1024, dev), tk.partner_tiles(192, 1, 1024, dev)

@@ -190,6 +190,39 @@ def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
     return out if src2 is None else (out + x.index_select(0, src2)) * 0.5
 
 
+def compose_rows_index(dest: Tensor, index: Tensor, length: Tensor | None = None, num_prefix: int = 0) -> Tensor:
+    """The map after a merge planned per image: (B, N) ``dest[b, index[b, i]]`` (:func:`compose`), and with
+    ``length`` (B,) (output rows per image, prefix included) kept below each image's kept tokens, as a
+    speculative capacity that cut some needs; one Triton kernel on CUDA."""
+    if tk.available(dest):
+        return tk.compose_index(dest, index, length, num_prefix)
+    out = dest.gather(1, index)
+    if length is not None:
+        out = torch.minimum(out, (length - num_prefix - 1).clamp(min=0)[:, None])
+    return out
+
+
+def unmerge_rows(x: Tensor, start: Tensor, index: Tensor, num_prefix: int, clamp: bool = False) -> tuple[Tensor, Tensor]:
+    """The full token grid of every image of a row buffer, and its prefix tokens.
+
+    Args:
+        x: (R, C) rows, image ``b``'s first at ``start[b]`` (B,), its P prefix rows first.
+        index: (B, N) map of each grid token into its image's tokens.
+        clamp: keep the rows looked up below R (a speculative capacity; such a forward is discarded).
+    Returns:
+        tokens (B, N, C) ``x[start[b] + P + index[b, i]]`` and prefix (B, P, C); one Triton kernel on CUDA.
+    """
+    if tk.available(x) and x.stride(-1) == 1:
+        return tk.unmerge_rows(x, start, index, num_prefix, clamp)
+    b, c = index.shape[0], x.shape[-1]
+    rows = start[:, None] + num_prefix + index
+    if clamp:
+        rows = rows.clamp(max=x.shape[0] - 1)
+    tokens = x.index_select(0, rows.flatten()).view(b, -1, c)
+    prefix_rows = start[:, None] + torch.arange(num_prefix, device=x.device)
+    return tokens, x.index_select(0, prefix_rows.flatten()).view(b, num_prefix, c)
+
+
 def _n(n_img: Tensor | None, like: Tensor) -> Tensor:
     return n_img if n_img is not None else torch.full((like.shape[0],), like.shape[1], dtype=torch.long,
                                                       device=like.device)

@@ -30,6 +30,10 @@ gather sources         the output layout (packed back to back or padded), its
                        cumulative lengths, and for every output row the one or
                        two input rows it averages
 gather mean            ``out[r] = (x[s1[r]] + x[s2[r]]) * 0.5`` (or ``x[s1[r]]``)
+compose index          the map after a merge, ``dest[b, index[b, i]]``, kept inside
+                       the capacity (speculative buffers)
+unmerge rows           the full token grid and the prefix tokens of every image,
+                       rows looked up in place (one launch for both)
 =====================  ==========================================================
 """
 
@@ -321,6 +325,47 @@ if triton is not None:
         tl.store(OUT + r[:, None].to(tl.int64) * stride_o + c[None, :], v, mask=mask)
 
 
+    @triton.jit
+    def _compose_index_kernel(DEST, stride_d, INDEX, LENGTH, OUT, N, num_prefix, CLAMP: tl.constexpr,
+                              BLOCK: tl.constexpr):
+        b = tl.program_id(1)
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < N
+        row = b.to(tl.int64) * N
+        j = tl.load(INDEX + row + i, mask=m, other=0)
+        d = tl.load(DEST + b.to(tl.int64) * stride_d + j, mask=m, other=0)
+        if CLAMP:  # inside the image's kept tokens (a speculative capacity may have cut them)
+            d = tl.minimum(d, tl.maximum(tl.load(LENGTH + b) - num_prefix - 1, 0))
+        tl.store(OUT + row + i, d, mask=m)
+
+    @triton.jit
+    def _unmerge_kernel(X, stride_x, START, INDEX, TOKENS, PREFIX, B, N, C, last_row, P: tl.constexpr,
+                        CLAMP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        # output rows: B * N image tokens (image r // N, grid position r % N), then B * P prefix tokens
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mc = c < C
+        n_tok = B * N
+        is_tok = r < n_tok
+        mr = r < n_tok + B * P
+        j = tl.load(INDEX + r, mask=mr & is_tok, other=0)
+        if P > 0:
+            q = tl.where(is_tok, 0, r - n_tok)
+            img = tl.where(is_tok, r // N, q // P)
+            start = tl.load(START + img, mask=mr, other=0)
+            src = tl.where(is_tok, start + P + j, start + q % P)
+        else:
+            q = r
+            src = tl.load(START + r // N, mask=mr, other=0) + j
+        if CLAMP:
+            src = tl.minimum(src, last_row)
+        v = tl.load(X + src[:, None].to(tl.int64) * stride_x + c[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
+        tl.store(TOKENS + r[:, None].to(tl.int64) * C + c[None, :], v, mask=(mr & is_tok)[:, None] & mc[None, :])
+        if P > 0:
+            tl.store(PREFIX + q[:, None].to(tl.int64) * C + c[None, :], v,
+                     mask=(mr & (r >= n_tok))[:, None] & mc[None, :])
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """Tiling of the best-partner kernel: (BLOCK_M, BLOCK_N) similarity tiles, BLOCK_K features per
@@ -586,3 +631,34 @@ def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
     _gather_mean_kernel[grid](x, x.stride(0), src1, src2 if src2 is not None else src1, out, out.stride(0), r, c,
                               HAS2=src2 is not None, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
     return out
+
+
+def compose_index(dest: Tensor, index: Tensor, length: Tensor | None, num_prefix: int) -> Tensor:
+    """(B, N) ``dest[b, index[b, i]]``, at most ``max(length[b] - num_prefix - 1, 0)`` when ``length`` (B,) is
+    given (one kernel; :func:`mpm.merging.maps.compose_rows_index`)."""
+    b, n = index.shape
+    out = torch.empty(b, n, dtype=dest.dtype, device=dest.device)
+    if b == 0 or n == 0:
+        return out
+    dest, index = dest.contiguous(), index.contiguous()
+    _compose_index_kernel[(triton.cdiv(n, 1024), b)](dest, dest.stride(0), index, length if length is not None else index,
+                                                     out, n, num_prefix, CLAMP=length is not None, BLOCK=1024,
+                                                     num_warps=4)
+    return out
+
+
+def unmerge_rows(x: Tensor, start: Tensor, index: Tensor, num_prefix: int, clamp: bool) -> tuple[Tensor, Tensor]:
+    """Image tokens (B, N, C) ``x[start[b] + P + index[b, i]]`` and prefix tokens (B, P, C) ``x[start[b] + p]``
+    in one launch; ``clamp``: rows kept below R (:func:`mpm.merging.maps.unmerge_rows`)."""
+    b, n = index.shape
+    r, c = x.shape
+    tokens = torch.empty(b, n, c, dtype=x.dtype, device=x.device)
+    prefix = torch.empty(b, num_prefix, c, dtype=x.dtype, device=x.device)
+    rows = b * (n + num_prefix)
+    if rows == 0 or c == 0:
+        return tokens, prefix
+    block_c = min(max(_pow2(c), 16), 256)
+    grid = (triton.cdiv(rows, 16), triton.cdiv(c, block_c))
+    _unmerge_kernel[grid](x, x.stride(0), start, index.contiguous(), tokens, prefix, b, n, c, r - 1, P=num_prefix,
+                          CLAMP=clamp, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
+    return tokens, prefix

@@ -167,7 +167,8 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
     """Attention within each of the packed sequences of ``packing``.
 
     Args:
-        q, k, v: (T, H, D) contiguous, the sequences of ``packing`` end to end.
+        q, k, v: (T, H, D), the sequences of ``packing`` end to end; each head's features contiguous
+            (rows may be strided: views of one packed qkv projection).
     Returns:
         (T, H, D).
     """

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from mpm.backends import varlen_backends
 from mpm.errors import BackendError, ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
-from mpm.merging.maps import compose, gather_mean, identity_map, merge_sizes, row_sources, rows_to_padded, unmerge
+from mpm.merging.maps import (compose, compose_rows_index, gather_mean, identity_map, merge_sizes, row_sources,
+                             rows_to_padded, unmerge, unmerge_rows)
 from mpm.models.attention import Packing, Varlen, attention, attention_packed
 
 #: backends whose attention runs packed variable-length sequences (FlashAttention-2 varlen; :mod:`mpm.backends`)
@@ -177,8 +178,8 @@ def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | 
             raise BackendError(f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional "
                                "attention (prop_attn) needs backend 'math' or 'sdpa'")
         t = x.shape[0]
-        qkv = attn.qkv(h).reshape(t, 3, attn.num_heads, attn.head_dim).permute(1, 0, 2, 3).contiguous()
-        q, k, v = qkv.unbind(0)
+        # (T, H, D) views of the packed qkv rows: the varlen kernel takes any row stride, so no copy
+        q, k, v = attn.qkv(h).reshape(t, 3, attn.num_heads, attn.head_dim).unbind(1)
         q, k = attn.q_norm(q), attn.k_norm(k)
         o = attention_packed(q, k, v, packing, backend=backend, scale=attn.scale).reshape(t, attn.attn_dim)
         keys = packing.unpack(k.mean(1)) if return_keys else None
@@ -389,9 +390,7 @@ def rows_apply(st: RowState, plan, num_prefix: int, layout: Layout, clamp: bool 
     src = row_sources(plan.dest, plan.partner, plan.survivor, n_img, st.start, plan.kept, num_prefix,
                       layout.packed, layout.slots, layout.rows)
     x = gather_mean(st.x, src.src1, src.src2)
-    index = plan.dest.gather(1, st.index)
-    if clamp:
-        index = torch.minimum(index, (src.length - num_prefix - 1).clamp(min=0)[:, None])
+    index = compose_rows_index(plan.dest, st.index, src.length if clamp else None, num_prefix)
     return RowState(x, layout, src.start, src.length, index, src.cu_seqlens, None, st.tokens_left + [plan.kept])
 
 
@@ -431,13 +430,7 @@ def rows_fallback_merge(st: RowState, method: MergeMethod, block: int, num_prefi
 def rows_unmerge(st: RowState, num_prefix: int, clamp: bool = False) -> tuple[Tensor, Tensor]:
     """Image tokens on the full grid (B, N, C) with one gather, and the prefix tokens (B, P, C).
     ``clamp``: keep the gather inside the buffer (see :func:`rows_apply`)."""
-    b, c = st.batch, st.x.shape[-1]
     if not st.tokens_left:
         x = st.padded()
         return x[:, num_prefix:], x[:, :num_prefix]
-    rows = st.start[:, None] + num_prefix + st.index
-    if clamp:
-        rows = rows.clamp(max=st.layout.rows - 1)
-    tokens = st.x.index_select(0, rows.flatten()).view(b, -1, c)
-    prefix_rows = st.start[:, None] + torch.arange(num_prefix, device=st.x.device)
-    return tokens, st.x.index_select(0, prefix_rows.flatten()).view(b, num_prefix, c)
+    return unmerge_rows(st.x, st.start, st.index, num_prefix, clamp)

@@ -183,6 +183,29 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         got = tk.best_partners_rows(x3, start3, n3, P, 150, tiles=tiles)[0]
         for b, nb in enumerate(n3.tolist()):
             assert torch.equal(got[b, :nb], ref3[b, :nb]), f"ties: first index, {tiles and tiles.label()}"
+    # the map after a merge (clamped to the kept tokens or not) and the unmerge, against their twins
+    from mpm.merging.maps import compose_rows_index, unmerge_rows
+    dest = torch.randint(0, 30, (3, 37))
+    index = torch.randint(0, 37, (3, 50))
+    length = torch.tensor([31, 0, 12])
+    for cut in (None, length):
+        tk.enabled = False
+        want = compose_rows_index(dest, index, cut, P)
+        tk.enabled = True
+        got = tk.compose_index(dest, index, cut, P)
+        assert torch.equal(got, want), f"compose index (clamp: {cut is not None})"
+    assert int(tk.compose_index(dest, index, length, P)[1].max()) == 0 and torch.equal(
+        tk.compose_index(dest, index, None, P), dest.gather(1, index)), "compose index: the cut and the plain map"
+    rows = x.shape[0]
+    grid = torch.randint(0, 45, (3, 50))  # some rows past the buffer: the clamp keeps them inside
+    for prefix in (0, P, 2):
+        for clamp in (False, True):
+            idx = grid if clamp else grid.clamp(max=rows - 1 - int(start.max()) - prefix)
+            tk.enabled = False
+            want = unmerge_rows(x, start, idx, prefix, clamp)
+            tk.enabled = True
+            got = tk.unmerge_rows(x, start, idx, prefix, clamp)
+            assert all(torch.equal(u, v) for u, v in zip(got, want)), f"unmerge rows (P={prefix}, clamp={clamp})"
     from mpm.merging.mpm import plan_rows
     for fused in (False, True):  # the plan of the fast path, either source of best partners
         tk.fused_best_partner = fused

@@ -74,4 +74,9 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
         tk.gather_sources(dest, None, surv, n, start, kept, 1, packed, 40, 120)
         tk.gather_mean(x, src1, src2)
         tk.gather_mean(x, src1, None)
+    index = torch.zeros(3, 50, dtype=torch.long)
+    for cut in (kept, None):
+        tk.compose_index(dest, index, cut, 1)
+    for prefix, clamp in ((1, True), (0, False)):
+        tk.unmerge_rows(x, start, index, prefix, clamp)
     assert sorted(set(compiled)) == sorted(getattr(tk, k).kernel.fn.__name__ for k in kernels)
