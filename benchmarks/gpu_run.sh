@@ -13,6 +13,7 @@
 #                                      # graph and as one graph per merge interval (MPM_FUSE_SPECULATIVE=1/0; about 5 min)
 #   bash benchmarks/gpu_run.sh share   # checks, merge steps; MPM rows at batch 1 and 32, FA2, photos, pool of 2 batches: the
 #                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
+#   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
@@ -103,6 +104,10 @@ share_rows() {  # the merge + unmerge kernel share with the markers inside the t
         --batches "${SHARE_BATCHES:-32,1}" --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     pack_logs
 }
+census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
+    timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
+        --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
+}
 pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
 }
@@ -143,11 +148,12 @@ case "$what" in
     sym) sym_rows ;;
     fused) fused_rows ;;
     share) share_rows ;;
+    census) census_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac
