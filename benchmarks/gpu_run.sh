@@ -13,6 +13,8 @@
 #                                      # graph and as one graph per merge interval (MPM_FUSE_SPECULATIVE=1/0; about 5 min)
 #   bash benchmarks/gpu_run.sh share   # checks, merge steps; MPM rows at batch 1 and 32, FA2, photos, pool of 2 batches: the
 #                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
+#   bash benchmarks/gpu_run.sh bs1     # MPM rows at batch 1, FA2, graphs, speculative capacities on and off, photos and
+#                                      # synthetic images (about 2 min)
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
@@ -104,6 +106,11 @@ share_rows() {  # the merge + unmerge kernel share with the markers inside the t
         --batches "${SHARE_BATCHES:-32,1}" --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     pack_logs
 }
+bs1_rows() {  # batch 1 under graphs: speculative capacities against exact reads, photos and synthetic images
+    python3 benchmarks/speed.py --device cuda --images photos,synthetic --synthetic-batches 1 --methods mpm \
+        --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs --speculate both \
+        --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+}
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
         --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
@@ -149,11 +156,12 @@ case "$what" in
     fused) fused_rows ;;
     share) share_rows ;;
     census) census_rows ;;
+    bs1) bs1_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac
