@@ -15,6 +15,8 @@
 #                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
 #   bash benchmarks/gpu_run.sh bs1     # MPM rows at batch 1, FA2, graphs, speculative capacities on and off, photos and
 #                                      # synthetic images (about 2 min)
+#   bash benchmarks/gpu_run.sh kvsplit # checks; MPM rows at batch 1, FA2, graphs, T/S/B, photos and synthetic, the packed
+#                                      # attention's keys split (MPM_KV_SPLIT=1) and not (=0) (about 3 min)
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
@@ -111,6 +113,17 @@ bs1_rows() {  # batch 1 under graphs: speculative capacities against exact reads
         --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs --speculate both \
         --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
 }
+kvsplit_rows() {  # split-KV for the packed layout's varlen attention, against the unsplit kernel, same device call
+    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | grep -v "_warn_once\|profiler.py" \
+        | tee "$OUT/checks.log"
+    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    for split in 1 0; do
+        MPM_KV_SPLIT=$split python3 benchmarks/speed.py --device cuda --images photos,synthetic --synthetic-batches 1 \
+            --methods mpm --models T,S,B --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs \
+            --out "$OUT/speed_split$split.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_split$split.log"
+    done
+    pack_logs
+}
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
         --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
@@ -157,11 +170,12 @@ case "$what" in
     share) share_rows ;;
     census) census_rows ;;
     bs1) bs1_rows ;;
+    kvsplit) kvsplit_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kvsplit, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac
