@@ -17,6 +17,7 @@
 #                                      # synthetic images (about 2 min)
 #   bash benchmarks/gpu_run.sh kvsplit # checks; MPM rows at batch 1, FA2, graphs, T/S/B, photos and synthetic, the packed
 #                                      # attention's keys split (MPM_KV_SPLIT=1) and not (=0) (about 3 min)
+#   bash benchmarks/gpu_run.sh kvcensus # the census at batch 1, Seg-T and Seg-S, keys unsplit / at most 2 / up to 8 chunks
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
@@ -126,7 +127,13 @@ kvsplit_rows() {  # split-KV for the packed layout's varlen attention, against t
 }
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
-        --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
+        --out "$OUT/census${CENSUS_TAG:-}.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census${CENSUS_TAG:-}.log"
+}
+kvcensus_rows() {  # the census at batch 1 (T, S) with the packed attention's keys unsplit, in at most 2 and in up to 8 chunks
+    for run in "0 8 _unsplit" "1 2 _max2" "1 8 _max8"; do
+        set -- $run
+        MPM_KV_SPLIT=$1 MPM_KV_SPLITS_MAX=$2 CENSUS_TAG=$3 CENSUS_MODELS=T,S CENSUS_BATCHES=1 census_rows
+    done
 }
 pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
@@ -171,11 +178,12 @@ case "$what" in
     census) census_rows ;;
     bs1) bs1_rows ;;
     kvsplit) kvsplit_rows ;;
+    kvcensus) kvcensus_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kvsplit, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kvsplit, kvcensus, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - CPU-only installs
 enabled = os.environ.get("MPM_KV_SPLIT", "1") != "0"
 #: FlashAttention-2's query rows per program (head dims up to 128, fp16/bf16, sm80/sm90)
 QUERY_BLOCK = 128
-#: most key chunks per sequence
-MAX_SPLITS = 8
+#: most key chunks per sequence (MPM_KV_SPLITS_MAX)
+MAX_SPLITS = int(os.environ.get("MPM_KV_SPLITS_MAX", "8"))
 _SM_COUNT: dict[int, int] = {}
 
 
