@@ -27,9 +27,7 @@ from mpm.merging import build_method  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import compose_rows_index, gather_mean, row_sources, rows_to_padded, unmerge_rows  # noqa: E402
 from mpm.merging.mpm import partner_cosines, plan_from_partners  # noqa: E402
-from mpm.models import kv_split as kv_split_module  # noqa: E402
 from mpm.models import segmenter  # noqa: E402
-from mpm.models.attention import Varlen, attention_packed  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 
 FAILURES = 0
@@ -131,25 +129,6 @@ def kernel_checks(dev: torch.device) -> None:
     big, small = tk.partner_tiles(192, 32, 1024, dev), tk.partner_tiles(192, 1, 1024, dev)
     check(big.symmetric == (tk.symmetric_best_partner and 192 in tk.SYMMETRIC_TILES) and not small.symmetric,
           f"best-partner kernel by batch: Seg-T batch 32 {big.label()}, batch 1 {small.label()}")
-
-
-def kv_split_checks(dev: torch.device) -> None:
-    """The packed attention with its keys in chunks (mpm.models.kv_split) against the unsplit varlen kernel."""
-    for heads, lengths in ((3, [1025]), (6, [1025]), (3, [900, 31]), (3, [500, 2, 700])):
-        g = torch.Generator(device=dev).manual_seed(sum(lengths) + heads)
-        rows = sum(lengths) + 5  # + a pad sequence of 5 rows, as the runner's layouts have
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist(), rows], dtype=torch.int32, device=dev)
-        q, k, v = torch.randn(rows, 3, heads, 64, device=dev, dtype=torch.float16, generator=g).unbind(1)
-        start = cu[:-2].long()
-        plain = Varlen(cu, max(lengths), start, (cu[1:-1] - cu[:-2]).long())
-        split = Varlen(cu, max(lengths), start, (cu[1:-1] - cu[:-2]).long(), rows)
-        sp = split.kv_split(heads, 64, dev)
-        want = attention_packed(q, k, v, plain, "fa2")
-        got = attention_packed(q, k, v, split, "fa2")
-        err = rel(got[: sum(lengths)], want[: sum(lengths)])
-        check(sp is not None and kv_split_module.enabled and err < 2e-3,
-              f"split-KV varlen attention, {heads} heads, sequences {lengths} + pad: "
-              f"{sp.splits if sp else 1} chunks, rel {err:.1e} against unsplit")
 
 
 def math_alignment_checks(dev: torch.device) -> None:
@@ -364,7 +343,6 @@ def main() -> int:
     which = [a for a in sys.argv[1:] if not a.startswith("--")] or ["kernels", "runner", "plain"]
     if "kernels" in which:
         kernel_checks(dev)
-        kv_split_checks(dev)
         math_alignment_checks(dev)
     if "runner" in which:
         runner_checks(dev)

@@ -15,15 +15,13 @@
 #                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
 #   bash benchmarks/gpu_run.sh bs1     # MPM rows at batch 1, FA2, graphs, speculative capacities on and off, photos and
 #                                      # synthetic images (about 2 min)
-#   bash benchmarks/gpu_run.sh kvsplit # checks; MPM rows at batch 1, FA2, graphs, T/S/B, photos and synthetic, the packed
-#                                      # attention's keys split (MPM_KV_SPLIT=1) and not (=0) (about 3 min)
-#   bash benchmarks/gpu_run.sh kvcensus # the census at batch 1, Seg-T and Seg-S, keys unsplit / at most 2 / up to 8 chunks
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
-#   (EDGE_ROUNDS=N and EDGE_EXTRA="--unfused" for edge, CPU_REPEATS=N for cpu change their length)
+#   (EDGE_ROUNDS=N and EDGE_EXTRA="--unfused" for edge, CPU_REPEATS=N for cpu change their length; MERGE_KERNELS=0
+#   leaves merge_kernels.py out of quick/gpu/spec; SYNTH_BATCHES=32,1 adds batch-1 rows on the synthetic set to gpu)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
 # Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
@@ -55,7 +53,9 @@ gpu_rows() {
             | tee -a "$OUT/checks.log"
         export MPM_TRITON=0
     fi
-    timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    if [ "${MERGE_KERNELS:-1}" != 0 ]; then
+        timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    fi
     if [ "$1" = quick ]; then
         python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 \
             --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
@@ -68,7 +68,8 @@ gpu_rows() {
             --speculate both --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     else
         python3 benchmarks/speed.py --device cuda --images photos,synthetic --methods mpm,tome,algm --repeats 5 \
-            --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+            --synthetic-batches "${SYNTH_BATCHES:-32}" --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" \
+            | tee "$OUT/speed.log"
     fi
 }
 sym_rows() {  # the symmetric best-partner kernel: its checks, its timings against the row kernel, MPM rows with and without it
@@ -114,26 +115,9 @@ bs1_rows() {  # batch 1 under graphs: speculative capacities against exact reads
         --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs --speculate both \
         --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
 }
-kvsplit_rows() {  # split-KV for the packed layout's varlen attention, against the unsplit kernel, same device call
-    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | grep -v "_warn_once\|profiler.py" \
-        | tee "$OUT/checks.log"
-    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
-    for split in 1 0; do
-        MPM_KV_SPLIT=$split python3 benchmarks/speed.py --device cuda --images photos,synthetic --synthetic-batches 1 \
-            --methods mpm --models T,S,B --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs \
-            --out "$OUT/speed_split$split.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_split$split.log"
-    done
-    pack_logs
-}
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
-        --out "$OUT/census${CENSUS_TAG:-}.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census${CENSUS_TAG:-}.log"
-}
-kvcensus_rows() {  # the census at batch 1 (T, S) with the packed attention's keys unsplit, in at most 2 and in up to 8 chunks
-    for run in "0 8 _unsplit" "1 2 _max2" "1 8 _max8"; do
-        set -- $run
-        MPM_KV_SPLIT=$1 MPM_KV_SPLITS_MAX=$2 CENSUS_TAG=$3 CENSUS_MODELS=T,S CENSUS_BATCHES=1 census_rows
-    done
+        --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
 }
 pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)
@@ -177,13 +161,11 @@ case "$what" in
     share) share_rows ;;
     census) census_rows ;;
     bs1) bs1_rows ;;
-    kvsplit) kvsplit_rows ;;
-    kvcensus) kvcensus_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kvsplit, kvcensus, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

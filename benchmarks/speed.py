@@ -373,9 +373,6 @@ def main() -> int:
         from mpm.models import segmenter
 
         env["fuse_speculative"] = segmenter.FUSE_SPECULATIVE
-        from mpm.models import kv_split
-
-        env["kv_split"] = kv_split.enabled
     # groups in order of priority (a run cut short keeps the most important rows):
     # real photos first, FA2 before math, batch 32 before batch 1, eager before graphs
     groups = []

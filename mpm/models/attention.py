@@ -8,9 +8,7 @@ backend        what runs
 ``sdpa``       PyTorch ``scaled_dot_product_attention``, PyTorch picks the kernel.
 ``fa2``        PyTorch SDPA restricted to its FlashAttention-2 kernel ("FA2 on").
                CUDA and fp16/bf16 only; padded batches run as packed
-               variable-length sequences through the same kernel's varlen mode
-               (its keys split in chunks when that fills the GPU better,
-               :mod:`mpm.models.kv_split`, as the kernel does for padded batches).
+               variable-length sequences through the same kernel's varlen mode.
 ``flash-attn`` the ``flash-attn`` package (``flash_attn_func`` /
                ``flash_attn_varlen_func``), where it is importable.
 =============  ==============================================================
@@ -22,16 +20,12 @@ A backend that cannot run with the given inputs raises
 from __future__ import annotations
 
 import importlib.util
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mpm.backends import backend_names, backends, get_backend
 from mpm.errors import BackendError
-from mpm.models import kv_split as kv_split_module
-from mpm.models.kv_split import KVSplit, combine_kv_splits, kv_split, splits_for
 
 #: a registered backend's name (:mod:`mpm.backends`)
 Backend = str
@@ -157,20 +151,10 @@ class Varlen:
         start, length: (B,) long, for :meth:`unpack`.
     """
 
-    def __init__(self, cu_seqlens: Tensor, max_len: int, start: Tensor, length: Tensor, rows: int | None = None) -> None:
+    def __init__(self, cu_seqlens: Tensor, max_len: int, start: Tensor, length: Tensor) -> None:
         self.cu_seqlens, self.max_len = cu_seqlens, max_len
         self.start, self.lengths = start, length
         self.batch = int(start.shape[0])
-        self.rows = rows  # R, every row in a sequence (the layout's buffer), if known
-        self._splits: dict[int, KVSplit | None] = {}
-
-    def kv_split(self, heads: int, head_dim: int, device: torch.device) -> KVSplit | None:
-        """The key chunks (:mod:`mpm.models.kv_split`) that fill the GPU for ``heads`` heads, built at the
-        first call (once per layout), or None when one chunk does."""
-        if heads not in self._splits:
-            splits = splits_for(self.batch, heads, head_dim, self.max_len, device) if self.rows else 1
-            self._splits[heads] = kv_split(self.cu_seqlens, self.rows, self.max_len, splits) if splits > 1 else None
-        return self._splits[heads]
 
     def unpack(self, values: Tensor) -> Tensor:
         """(R, D) rows -> (B, max_len, D) padded; slots past ``length[b]`` hold copies of real rows."""
@@ -220,17 +204,7 @@ def _fa2_varlen(q: Tensor, k: Tensor, v: Tensor, packing: "Packing | Varlen", sc
     an upper bound, so no host sync is needed (:class:`Varlen`).
     """
     cu = packing.cu_seqlens
-    split = packing.kv_split(q.shape[1], q.shape[2], q.device) if isinstance(packing, Varlen) else None
     try:
-        if split is not None and kv_split_module.enabled:  # keys in chunks, queries repeated per chunk
-            q_rep = q.index_select(0, split.q_rows)
-            out, lse = torch.ops.aten._flash_attention_forward(
-                q_rep, k, v, split.cu_q, split.cu_k, packing.max_len, split.max_k, 0.0, False, False, scale=scale)[:2]
-            if tuple(lse.shape) == (q.shape[1], q_rep.shape[0]):
-                return combine_kv_splits(out, lse, split.parts)
-            kv_split_module.enabled = False  # this build returns the log-sum-exp padded: split no more
-            warnings.warn(f"mpm: FlashAttention-2's varlen log-sum-exp has shape {tuple(lse.shape)}, not (heads, "
-                          "rows): split-KV is off for this process", RuntimeWarning, stacklevel=2)
         return torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, packing.max_len, packing.max_len, 0.0, False, False, scale=scale)[0]
     except RuntimeError as err:

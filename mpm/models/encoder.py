@@ -310,7 +310,6 @@ class RowState:
     cu_seqlens: Tensor | None = None
     size: Tensor | None = None
     tokens_left: list[Tensor] = field(default_factory=list)
-    _varlen: Varlen | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
@@ -343,13 +342,9 @@ class RowState:
         return None if self.layout.uniform or self.layout.packed else self.length
 
     def varlen(self) -> Varlen | None:
-        """The packed layout's sequences for the varlen kernel (one object per layout: what it derives
-        once, such as key chunks, serves every block until the next merge), or None."""
         if not self.layout.packed:
             return None
-        if self._varlen is None:
-            self._varlen = Varlen(self.cu_seqlens, self.layout.slots, self.start, self.length, self.layout.rows)
-        return self._varlen
+        return Varlen(self.cu_seqlens, self.layout.slots, self.start, self.length)
 
 
 def rows_initial(x: Tensor, num_prefix: int, with_size: bool) -> RowState:

@@ -80,17 +80,3 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     for prefix, clamp in ((1, True), (0, False)):
         tk.unmerge_rows(x, start, index, prefix, clamp)
     assert sorted(set(compiled)) == sorted(getattr(tk, k).kernel.fn.__name__ for k in kernels)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_split_kv_combine_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The split-KV combine of the packed attention (mpm.models.kv_split), as the encoder calls it."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from mpm.models import kv_split as ks
-
-    compiled: list[str] = []
-    monkeypatch.setattr(ks, "_combine_kernel", _CompileOnly(ks._combine_kernel, compiled))
-    for splits in (2, 5):
-        out = torch.zeros(splits * 40, 3, 64, dtype=dtype)
-        ks._combine_triton(out, torch.zeros(3, splits * 40), torch.arange(splits * 40).view(40, splits))
-    assert compiled == ["_combine_kernel", "_combine_kernel"]
