@@ -21,7 +21,9 @@
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
 #   (EDGE_ROUNDS=N and EDGE_EXTRA="--unfused" for edge, CPU_REPEATS=N for cpu change their length; MERGE_KERNELS=0
-#   leaves merge_kernels.py out of quick/gpu/spec; SYNTH_BATCHES=32,1 adds batch-1 rows on the synthetic set to gpu)
+#   leaves merge_kernels.py out of quick/gpu/spec; SYNTH_BATCHES=32,1 adds batch-1 rows on the synthetic set to gpu;
+#   GPU_IMAGES=photos or =synthetic runs gpu's rows of one image set: with SYNTH_BATCHES=32,1 the whole run takes
+#   about 700 s, over one call's 600, so it goes in two calls, one per set, their speed.json lists joined)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
 #
 # Writes under $OUT: gpu.txt, checks.log, merge_kernels.json/.log, speed.json (or speed.partial.json if cut short), speed.log;
@@ -67,9 +69,9 @@ gpu_rows() {
         python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" \
             --speculate both --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     else
-        python3 benchmarks/speed.py --device cuda --images photos,synthetic --methods mpm,tome,algm --repeats 5 \
-            --synthetic-batches "${SYNTH_BATCHES:-32}" --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" \
-            | tee "$OUT/speed.log"
+        python3 benchmarks/speed.py --device cuda --images "${GPU_IMAGES:-photos,synthetic}" --methods mpm,tome,algm \
+            --repeats 5 --synthetic-batches "${SYNTH_BATCHES:-32}" --out "$OUT/speed.json" 2>&1 \
+            | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     fi
 }
 sym_rows() {  # the symmetric best-partner kernel: its checks, its timings against the row kernel, MPM rows with and without it
