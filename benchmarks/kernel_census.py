@@ -38,7 +38,7 @@ _NOISE = re.compile(r"^void |at::native::|\(anonymous namespace\)::|at::cuda::|c
 
 def short(name: str, width: int = 72) -> str:
     """A kernel's name without its namespaces' noise, cut to ``width``."""
-    return _NOISE.sub("", name).replace("at::native::", "")[:width]
+    return _NOISE.sub("", name)[:width]
 
 
 def census(runner, call, n: int, device: torch.device, timed_calls: int) -> dict:
