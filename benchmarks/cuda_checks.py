@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
-from mpm.benchmarking.timing import KernelSections, MarkerMismatch  # noqa: E402
+from mpm.benchmarking.timing import KernelSections, MarkerMismatch, profile_kernels  # noqa: E402
 from mpm.errors import BackendError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
@@ -258,15 +258,8 @@ def runner_checks(dev: torch.device) -> None:
         xs = [b.half() for b in batches]
         plain, marked = m.runner(method, "fa2", "graphs"), m.runner(method, "fa2", "graphs")
         try:
-            for _ in range(2):
-                for x in xs:
-                    plain(x), marked(x, timer=KernelSections(dev))
-            sections = KernelSections(dev)
-            worst = 0.0
-            with sections.profile():
-                for x in xs:
-                    worst = max(worst, rel(marked(x, timer=sections), plain(x)))
-                    sections.calls += 1
+            sections = profile_kernels(lambda i, timer, r=marked: r(xs[i], timer=timer), len(xs), dev)
+            worst = max(rel(marked(x, timer=KernelSections(dev)), plain(x)) for x in xs)  # each its own buffers
             bd = sections.breakdown()
             check(worst == 0.0 and bd["merge_ms"] > 0 and bd["unmerge_ms"] > 0 and marked.fused_graphs >= 1
                   and 0 < bd["merge_ms"] + bd["unmerge_ms"] + bd["decoder_ms"] < bd["kernel_ms"],

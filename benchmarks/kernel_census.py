@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
-from mpm.benchmarking.timing import KernelSections, MarkerMismatch, time_block  # noqa: E402
+from mpm.benchmarking.timing import MarkerMismatch, profile_kernels, time_block  # noqa: E402
 from mpm.environment import describe_environment  # noqa: E402
 from mpm.merging.base import NoMerge  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
@@ -43,14 +43,7 @@ def short(name: str, width: int = 72) -> str:
 
 def census(runner, call, n: int, device: torch.device, timed_calls: int) -> dict:
     """Kernels per forward of ``call(i)`` (i < n) by section and by name, and the wall ms per forward."""
-    for _ in range(2):  # capture the marked graphs and settle any guesses before the profile
-        for i in range(n):
-            call(i, KernelSections(device))
-    sections = KernelSections(device)
-    with sections.profile():
-        for i in range(n):
-            call(i, sections)
-            sections.calls += 1
+    sections = profile_kernels(call, n, device)
     for i in range(n):  # the unmarked graphs, for the wall time
         call(i, None)
     wall = time_block(lambda i: call(i % n, None), device, timed_calls)

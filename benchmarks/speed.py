@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_table, beside 
 
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E402
-from mpm.benchmarking.timing import KernelSections, MarkerMismatch, SectionTimer, interleaved, ratio_stats  # noqa: E402
+from mpm.benchmarking.timing import MarkerMismatch, SectionTimer, interleaved, profile_kernels, ratio_stats  # noqa: E402
 from mpm.environment import cpu_model, describe_environment  # noqa: E402
 from mpm.errors import DatasetError  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
@@ -121,15 +121,8 @@ def breakdown(model, method, backend: str, mode: str, inputs, device, passes: in
     _release(device)
     if device.type == "cuda":
         runner = model.runner(method, backend, mode, speculate=speculate)
-        for _ in range(2):  # capture the marked graphs (and settle the guesses) before the profile
-            for x in inputs:
-                runner(x, timer=KernelSections(device))
-        kernels = KernelSections(device)
         try:
-            with kernels.profile():
-                for x in inputs:
-                    runner(x, timer=kernels)
-                    kernels.calls += 1
+            kernels = profile_kernels(lambda i, timer: runner(inputs[i], timer=timer), len(inputs), device)
             kernel_out = {**kernels.breakdown(),
                           "top": {s: kernels.top_kernels(s) for s in ("merge", "unmerge")}}
         except MarkerMismatch as err:  # the stream's markers did not match: no kernel share for this row

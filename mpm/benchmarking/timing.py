@@ -18,7 +18,7 @@ import torch
 from mpm.ratios import Ratio, ratio_stats  # re-exported: the ratios of interleaved timings
 
 __all__ = ["KernelSections", "MarkerMismatch", "Ratio", "SectionTimer", "TimingStats", "credit_kernels", "interleaved",
-           "percentile", "ratio_stats", "summarize", "time_block", "time_calls"]
+           "percentile", "profile_kernels", "ratio_stats", "summarize", "time_block", "time_calls"]
 
 
 @dataclass
@@ -286,6 +286,23 @@ class KernelSections(SectionTimer):
         calls = max(self.calls, 1)
         rows = sorted(self.by_kernel.get(section, {}).items(), key=lambda kv: -kv[1][0])[:n]
         return [[name[:width], ms / calls, launches / calls] for name, (ms, launches) in rows]
+
+
+def profile_kernels(call: Callable[[int, KernelSections], object], n: int, device: torch.device,
+                    warmup: int = 2) -> KernelSections:
+    """The :class:`KernelSections` of one profiled pass of ``call(i, timer)`` over ``i < n``, after
+    ``warmup`` passes with throwaway timers (so that a runner captures its marked graphs and settles
+    its speculative guesses before the profile, not inside it). ``calls`` is ``n``. Raises
+    :class:`MarkerMismatch` as :meth:`KernelSections.profile`."""
+    for _ in range(warmup):
+        for i in range(n):
+            call(i, KernelSections(device))
+    sections = KernelSections(device)
+    with sections.profile():
+        for i in range(n):
+            call(i, sections)
+            sections.calls += 1
+    return sections
 
 
 def time_block(fn: Callable[[int], object], device: torch.device, iters: int, offset: int = 0,

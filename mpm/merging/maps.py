@@ -196,7 +196,7 @@ def compose_rows_index(dest: Tensor, index: Tensor, length: Tensor | None = None
     speculative capacity that cut some needs; one Triton kernel on CUDA."""
     if tk.available(dest):
         return tk.compose_index(dest, index, length, num_prefix)
-    out = dest.gather(1, index)
+    out = compose(index, dest)
     if length is not None:
         out = torch.minimum(out, (length - num_prefix - 1).clamp(min=0)[:, None])
     return out

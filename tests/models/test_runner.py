@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpm.benchmarking.bench import SliceOracle
-from mpm.benchmarking.timing import KernelSections, MarkerMismatch, SectionTimer, credit_kernels
+from mpm.benchmarking.timing import KernelSections, MarkerMismatch, SectionTimer, credit_kernels, profile_kernels
 from mpm.errors import ConfigError
 from mpm.merging import build_method
 from mpm.models import SegmenterConfig, build_segmenter
@@ -216,6 +216,16 @@ def test_kernel_sections_captured_in_graphs_log_the_eager_boundaries(model, spec
     assert logs["eager"][:2] == [(True, "encoder"), (True, "merge")] and logs["eager"].count((True, "unmerge")) == 3
     assert ranges["graphs"]["encoder"] == ranges["eager"]["encoder"] == 3
     assert ranges["graphs"]["merge"] >= ranges["eager"]["merge"] >= 6
+
+
+def test_profile_kernels_warms_up_then_profiles_one_pass() -> None:
+    """speed.py's and kernel_census.py's kernel pass: warm-up passes with throwaway timers (graph
+    captures and guesses settle outside the profile), then one pass with the returned timer."""
+    seen = []
+    sections = profile_kernels(lambda i, timer: seen.append((i, timer)), 3, torch.device("cpu"))
+    assert [i for i, _ in seen] == [0, 1, 2] * 3 and sections.calls == 3
+    assert all(t is sections for _, t in seen[6:]) and not any(t is sections for _, t in seen[:6])
+    assert len({id(t) for _, t in seen[:6]}) == 6
 
 
 def test_kernels_are_credited_between_the_section_markers() -> None:
