@@ -6,6 +6,7 @@ synthetic images (smooth random fields, so MPM merges a varying number of tokens
 Checks of the fast path (:class:`mpm.models.segmenter.SegmenterRunner`):
 
 * its Triton kernels against their PyTorch twins on random rows (packed and padded);
+* the Triton attention backend against FlashAttention-2 (padded, key lengths, packed);
 * the runner (eager, then under CUDA graphs) against the plain ``model(...)`` forward,
   for dense, MPM, ToMe, ALGM and the slice oracle.
 """
@@ -28,6 +29,7 @@ from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import compose_rows_index, gather_mean, row_sources, rows_to_padded, unmerge_rows  # noqa: E402
 from mpm.merging.mpm import partner_cosines, plan_from_partners  # noqa: E402
 from mpm.models import segmenter  # noqa: E402
+from mpm.models.attention import Varlen, attention, attention_packed  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 
 FAILURES = 0
@@ -131,6 +133,33 @@ def kernel_checks(dev: torch.device) -> None:
           f"best-partner kernel by batch: Seg-T batch 32 {big.label()}, batch 1 {small.label()}")
 
 
+def attention_kernel_checks(dev: torch.device) -> None:
+    """The Triton attention backend against FlashAttention-2 on the same inputs: padded (with and without key
+    lengths) and packed (cumulative lengths with an empty sequence and a pad sequence), Segmenter's widths."""
+    torch.manual_seed(0)
+    for heads, n in ((3, 1025), (12, 1025), (16, 1601)):
+        for dtype in (torch.float16, torch.bfloat16):
+            qkv = torch.randn(4, n, 3, heads, 64, device=dev, dtype=dtype).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, N, D) views of one projection, as the encoder makes them
+            lengths = torch.tensor([n, 1, n // 2, n - 7], device=dev)
+            for lens in (None, lengths):
+                a = attention(q, k, v, backend="triton", lengths=lens)
+                b = attention(q, k, v, backend="fa2", lengths=lens)
+                real = lengths if lens is not None else torch.full_like(lengths, n)
+                keep = (torch.arange(n, device=dev) < real[:, None])[:, None, :, None]
+                r = rel(a * keep, b * keep)
+                check(r < 2e-3, f"triton attention H={heads} N={n} {str(dtype)[6:]} padded lengths={lens is not None}"
+                                f" vs fa2: rel {r:.2e}")
+            rows = torch.randn(4 * n + 37, 3, heads, 64, device=dev, dtype=dtype)
+            cu = torch.tensor([0, n, n, 3 * n - 5, 4 * n, 4 * n + 37], device=dev, dtype=torch.int32)
+            packing = Varlen(cu, 2 * n, cu[:-2].long(), (cu[1:-1] - cu[:-2]).long())
+            qp, kp, vp = rows.unbind(1)
+            a = attention_packed(qp, kp, vp, packing, backend="triton")
+            b = attention_packed(qp, kp, vp, packing, backend="fa2")
+            r = rel(a, b)
+            check(r < 2e-3, f"triton attention H={heads} {str(dtype)[6:]} packed (5 sequences) vs fa2: rel {r:.2e}")
+
+
 def math_alignment_checks(dev: torch.device) -> None:
     """The math backend's 8-aligned keys on CUDA against unaligned keys (Segmenter's token counts)."""
     import importlib
@@ -160,10 +189,10 @@ def runner_checks(dev: torch.device) -> None:
     x32 = smooth_images(4, 512, 0).to(dev)
     cases = [("none", (), {}), ("mpm", (2, 5), {}), ("mpm", (1, 3, 5), {}), ("tome", tuple(range(12)), {"r": 40}),
              ("algm", (), {})]
-    combos = ((torch.float32, ("math", "sdpa")), (torch.float16, ("math", "sdpa", "fa2")))
+    combos = ((torch.float32, ("math", "sdpa")), (torch.float16, ("math", "sdpa", "fa2", "triton")))
     if QUICK:
         cases = [c for c in cases if c[1] != (1, 3, 5)]
-        combos = ((torch.float32, ("math",)), (torch.float16, ("math", "fa2")))
+        combos = ((torch.float32, ("math",)), (torch.float16, ("math", "fa2", "triton")))
     with torch.inference_mode():
         for name, sched, kwargs in cases:
             method = build_method(name, sched, **kwargs)
@@ -311,7 +340,7 @@ def plain_checks(dev: torch.device) -> None:
                 check(ra < 1e-4 and same_maps, f"fp32 {name}{list(sched)} {backend:5s} batch-vs-alone rel {ra:.2e} "
                                                f"maps equal {same_maps} tokens {counts}")
             m16 = model.half()
-            for backend in ("math", "sdpa", "fa2"):
+            for backend in ("math", "sdpa", "fa2", "triton"):
                 out, henc = m16(x32.half(), method=method, backend=backend, return_encoder=True)
                 r = rel(out, ref)
                 maps = float((henc.index == enc.index).float().mean()) if enc.tokens_left else 1.0
@@ -336,6 +365,7 @@ def main() -> int:
     which = [a for a in sys.argv[1:] if not a.startswith("--")] or ["kernels", "runner", "plain"]
     if "kernels" in which:
         kernel_checks(dev)
+        attention_kernel_checks(dev)
         math_alignment_checks(dev)
     if "runner" in which:
         runner_checks(dev)

@@ -15,6 +15,7 @@
 #                                      # kernel share of the uncut graphs and each section's costliest kernels (about 7 min)
 #   bash benchmarks/gpu_run.sh bs1     # MPM rows at batch 1, FA2, graphs, speculative capacities on and off, photos and
 #                                      # synthetic images (about 2 min)
+#   bash benchmarks/gpu_run.sh attn    # attention_kernels.py (the Triton attention kernel against FA2), checks (about 2 min)
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
@@ -22,6 +23,7 @@
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
 #   (EDGE_ROUNDS=N and EDGE_EXTRA="--unfused" for edge, CPU_REPEATS=N for cpu change their length; MERGE_KERNELS=0
 #   leaves merge_kernels.py out of quick/gpu/spec; SYNTH_BATCHES=32,1 adds batch-1 rows on the synthetic set to gpu;
+#   GPU_BACKENDS (default fa2,math) and BATCH1_BACKENDS (default fa2) are gpu's attention backends at batch 32 and 1;
 #   GPU_IMAGES=photos or =synthetic runs gpu's rows of one image set: with SYNTH_BATCHES=32,1 the whole run takes
 #   about 700 s, over one call's 600, so it goes in two calls, one per set, their speed.json lists joined)
 #   bash benchmarks/gpu_run.sh full    # gpu, then edge and cpu (over one device call's limit)
@@ -46,6 +48,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
     | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)" \
     | tee -a "$OUT/gpu.txt"
+checks_gate() {  # the GPU checks ($1: which parts); the calling part stops (status 1) if a line matches $2
+    timeout 200 python3 benchmarks/cuda_checks.py $1 --quick 2>&1 | tee -a "$OUT/checks.log"
+    if grep -q "$2" "$OUT/checks.log"; then echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; fi
+}
 gpu_rows() {
     timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
     # the kernels' own checks decide which kernels are timed; a runner check that fails is reported in
@@ -70,7 +76,8 @@ gpu_rows() {
             --speculate both --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
     else
         python3 benchmarks/speed.py --device cuda --images "${GPU_IMAGES:-photos,synthetic}" --methods mpm,tome,algm \
-            --repeats 5 --synthetic-batches "${SYNTH_BATCHES:-32}" --out "$OUT/speed.json" 2>&1 \
+            --repeats 5 --synthetic-batches "${SYNTH_BATCHES:-32}" --backends "${GPU_BACKENDS:-fa2,math}" \
+            --batch1-backends "${BATCH1_BACKENDS:-fa2}" --out "$OUT/speed.json" 2>&1 \
             | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     fi
 }
@@ -95,8 +102,7 @@ sym_rows() {  # the symmetric best-partner kernel: its checks, its timings again
     pack_logs
 }
 fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE) against one graph per merge interval
-    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
-    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    checks_gate "kernels runner" "^FAIL" || return 1
     for fuse in 1 0; do
         MPM_FUSE_SPECULATIVE=$fuse python3 benchmarks/speed.py --device cuda --images photos --methods mpm \
             --repeats "${SPEC_REPEATS:-5}" --batches 1,32 --backends fa2 --modes graphs --pool-batches 2 \
@@ -105,8 +111,7 @@ fused_rows() {  # a speculative forward as one graph (segmenter.FUSE_SPECULATIVE
     pack_logs
 }
 share_rows() {  # the merge + unmerge kernel share with the markers inside the timed (uncut) graphs
-    timeout 200 python3 benchmarks/cuda_checks.py kernels runner --quick 2>&1 | tee "$OUT/checks.log"
-    grep -q "^FAIL triton" "$OUT/checks.log" && { echo "kernel checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    checks_gate "kernels runner" "^FAIL triton" || return 1
     timeout 100 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
     python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" \
         --batches "${SHARE_BATCHES:-32,1}" --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
@@ -116,6 +121,10 @@ bs1_rows() {  # batch 1 under graphs: speculative capacities against exact reads
     python3 benchmarks/speed.py --device cuda --images photos,synthetic --synthetic-batches 1 --methods mpm \
         --repeats "${SPEC_REPEATS:-5}" --batches 1 --backends fa2 --modes graphs --speculate both \
         --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+}
+attn_rows() {  # the Triton attention backend: its kernel against FA2 per shape and tiling, then its checks
+    timeout 200 python3 benchmarks/attention_kernels.py --out "$OUT/attention_kernels.json" 2>&1 | tee "$OUT/attention_kernels.log"
+    checks_gate "kernels runner" "^FAIL"
 }
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
@@ -162,6 +171,7 @@ case "$what" in
     fused) fused_rows ;;
     share) share_rows ;;
     census) census_rows ;;
+    attn) attn_rows ;;
     bs1) bs1_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
@@ -169,5 +179,5 @@ case "$what" in
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -10,7 +10,7 @@ labels, the workflow's wildcard constraints and its configuration schema
 >>> get_backend("fa2").cuda_label
 'FA2 on'
 >>> backend_names()
-('math', 'sdpa', 'fa2', 'flash-attn')
+('math', 'sdpa', 'fa2', 'triton', 'flash-attn')
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class AttentionBackend:
         exportable: whether its computation exports to plain ONNX ops.
         takes_bias: whether it accepts an additive logit bias (ToMe's proportional attention).
         package: an optional Python package it needs (import name), or None.
+        install: how to install ``package`` (shown when it is missing).
         cuda_label: its column label on a CUDA device in the tables (``FA2 off`` / ``FA2 on``), or None
             when the tables show no column for it.
     """
@@ -48,6 +49,7 @@ class AttentionBackend:
     exportable: bool = False
     takes_bias: bool = True
     package: str | None = None
+    install: str = ""
     cuda_label: str | None = None
 
     def runs_on(self, device_type: str) -> bool:
@@ -68,8 +70,12 @@ _register(AttentionBackend("sdpa", "PyTorch scaled_dot_product_attention, PyTorc
                            exportable=True))
 _register(AttentionBackend("fa2", "PyTorch SDPA restricted to its FlashAttention-2 kernel", devices=("cuda",),
                            half_only=True, varlen=True, takes_bias=False, cuda_label="FA2 on"))
+_register(AttentionBackend("triton", "mpm's Triton FlashAttention forward (mpm.models.triton_attention), padded or "
+                           "packed", devices=("cuda",), half_only=True, varlen=True, takes_bias=False,
+                           package="triton", install="it ships with the CUDA builds of torch"))
 _register(AttentionBackend("flash-attn", "the flash-attn package (flash_attn_func / flash_attn_varlen_func)",
-                           devices=("cuda",), half_only=True, varlen=True, takes_bias=False, package="flash_attn"))
+                           devices=("cuda",), half_only=True, varlen=True, takes_bias=False, package="flash_attn",
+                           install="pip install 'mpm[flash]'"))
 
 
 def backends() -> tuple[AttentionBackend, ...]:

@@ -23,8 +23,8 @@ def test_readers_take_the_registry():
     from mpm.models.encoder import VARLEN_BACKENDS
     from mpm.tables.bench import CUDA_BACKEND_LABELS
 
-    assert BACKENDS == backend_names() == ("math", "sdpa", "fa2", "flash-attn")
-    assert VARLEN_BACKENDS == varlen_backends() == ("fa2", "flash-attn")
+    assert BACKENDS == backend_names() == ("math", "sdpa", "fa2", "triton", "flash-attn")
+    assert VARLEN_BACKENDS == varlen_backends() == ("fa2", "triton", "flash-attn")
     assert EXPORTABLE_BACKENDS == exportable_backends() == ("math", "sdpa")
     assert CUDA_BACKEND_LABELS == cuda_labels() == {"math": "FA2 off", "fa2": "FA2 on"}
 

@@ -9,6 +9,10 @@ backend        what runs
 ``fa2``        PyTorch SDPA restricted to its FlashAttention-2 kernel ("FA2 on").
                CUDA and fp16/bf16 only; padded batches run as packed
                variable-length sequences through the same kernel's varlen mode.
+``triton``     mpm's Triton FlashAttention forward (:mod:`mpm.models.triton_attention`):
+               the same algorithm, compiled for the GPU at hand; padded batches
+               as key-length-limited sequences, packed ones through cumulative
+               lengths. CUDA and fp16/bf16 only.
 ``flash-attn`` the ``flash-attn`` package (``flash_attn_func`` /
                ``flash_attn_varlen_func``), where it is importable.
 =============  ==============================================================
@@ -26,6 +30,7 @@ from torch import Tensor
 
 from mpm.backends import backend_names, backends, get_backend
 from mpm.errors import BackendError
+from mpm.models import triton_attention
 
 #: a registered backend's name (:mod:`mpm.backends`)
 Backend = str
@@ -45,16 +50,16 @@ def check_backend(backend: str, device: torch.device | str, dtype: torch.dtype) 
     anywhere = " / ".join(f"'{b.name}'" for b in backends() if not b.devices and not b.half_only)
     if not spec.runs_on(device.type):
         raise BackendError(
-            f"attention backend {backend!r} (FlashAttention-2) needs a CUDA device, got {device}; "
+            f"attention backend {backend!r} needs a CUDA device, got {device}; "
             f"use {anywhere.replace(' / ', ' or ')} on this device"
         )
     if spec.half_only and dtype not in _HALF:
         raise BackendError(
-            f"attention backend {backend!r} (FlashAttention-2) needs float16 or bfloat16 inputs, got {dtype}; "
+            f"attention backend {backend!r} needs float16 or bfloat16 inputs, got {dtype}; "
             f"run the model in half precision or use {anywhere}"
         )
     if spec.package and importlib.util.find_spec(spec.package) is None:
-        raise BackendError(f"attention backend {backend!r} needs the {backend} package (pip install 'mpm[flash]')")
+        raise BackendError(f"attention backend {backend!r} needs the {spec.package} package ({spec.install})")
 
 
 def key_padding_mask(lengths: Tensor, num_keys: int) -> Tensor:
@@ -92,11 +97,13 @@ def attention(
     if bias is not None and not get_backend(backend).takes_bias:
         biased = " or ".join(f"'{b.name}'" for b in backends() if b.takes_bias)
         raise BackendError(
-            f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional attention "
+            f"attention backend {backend!r} takes no logit bias: proportional attention "
             f"(ToMe's prop_attn) needs backend {biased}"
         )
     if backend == "fa2":
         return _fa2(q, k, v, lengths, scale)
+    if backend == "triton":
+        return _triton(q, k, v, lengths, scale)
     return _flash_attn(q, k, v, lengths, scale)
 
 
@@ -180,6 +187,8 @@ def attention_packed(q: Tensor, k: Tensor, v: Tensor, packing: Packing, backend:
         cu = packing.cu_seqlens
         return flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, packing.max_len, packing.max_len,
                                                  softmax_scale=scale)
+    if backend == "triton":
+        return triton_attention.flash_varlen(q, k, v, packing.cu_seqlens, packing.max_len, scale)
     varlen = get_backend(backend).varlen  # else no varlen kernel: attention on the padded layout
     if not varlen and isinstance(packing, Varlen):  # a testing path: syncs once
         padded = [packing.unpack(t.flatten(1)).unflatten(-1, t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
@@ -296,6 +305,16 @@ def _fa2(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) 
     packed = [packing.pack(t.transpose(1, 2).reshape(b, n, h * d)).view(-1, h, d) for t in (q, k, v)]
     out = _fa2_varlen(*packed, packing, scale)
     return packing.unpack(out.reshape(-1, h * d)).view(b, n, h, d).transpose(1, 2)
+
+
+def _triton(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:
+    """(B, H, N, D) through :func:`~mpm.models.triton_attention.flash_padded`: the (B * N, H, D) rows are views
+    of the inputs wherever their batch stride is N rows (one qkv projection), so nothing is copied."""
+    b, h, n, d = q.shape
+    rows = [t.transpose(1, 2).reshape(b * n, h, d) for t in (q, k, v)]
+    lens = None if lengths is None else lengths.to(torch.int32)
+    out = triton_attention.flash_padded(*rows, n, lens, scale)
+    return out.view(b, n, h, d).transpose(1, 2)
 
 
 def _flash_attn(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None, scale: float) -> Tensor:

@@ -175,7 +175,7 @@ def block_forward(blk: nn.Module, x: Tensor, *, backend: str, lengths: Tensor | 
         keys = k.mean(1) if return_keys else None
     elif backend in VARLEN_BACKENDS or isinstance(packing, Varlen):  # packed end to end
         if bias is not None:
-            raise BackendError(f"attention backend {backend!r} (FlashAttention-2) takes no logit bias: proportional "
+            raise BackendError(f"attention backend {backend!r} takes no logit bias: proportional "
                                "attention (prop_attn) needs backend 'math' or 'sdpa'")
         t = x.shape[0]
         # (T, H, D) views of the packed qkv rows: the varlen kernel takes any row stride, so no copy

@@ -4,9 +4,11 @@ FlashAttention-2 gives each program 128 query rows (head width 64). At batch 1 a
 has 3 heads x 8 row blocks = 24 programs on the H200's 132 multiprocessors: for the padded
 (dense) layout PyTorch's kernel then splits the keys over more programs and combines them
 (split-KV), but its variable-length mode, which the merged (packed) layout needs, has no such
-split (``benchmarks/NOTES.md`` 39 and 41). This kernel takes the same packed inputs and gives
-each program fewer query rows (``BLOCK_M`` 16-64), so the same work spreads over 4-8 times more
-programs with no second pass: online softmax over key tiles, float32 accumulation.
+split (``benchmarks/NOTES.md`` 39 and 41). This kernel is the same online-softmax forward
+(float32 accumulation) with 64 query rows per program, twice the programs, no second pass;
+compiled by Triton for the GPU at hand (on Hopper its products use the warpgroup matrix
+instructions, which PyTorch's FlashAttention-2 build does not), it is also faster than FA2 on
+every Segmenter shape measured on the H200, padded or packed (NOTES 43).
 
 Inputs are (T, H, D) rows of back-to-back sequences with cumulative lengths, as
 FlashAttention-2's varlen mode takes them (row strides free: views of one qkv projection);
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mpm.errors import BackendError
+
 try:  # triton ships with CUDA builds of torch
     import triton
     import triton.language as tl
@@ -32,7 +36,7 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
     tl = None
 
-__all__ = ["FlashTiles", "flash_varlen", "tiles_for", "varlen_reference", "HEAD_DIMS"]
+__all__ = ["FlashTiles", "flash_padded", "flash_varlen", "check_inputs", "tiles_for", "varlen_reference", "HEAD_DIMS"]
 
 #: head widths the kernel is compiled for (one feature tile per row)
 HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
@@ -42,28 +46,37 @@ HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
 class FlashTiles:
     """One tiling: query rows per program, key rows per step, warps, software-pipeline stages."""
 
-    block_m: int = 32
+    block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 def tiles_for(head_dim: int) -> FlashTiles:
-    """The tiling used for ``head_dim`` (``benchmarks/attention_kernels.py`` sweeps the alternatives)."""
-    return FlashTiles(block_m=32, block_n=64 if head_dim <= 64 else 32)
+    """The tiling used for ``head_dim``: on the H200, 64 x 64 tiles in 4 warps and 3 stages were the fastest or
+    within 4% of the fastest of 16 tilings for Seg-T/S at batch 1, 2 and 32 and Seg-B/L at batch 32
+    (``benchmarks/attention_kernels.py``; ``results/reference/h200/attention/``)."""
+    return FlashTiles() if head_dim <= 64 else FlashTiles(num_stages=2)
 
 
 if triton is not None:
 
-    @triton.jit(do_not_specialize=["max_len"])
-    def _flash_varlen_kernel(Q, K, V, O, CU, stride_qr, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh,
-                             stride_or, stride_oh, qk_scale, max_len, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr):
+    @triton.jit(do_not_specialize=["max_len", "seq_rows"])
+    def _flash_varlen_kernel(Q, K, V, O, CU, LENS, stride_qr, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh,
+                             stride_or, stride_oh, qk_scale, max_len, seq_rows, D: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNIFORM: tl.constexpr,
+                             HAS_LENS: tl.constexpr):
         pid_m = tl.program_id(0)
         seq = tl.program_id(1)
         h = tl.program_id(2)
-        start = tl.load(CU + seq)
-        n = tl.load(CU + seq + 1) - start
+        if UNIFORM:  # a padded batch: sequence s starts at row s * seq_rows
+            start = seq * seq_rows
+            n = seq_rows
+        else:
+            start = tl.load(CU + seq)
+            n = tl.load(CU + seq + 1) - start
+        if HAS_LENS:  # only the first LENS[s] rows of sequence s are real (keys and queries)
+            n = tl.load(LENS + seq)
         if pid_m * BLOCK_M < n:
             offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
             offs_n = tl.arange(0, BLOCK_N)
@@ -96,13 +109,15 @@ if triton is not None:
                      mask=mask_m[:, None])
 
 
-def supported(q: Tensor) -> bool:
-    """Whether :func:`flash_varlen` takes ``q`` (T, H, D): Triton present, CUDA (or the CPU interpreter),
-    half precision, a head width in :data:`HEAD_DIMS`, each head's features contiguous."""
-    from mpm.merging import triton_kernels as tk
-
-    return (tk.available(q) and q.dim() == 3 and q.shape[-1] in HEAD_DIMS and q.stride(-1) == 1
-            and q.dtype in (torch.float16, torch.bfloat16, torch.float32))
+def check_inputs(*qkv: Tensor) -> None:
+    """Raise :class:`~mpm.errors.BackendError` unless the kernel takes q, k, v (T, H, D): a head width in
+    :data:`HEAD_DIMS`, each head's features contiguous, Triton importable."""
+    if triton is None:
+        raise BackendError("attention backend 'triton' needs the triton package (it ships with CUDA builds of torch)")
+    for q in qkv:
+        if q.shape[-1] not in HEAD_DIMS or q.stride(-1) != 1:
+            raise BackendError(f"attention backend 'triton' takes head widths {', '.join(map(str, HEAD_DIMS))} "
+                               f"with contiguous features; got width {q.shape[-1]} (stride {q.stride(-1)})")
 
 
 def flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int, scale: float,
@@ -110,28 +125,47 @@ def flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: i
     """Attention within each packed sequence: q, k, v (T, H, D), ``cu_seqlens`` (S + 1,) int32, ``max_len`` an
     upper bound of every sequence's length -> (T, H, D), contiguous. Rows outside every sequence are left
     unwritten (uninitialised)."""
-    t, h, d = q.shape
-    out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
     seqs = int(cu_seqlens.shape[0]) - 1
+    return _launch(q, k, v, cu_seqlens, None, seqs, max_len, 0, scale, tiles)
+
+
+def flash_padded(q: Tensor, k: Tensor, v: Tensor, seq_rows: int, lengths: Tensor | None, scale: float,
+                 tiles: FlashTiles | None = None) -> Tensor:
+    """Attention within each of the T / ``seq_rows`` padded sequences of q, k, v (T, H, D): sequence ``s`` is
+    rows ``s * seq_rows ..``, of which the first ``lengths[s]`` (int32, all of them if None) are real. Returns
+    (T, H, D), contiguous; rows past ``lengths[s]`` are zero."""
+    seqs = q.shape[0] // seq_rows if seq_rows else 0
+    return _launch(q, k, v, None, lengths, seqs, seq_rows, seq_rows, scale, tiles)
+
+
+def _launch(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, lengths: Tensor | None, seqs: int,
+            max_len: int, seq_rows: int, scale: float, tiles: FlashTiles | None) -> Tensor:
+    check_inputs(q, k, v)
+    t, h, d = q.shape
+    out = (torch.empty if lengths is None else torch.zeros)(t, h, d, dtype=q.dtype, device=q.device)
     if t == 0 or seqs <= 0 or max_len <= 0:
         return out
     tiles = tiles or tiles_for(d)
     grid = (triton.cdiv(max_len, tiles.block_m), seqs, h)
-    _flash_varlen_kernel[grid](q, k, v, out, cu_seqlens, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                               v.stride(0), v.stride(1), out.stride(0), out.stride(1), scale / math.log(2.0),
-                               max_len, D=d, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-                               num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    uniform = cu_seqlens is None
+    _flash_varlen_kernel[grid](q, k, v, out, q if uniform else cu_seqlens, q if lengths is None else lengths,
+                               q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                               out.stride(0), out.stride(1), scale / math.log(2.0), max_len, seq_rows, D=d,
+                               BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, UNIFORM=uniform,
+                               HAS_LENS=lengths is not None, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return out
 
 
 def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float) -> Tensor:
-    """The plain twin of :func:`flash_varlen` (float32 softmax per sequence; rows outside every sequence zero)."""
+    """The plain twin of :func:`flash_varlen` (softmax in float32 at least, per sequence; rows outside every
+    sequence zero)."""
     out = torch.zeros_like(q)
+    work = torch.promote_types(q.dtype, torch.float32)
     bounds = cu_seqlens.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e <= s:
             continue
-        qs, ks, vs = (t[s:e].transpose(0, 1).float() for t in (q, k, v))  # (H, n, D)
+        qs, ks, vs = (t[s:e].transpose(0, 1).to(work) for t in (q, k, v))  # (H, n, D)
         w = (qs @ ks.transpose(1, 2) * scale).softmax(-1)
         out[s:e] = (w @ vs).transpose(0, 1).to(q.dtype)
     return out

@@ -40,6 +40,8 @@ class _CompileOnly:
         for name, value in zip(names, args):
             if isinstance(value, torch.Tensor):
                 signature[name] = "*" + _POINTEE[value.dtype]
+            elif isinstance(value, float):
+                signature[name] = "fp32"
             else:
                 signature[name] = "i32" if -2**31 <= int(value) < 2**31 else "i64"
         signature.update({name: "constexpr" for name in constexprs})
@@ -80,3 +82,20 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     for prefix, clamp in ((1, True), (0, False)):
         tk.unmerge_rows(x, start, index, prefix, clamp)
     assert sorted(set(compiled)) == sorted(getattr(tk, k).kernel.fn.__name__ for k in kernels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton attention kernel (mpm.models.triton_attention): packed, padded, padded with key lengths."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from mpm.models import triton_attention as ta
+
+    compiled: list[str] = []
+    monkeypatch.setattr(ta, "_flash_varlen_kernel", _CompileOnly(ta._flash_varlen_kernel, compiled))
+    q, k, v = torch.zeros(3, 64, 3, 64, dtype=dtype).unbind(0)
+    ta.flash_varlen(q, k, v, torch.tensor([0, 30, 64], dtype=torch.int32), 34, 0.125)
+    for lengths in (None, torch.tensor([20, 32], dtype=torch.int32)):
+        ta.flash_padded(q, k, v, 32, lengths, 0.125)
+    wide = torch.zeros(64, 1, 128, dtype=dtype)  # head width 128: its own tiling
+    ta.flash_varlen(wide, wide, wide, torch.tensor([0, 64], dtype=torch.int32), 64, 0.1)
+    assert compiled == ["_flash_varlen_kernel"] * 4
