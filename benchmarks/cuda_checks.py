@@ -138,7 +138,7 @@ def attention_kernel_checks(dev: torch.device) -> None:
     lengths) and packed (cumulative lengths with an empty sequence and a pad sequence), Segmenter's widths."""
     torch.manual_seed(0)
     for heads, n in ((3, 1025), (12, 1025), (16, 1601)):
-        for dtype in (torch.float16, torch.bfloat16):
+        for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):  # bf16: 8 mantissa bits (rel 4e-3)
             qkv = torch.randn(4, n, 3, heads, 64, device=dev, dtype=dtype).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # (B, H, N, D) views of one projection, as the encoder makes them
             lengths = torch.tensor([n, 1, n // 2, n - 7], device=dev)
@@ -148,7 +148,7 @@ def attention_kernel_checks(dev: torch.device) -> None:
                 real = lengths if lens is not None else torch.full_like(lengths, n)
                 keep = (torch.arange(n, device=dev) < real[:, None])[:, None, :, None]
                 r = rel(a * keep, b * keep)
-                check(r < 2e-3, f"triton attention H={heads} N={n} {str(dtype)[6:]} padded lengths={lens is not None}"
+                check(r < tol, f"triton attention H={heads} N={n} {str(dtype)[6:]} padded lengths={lens is not None}"
                                 f" vs fa2: rel {r:.2e}")
             rows = torch.randn(4 * n + 37, 3, heads, 64, device=dev, dtype=dtype)
             cu = torch.tensor([0, n, n, 3 * n - 5, 4 * n, 4 * n + 37], device=dev, dtype=torch.int32)
@@ -157,7 +157,7 @@ def attention_kernel_checks(dev: torch.device) -> None:
             a = attention_packed(qp, kp, vp, packing, backend="triton")
             b = attention_packed(qp, kp, vp, packing, backend="fa2")
             r = rel(a, b)
-            check(r < 2e-3, f"triton attention H={heads} {str(dtype)[6:]} packed (5 sequences) vs fa2: rel {r:.2e}")
+            check(r < tol, f"triton attention H={heads} {str(dtype)[6:]} packed (5 sequences) vs fa2: rel {r:.2e}")
 
 
 def math_alignment_checks(dev: torch.device) -> None:
