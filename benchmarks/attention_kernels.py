@@ -90,6 +90,37 @@ def study(model: str, batch: int, keep: float, repeats: int) -> list[dict]:
     return rows
 
 
+def probe(model: str, keep: float, repeats: int) -> list[dict]:
+    """Batch 1: the same kept rows as one padded sequence (``flash_padded``), as one packed sequence, and as
+    the runner packs them (plus the capacity's pad sequence), under two tilings; FA2 varlen beside."""
+    heads, tokens = MODELS[model]
+    _, _, _, packed, varlen, n = inputs(heads, tokens, 1, keep)
+    scale = 64 ** -0.5
+    one = torch.tensor([0, n], device="cuda", dtype=torch.int32)
+    q, k, v = (t[:n] for t in packed)
+    out = []
+    cases = {
+        "padded, one sequence": lambda tiles: ta.flash_padded(q, k, v, n, None, scale, tiles),
+        "packed, one sequence": lambda tiles: ta.flash_varlen(q, k, v, one, n, scale, tiles),
+        "packed + pad sequence": lambda tiles: ta.flash_varlen(*packed, varlen.cu_seqlens, varlen.max_len, scale,
+                                                               tiles),
+    }
+    for tiles in (ta.FlashTiles(64, 64, 4, 3), ta.FlashTiles(64, 128, 4, 2)):
+        for name, fn in cases.items():
+            out.append({"model": model, "kept": n, "case": name, "tiles": asdict(tiles),
+                        "ms": graph_ms(lambda: fn(tiles), repeats)})
+    out.append({"model": model, "kept": n, "case": "fa2 varlen, one sequence", "ms": graph_ms(
+        lambda: torch.ops.aten._flash_attention_forward(q, k, v, one, one, n, n, 0.0, False, False, scale=scale)[0],
+        repeats)})
+    return out
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="T,S,B,L")
@@ -97,17 +128,26 @@ def main() -> int:
     ap.add_argument("--keep", type=float, default=0.85, help="share of each image's tokens in the packed layout")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--probe", action="store_true", help="batch 1 only: one padded / packed sequence, and as packed "
+                                                          "by the runner (pad sequence), under two tilings")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("attention_kernels.py needs a CUDA device", file=sys.stderr)
         return 2
     rows = []
+    if args.probe:
+        for model in args.models.split(","):
+            rows += probe(model, args.keep, args.repeats)
+        _write(args.out, rows)
+        for r in rows:
+            t = r.get("tiles")
+            print(f"{r['model']:3} n={r['kept']:5d} {r['case']:26} {str(tuple(t.values())) if t else '':16} "
+                  f"{r['ms'] * 1e3:7.1f} us")
+        return 0
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             rows += study(model, batch, args.keep, args.repeats)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(args.out)
+    _write(args.out, rows)
     worst = max((r["max_err"] for r in rows if "max_err" in r), default=0.0)
     print(f"largest |triton - fa2| over every row: {worst:.2e}")
     print(f"{'model':5} {'batch':>5} {'layout':7} {'fa2 us':>8} {'best triton us':>14}  tiles (m, n, warps, stages)")
