@@ -67,8 +67,8 @@ if triton is not None:
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNIFORM: tl.constexpr,
                              HAS_LENS: tl.constexpr):
         pid_m = tl.program_id(0)
-        seq = tl.program_id(1)
-        h = tl.program_id(2)
+        h = tl.program_id(1)
+        seq = tl.program_id(2)  # slowest: every program of a sequence is issued before the next sequence's
         if UNIFORM:  # a padded batch: sequence s starts at row s * seq_rows
             start = seq * seq_rows
             n = seq_rows
@@ -146,7 +146,9 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, lengths:
     if t == 0 or seqs <= 0 or max_len <= 0:
         return out
     tiles = tiles or tiles_for(d)
-    grid = (triton.cdiv(max_len, tiles.block_m), seqs, h)
+    # sequences outermost: at batch 1 the image's programs are issued first, each on its own multiprocessor,
+    # and the capacity's pad sequence after them (interleaved, they doubled up on SMs: NOTES 46)
+    grid = (triton.cdiv(max_len, tiles.block_m), h, seqs)
     uniform = cu_seqlens is None
     _flash_varlen_kernel[grid](q, k, v, out, q if uniform else cu_seqlens, q if lengths is None else lengths,
                                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
