@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpm.io import write_text_atomic  # noqa: E402
-from mpm.tables.bench import bench_frame, fa2_table, read_results, to_markdown, with_speedups  # noqa: E402
+from mpm.tables.bench import bench_frame, backend_table, read_results, to_markdown, with_speedups  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
     ]
     for bs in sorted(set(df["batch_size"])):
         parts.append(f"\n## Batch size {bs}\n\n")
-        parts.append(to_markdown(fa2_table(df, bs)))
+        parts.append(to_markdown(backend_table(df, bs)))
     write_text_atomic(out / "TABLE.md", "".join(parts))
     print("".join(parts))
     return 0

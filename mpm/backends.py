@@ -37,8 +37,8 @@ class AttentionBackend:
         takes_bias: whether it accepts an additive logit bias (ToMe's proportional attention).
         package: an optional Python package it needs (import name), or None.
         install: how to install ``package`` (shown when it is missing).
-        cuda_label: its column label on a CUDA device in the tables (``FA2 off`` / ``FA2 on``), or None
-            when the tables show no column for it.
+        cuda_label: its column label on a CUDA device in the tables (``FA2 off`` / ``FA2 on`` /
+            ``Triton FA``), or None when the tables show no column for it.
     """
 
     name: str
@@ -72,7 +72,8 @@ _register(AttentionBackend("fa2", "PyTorch SDPA restricted to its FlashAttention
                            half_only=True, varlen=True, takes_bias=False, cuda_label="FA2 on"))
 _register(AttentionBackend("triton", "mpm's Triton FlashAttention forward (mpm.models.triton_attention), padded or "
                            "packed", devices=("cuda",), half_only=True, varlen=True, takes_bias=False,
-                           package="triton", install="it ships with the CUDA builds of torch"))
+                           package="triton", install="it ships with the CUDA builds of torch",
+                           cuda_label="Triton FA"))
 _register(AttentionBackend("flash-attn", "the flash-attn package (flash_attn_func / flash_attn_varlen_func)",
                            devices=("cuda",), half_only=True, varlen=True, takes_bias=False, package="flash_attn",
                            install="pip install 'mpm[flash]'"))
@@ -107,5 +108,6 @@ def exportable_backends() -> tuple[str, ...]:
 
 
 def cuda_labels() -> dict[str, str]:
-    """Backend -> its column label on a CUDA device (``{"math": "FA2 off", "fa2": "FA2 on"}``)."""
+    """Backend -> its column label on a CUDA device (``{"math": "FA2 off", "fa2": "FA2 on", "triton":
+    "Triton FA"}``)."""
     return {b.name: b.cuda_label for b in _REGISTRY.values() if b.cuda_label}

@@ -26,7 +26,7 @@ def test_readers_take_the_registry():
     assert BACKENDS == backend_names() == ("math", "sdpa", "fa2", "triton", "flash-attn")
     assert VARLEN_BACKENDS == varlen_backends() == ("fa2", "triton", "flash-attn")
     assert EXPORTABLE_BACKENDS == exportable_backends() == ("math", "sdpa")
-    assert CUDA_BACKEND_LABELS == cuda_labels() == {"math": "FA2 off", "fa2": "FA2 on"}
+    assert CUDA_BACKEND_LABELS == cuda_labels() == {"math": "FA2 off", "fa2": "FA2 on", "triton": "Triton FA"}
 
 
 def test_attention_checks_what_the_registry_says():

@@ -16,12 +16,11 @@ from mpm.records import BenchRecord
 #: or on); on any other device it is called after the device and backend as run, e.g. ``CPU math``
 #: (the backend registry's ``cuda_label``: :mod:`mpm.backends`)
 CUDA_BACKEND_LABELS = cuda_labels()
-#: the backends of the FA2 off / on columns, in that order
-FA2_OFF, FA2_ON = CUDA_BACKEND_LABELS
+
 
 
 def backend_label(backend: str, device_kind: str) -> str:
-    """A backend's ``cuda_label`` (``FA2 off`` / ``FA2 on``) on ``cuda``, else e.g. ``CPU math``."""
+    """A backend's ``cuda_label`` (``FA2 off`` / ``FA2 on`` / ``Triton FA``) on ``cuda``, else e.g. ``CPU math``."""
     if device_kind == "cuda" and backend in CUDA_BACKEND_LABELS:
         return CUDA_BACKEND_LABELS[backend]
     return f"{(device_kind or 'device').upper()} {backend}"
@@ -84,21 +83,24 @@ def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="dense_images_per_s")
 
 
-def fa2_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Throughput with FA2 off and on (the backends with a ``cuda_label``) side by side, with speedups over dense."""
+def backend_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Throughput per attention backend with a ``cuda_label`` (FA2 off, FA2 on, Triton FA: those with results)
+    side by side, each with its speedup over dense on the same backend and its merge ms."""
     d = with_speedups(df[df["batch_size"] == batch_size])
     keys = ["model", "method", "batch_policy"]
-    off = d[d["backend"] == FA2_OFF].set_index(keys)
-    on = d[d["backend"] == FA2_ON].set_index(keys)
-    table = pd.DataFrame({
-        "GFLOPs": off["gflops"].combine_first(on["gflops"]),
-        "tokens": off["tokens_after_steps"].combine_first(on["tokens_after_steps"]),
-        f"img/s {CUDA_BACKEND_LABELS[FA2_OFF]}": off["images_per_s"],
-        "speedup off": off["speedup"],
-        f"img/s {CUDA_BACKEND_LABELS[FA2_ON]}": on["images_per_s"],
-        "speedup on": on["speedup"],
-        "merge ms (on)": on["merge_ms"],
-    })
+    runs = {b: d[d["backend"] == b].set_index(keys) for b in CUDA_BACKEND_LABELS if (d["backend"] == b).any()}
+    if not runs:
+        return pd.DataFrame(columns=keys)
+    first = list(runs.values())
+    gflops, tokens = first[0]["gflops"], first[0]["tokens_after_steps"]
+    for r in first[1:]:
+        gflops, tokens = gflops.combine_first(r["gflops"]), tokens.combine_first(r["tokens_after_steps"])
+    columns = {"GFLOPs": gflops, "tokens": tokens}
+    for b, r in runs.items():
+        label = CUDA_BACKEND_LABELS[b]
+        columns.update({f"img/s {label}": r["images_per_s"], f"speedup {label}": r["speedup"],
+                        f"merge ms ({label})": r["merge_ms"]})
+    table = pd.DataFrame(columns)
     order = {m: i for i, m in enumerate(dict.fromkeys(df["model"]))}
     table = table.reset_index()
     table["_m"] = table["model"].map(order)

@@ -8,9 +8,9 @@ file written atomically:
 ``main_{dataset}_{model}``
     per dataset and model: every method and schedule (the config's name, e.g. ``2-5``, ``all``, and its
     blocks, ``2,5``, ``0-11``) with mIoU, ΔmIoU against dense, GFLOPs
-    per image, images/s of backends ``math`` and ``fa2`` on the GPU target at the table's batch size
-    (columns "FA2 off" / "FA2 on" on a CUDA device, else named by device and backend as run, e.g.
-    "CPU math"), and the speedups over dense;
+    per image, images/s of backends ``math``, ``fa2`` and ``triton`` (those run) on the GPU target at the
+    table's batch size (columns "FA2 off" / "FA2 on" / "Triton FA" on a CUDA device, else named by device
+    and backend as run, e.g. "CPU math"), and the speedups over dense;
 ``cross_platform``
     per model and method: the GPU target's images/s and the CPU target's per-image latency at
     batch 1 and 2 (ms/image), with speedups;
@@ -69,7 +69,8 @@ from mpm.tables.results import Results, load_results
 
 INDEX_SCHEMA = "mpm.tables/1"
 
-#: backends of the throughput columns of the GPU target ("FA2 off" and "FA2 on" on a CUDA device)
+#: backends of the throughput columns of the GPU target ("FA2 off", "FA2 on", "Triton FA" on a CUDA device; a
+#: backend without results has no column)
 GPU_BACKENDS = tuple(CUDA_BACKEND_LABELS)
 
 
@@ -98,8 +99,8 @@ class _Group:
 class Paper:
     """Every table and figure of one set of results.
 
-    ``gpu_target``: target whose images/s of backends math and fa2 (FA2 off/on) at ``batch_size`` fill
-    the tables (``None``: the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
+    ``gpu_target``: target whose images/s of the backends with a column label (FA2 off / on, Triton FA) at
+    ``batch_size`` fill the tables (``None``: the only CUDA target among the results, if there is exactly one). ``cpu_target``: target whose
     per-image latency at ``cpu_batch_sizes`` (backend ``cpu_backend``) fills the cross-platform
     table (``None``: the only CPU target, if exactly one).
     """

@@ -193,6 +193,25 @@ def test_columns_are_named_by_what_ran_and_unasked_backends_are_not_warned_about
     assert any("no results with backend math at batch 4" in w for w in paper.warnings)
 
 
+def test_a_third_gpu_backend_gets_its_own_columns(make_eval, make_bench) -> None:
+    """Results of the triton backend on the GPU target: a "Triton FA" column beside FA2 off / on, its speedup
+    over dense on the same backend (the paper table and the bench table)."""
+    from mpm.tables.bench import backend_table, bench_frame
+
+    res = load_results([])
+    res.evals = [make_eval("none", [], 38.0, 25.3), make_eval("mpm", [2, 5], 37.5, 19.0, tokens=[800, 680])]
+    res.benches = [make_bench(m, s, b, ips) for m, s, b, ips in (
+        ("none", [], "math", 100.0), ("mpm", [2, 5], "math", 125.0), ("none", [], "fa2", 300.0),
+        ("mpm", [2, 5], "fa2", 360.0), ("none", [], "triton", 320.0), ("mpm", [2, 5], "triton", 352.0))]
+    (table,) = Paper(res, gpu_target="h100", batch_size=32).main_tables()
+    cols = [c for c in table.frame.columns if str(c).startswith("img/s")]
+    assert cols == [f"img/s {label} (h100: {H100[7:]})" for label in ("FA2 off", "FA2 on", "Triton FA")]
+    assert table.frame["speedup Triton FA"].tolist() == pytest.approx([1.0, 1.1])
+    bench = backend_table(bench_frame(res.benches), 32)
+    assert bench["speedup Triton FA"].tolist() == pytest.approx([1.0, 1.1])
+    assert bench["speedup FA2 on"].tolist() == pytest.approx([1.0, 1.2])
+
+
 def test_html_page_of_each_table(standard, tmp_path) -> None:
     """What `snakemake --report` shows: the caption, every cell as in Markdown, the notes, text escaped."""
     written = build_paper(standard, tmp_path / "t", tmp_path / "f", gpu_target="h100", cpu_target="rpi5",

@@ -48,7 +48,7 @@ BAD = {
                                          "config evaluation.backend: 'xla' is not one of ['math', 'sdpa', 'fa2',"),
     "unregistered backend, benchmark point": (
         lambda c: c["benchmark"]["points"][0].update(backends=["math", "xla"]),
-        "config benchmark.points[0].backends[1]: 'xla' is not one of ['math', 'sdpa', 'fa2', 'flash-attn']"),
+        "config benchmark.points[0].backends[1]: 'xla' is not one of ['math', 'sdpa', 'fa2', 'triton', 'flash-attn']"),
     "unknown model": (lambda c: c["evaluation"].update(models=["seg-x"]),
                       "config evaluation.models: unknown model 'seg-x'"),
     "zoo entry of another size": (
