@@ -19,7 +19,6 @@ forward pays), median over repeats; every Triton output is compared with FA2's o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from merge_kernels import graph_ms  # noqa: E402
+from mpm.io import write_json_atomic  # noqa: E402
 from mpm.models import triton_attention as ta  # noqa: E402
 from mpm.models.attention import Varlen, _fa2_varlen  # noqa: E402
 
@@ -115,12 +115,6 @@ def probe(model: str, keep: float, repeats: int) -> list[dict]:
     return out
 
 
-def _write(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="T,S,B,L")
@@ -138,7 +132,7 @@ def main() -> int:
     if args.probe:
         for model in args.models.split(","):
             rows += probe(model, args.keep, args.repeats)
-        _write(args.out, rows)
+        write_json_atomic(args.out, rows)
         for r in rows:
             t = r.get("tiles")
             print(f"{r['model']:3} n={r['kept']:5d} {r['case']:26} {str(tuple(t.values())) if t else '':16} "
@@ -147,7 +141,7 @@ def main() -> int:
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             rows += study(model, batch, args.keep, args.repeats)
-    _write(args.out, rows)
+    write_json_atomic(args.out, rows)
     worst = max((r["max_err"] for r in rows if "max_err" in r), default=0.0)
     print(f"largest |triton - fa2| over every row: {worst:.2e}")
     print(f"{'model':5} {'batch':>5} {'layout':7} {'fa2 us':>8} {'best triton us':>14}  tiles (m, n, warps, stages)")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -52,6 +51,7 @@ from mpm.benchmarking.images import PHOTOS_SOURCE, load_batch_images  # noqa: E4
 from mpm.benchmarking.timing import MarkerMismatch, SectionTimer, interleaved, profile_kernels, ratio_stats  # noqa: E402
 from mpm.environment import cpu_model, describe_environment  # noqa: E402
 from mpm.errors import DatasetError  # noqa: E402
+from mpm.io import write_json_atomic  # noqa: E402
 from mpm.merging import build_method  # noqa: E402
 from mpm.merging.base import NoMerge  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
@@ -302,12 +302,6 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def _write(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -424,8 +418,8 @@ def main() -> int:
               f"{time.time() - t0:.1f}s  " + "  ".join(
                   f"{method_label(r)} {r['speedup']:.2f} (oracle {r['oracle_speedup']:.2f}, m/o {r['vs_oracle']:.2f}, "
                   f"share {r['merge_unmerge_share'] or 0:.3f})" for r in group), flush=True)
-        _write(out.with_name(out.stem + ".partial.json"), rows)  # a failure loses nothing
-    _write(out, rows)
+        write_json_atomic(out.with_name(out.stem + ".partial.json"), rows)  # a failure loses nothing
+    write_json_atomic(out, rows)
     out.with_name(out.stem + ".partial.json").unlink(missing_ok=True)
     print_table(rows)
     print(f"\n{len(rows)} rows in {time.time() - t_start:.0f}s -> {out}; device {env['device_name']}, "
