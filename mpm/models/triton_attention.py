@@ -1,4 +1,4 @@
-"""FlashAttention's forward pass as a Triton kernel, for shapes that leave FlashAttention-2 idle.
+"""FlashAttention's forward pass as a Triton kernel: the ``triton`` attention backend.
 
 FlashAttention-2 gives each program 128 query rows (head width 64). At batch 1 a Seg-T block
 has 3 heads x 8 row blocks = 24 programs on the H200's 132 multiprocessors: for the padded

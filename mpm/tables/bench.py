@@ -18,7 +18,6 @@ from mpm.records import BenchRecord
 CUDA_BACKEND_LABELS = cuda_labels()
 
 
-
 def backend_label(backend: str, device_kind: str) -> str:
     """A backend's ``cuda_label`` (``FA2 off`` / ``FA2 on`` / ``Triton FA``) on ``cuda``, else e.g. ``CPU math``."""
     if device_kind == "cuda" and backend in CUDA_BACKEND_LABELS:
@@ -91,9 +90,9 @@ def backend_table(df: pd.DataFrame, batch_size: int) -> pd.DataFrame:
     runs = {b: d[d["backend"] == b].set_index(keys) for b in CUDA_BACKEND_LABELS if (d["backend"] == b).any()}
     if not runs:
         return pd.DataFrame(columns=keys)
-    first = list(runs.values())
-    gflops, tokens = first[0]["gflops"], first[0]["tokens_after_steps"]
-    for r in first[1:]:
+    parts = list(runs.values())
+    gflops, tokens = parts[0]["gflops"], parts[0]["tokens_after_steps"]
+    for r in parts[1:]:  # a row timed on one backend only still gets its GFLOPs and tokens
         gflops, tokens = gflops.combine_first(r["gflops"]), tokens.combine_first(r["tokens_after_steps"])
     columns = {"GFLOPs": gflops, "tokens": tokens}
     for b, r in runs.items():
