@@ -82,17 +82,15 @@ gpu_rows() {
     fi
 }
 sym_rows() {  # the symmetric best-partner kernel: its checks, its timings against the row kernel, MPM rows with and without it
-    timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee "$OUT/checks.log"
-    if ! grep -q "^ok .*symmetric" "$OUT/checks.log" || grep -q "^FAIL" "$OUT/checks.log"; then
-        echo "symmetric kernel checks failed or did not run: no timings" | tee -a "$OUT/checks.log"; return 1
-    fi
+    checks_gate kernels "^FAIL" || return 1
+    grep -q "^ok .*symmetric" "$OUT/checks.log" || { echo "symmetric kernel checks did not run: no timings" \
+        | tee -a "$OUT/checks.log"; return 1; }
     # the symmetric tilings against each width's row kernel at batch 32; the winners become SYMMETRIC_TILES
     # for the rest of the run (a width whose row kernel wins keeps the row kernel)
     timeout 200 python3 benchmarks/merge_kernels.py --sweep --sweep-set symmetric --batches 32 --out "$OUT/tiles.json" \
         --best-out "$OUT/tiles_best.json" 2>&1 | tee "$OUT/tiles.log"
     [ -s "$OUT/tiles_best.json" ] && export MPM_TRITON_SYMMETRIC_TILES="$OUT/tiles_best.json"
-    timeout 150 python3 benchmarks/cuda_checks.py kernels --quick 2>&1 | tee -a "$OUT/checks.log"
-    grep -q "^FAIL" "$OUT/checks.log" && { echo "checks with the sweep's tilings failed: no timings" | tee -a "$OUT/checks.log"; return 1; }
+    checks_gate kernels "^FAIL" || return 1  # again, with the sweep's tilings
     timeout 120 python3 benchmarks/merge_kernels.py --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
     python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats "${SPEC_REPEATS:-5}" --batches 32 \
         --backends fa2 --pool-batches 2 --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
