@@ -93,13 +93,28 @@ def kernel_checks(dev: torch.device) -> None:
                   and torch.equal(torch.isfinite(ss) & valid, torch.isfinite(score) & valid)
                   and torch.equal(sb[~valid], best[~valid]),
                   f"triton best score, symmetric {tiles.label()} {dtype}: close to cosine; past n as the row kernel")
+        # the row kernel's own tiling (TILES; small batches take SMALL_TILES): the same checks
+        rb, _ = tk.best_partners_rows(x, start, n, p, s, tiles=tk.tile_config(c))
+        _, rgot, _ = partner_cosines(feats, rb, n)
+        ok_row = ((top - rgot).abs() <= tol) | ~valid
+        check(bool(ok_row.all()), f"triton best partner, row tiling {tk.tile_config(c).label()} {dtype} C={c}: attains "
+                                  f"the row max on {float(ok_row[valid].float().mean()):.5f} of rows")
+        inv = tk.inv_norms(x)
+        for tiling in ((4, 1024), (64, 64)):
+            check(rel(tk.inv_norms(x, tiling), inv) < 1e-6, f"triton inverse norms {tiling} == {tk.norm_tiling(rows, c, dev)} "
+                                                             f"{dtype} C={c}")
         # the plan from the same partners: exact
         rp = plan_from_partners(best, score, n)
         dest, partner, surv, kept = tk.mutual_plan(best, score, n)
-        same = torch.equal(kept, rp.kept) and all(
-            torch.equal(dest[i, :n[i]], rp.dest[i, :n[i]]) and torch.equal(partner[i, :n[i]], rp.partner[i, :n[i]])
-            and torch.equal(surv[i, :n[i]].bool(), rp.survivor[i, :n[i]]) for i in range(b))
-        check(same, f"triton mutual plan == PyTorch plan {dtype}")
+
+        def same_plan(q) -> bool:
+            return torch.equal(q[3], rp.kept) and all(
+                torch.equal(q[0][i, :n[i]], rp.dest[i, :n[i]]) and torch.equal(q[1][i, :n[i]], rp.partner[i, :n[i]])
+                and torch.equal(q[2][i, :n[i]].bool(), rp.survivor[i, :n[i]]) for i in range(b))
+        check(same_plan((dest, partner, surv, kept)), f"triton mutual plan == PyTorch plan {dtype}")
+        parts = tk.best_partners_rows(x, start, n, p, s, combine=False)
+        check(same_plan(tk.mutual_plan(*parts, n)), f"triton mutual plan folding {parts[0].shape[0]} column ranges == "
+                                                    f"PyTorch plan of the combined partners {dtype}")
         for packed in (True, False):
             for with_partner in (True, False):
                 slots = int((kept + p).max()) + 5

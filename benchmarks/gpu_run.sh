@@ -18,6 +18,9 @@
 #   bash benchmarks/gpu_run.sh attn    # attention_kernels.py (the Triton attention kernel against FA2), checks (about 2 min)
 #   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
+#   bash benchmarks/gpu_run.sh small   # checks; the small batches' best-partner tilings (sweep, batch 1 and 4); with the
+#                                      # winners (MPM_TRITON_SMALL_TILES): checks, merge steps, MPM rows at batch 1, triton
+#                                      # and FA2, both modes, synthetic and photos (about 6 min; logs in logs.tar.gz)
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -145,6 +148,18 @@ tuned_rows() {  # the sweep, then checks and MPM rows with its tilings (MPM_TRIT
     python3 benchmarks/speed.py --device cuda --images photos --methods mpm --repeats 3 \
         --out "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
 }
+small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_TILES): commit the winners there
+    checks_gate kernels "^FAIL" || return 1
+    timeout 200 python3 benchmarks/merge_kernels.py --sweep --sweep-set small --batches 1,4 --out "$OUT/tiles.json" \
+        --best-out "$OUT/small_best.json" 2>&1 | tee "$OUT/tiles.log"
+    [ -s "$OUT/small_best.json" ] && export MPM_TRITON_SMALL_TILES="$OUT/small_best.json"
+    checks_gate "kernels runner" "^FAIL" || return 1  # again, with the sweep's tilings
+    timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
+    timeout "${SMALL_ROWS_S:-300}" python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
+        --methods mpm --repeats 3 --batches 1 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
+        | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+    pack_logs
+}
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds "${EDGE_ROUNDS:-6}" $EDGE_EXTRA 2>&1 \
@@ -173,9 +188,10 @@ case "$what" in
     bs1) bs1_rows ;;
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
+    small) small_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

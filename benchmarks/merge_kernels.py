@@ -18,6 +18,11 @@ maximum cosine (float64 reference, fp16 tolerance 2e-3) and the share equal to t
 current tiling's. It prints the fastest tiling per feature width and batch size.
 ``--sweep-set symmetric`` times each width's row kernel (:data:`tk.TILES`) against the
 symmetric kernel's tilings (:data:`SYMMETRIC_SWEEP`: each pair of token blocks multiplied once).
+``--sweep-set small`` times it against the small batches' candidates (:data:`SMALL_SWEEP`: smaller
+tiles, more column ranges; ``--batches 1,4``), for :data:`tk.SMALL_TILES`. Every tiling is timed as
+MPM's plan runs it: its inverse-norm pre-pass included, its column ranges' partials left to the mutual
+plan (``combine=False``). ``--best-out`` takes per width the tiling of least total time over the
+swept batches among those whose every check holds.
 """
 
 from __future__ import annotations
@@ -118,11 +123,30 @@ SYMMETRIC_SWEEP = (
 )
 
 
+#: tilings of the best-partner search at small batches that ``--sweep --sweep-set small`` times beside each
+#: width's row kernel (:data:`tk.TILES`, which small batches took until then)
+SMALL_SWEEP = (
+    tk.SMALL_BASE_TILES,
+    tk.TileConfig(64, 64, 64, 4, 3, True, split_tiles=2),
+    tk.TileConfig(64, 64, 64, 4, 3, False, split_tiles=1),
+    tk.TileConfig(64, 128, 64, 4, 3, True, split_tiles=1),
+    tk.TileConfig(128, 64, 64, 4, 3, True, split_tiles=1),
+    tk.TileConfig(128, 64, 64, 8, 3, True, split_tiles=1),
+    tk.TileConfig(32, 64, 64, 4, 3, True, split_tiles=1),
+    tk.TileConfig(64, 64, 32, 4, 4, True, split_tiles=1),
+    tk.TileConfig(64, 64, 128, 4, 2, True, split_tiles=1),
+    tk.TileConfig(128, 128, 64, 8, 3, True, split_tiles=1),
+    tk.TileConfig(64, 64, 64, 4, 3, True, True),
+    tk.TileConfig(32, 32, 64, 4, 3, True, True),
+)
+
+
 def tilings_for(size: str, sweep_set: str) -> tuple[tk.TileConfig, ...]:
-    """``all``: :data:`SWEEP`; ``symmetric``: the width's row kernel (:data:`tk.TILES`), then :data:`SYMMETRIC_SWEEP`."""
+    """``all``: :data:`SWEEP`; ``symmetric`` / ``small``: the width's row kernel (:data:`tk.TILES`), then
+    :data:`SYMMETRIC_SWEEP` / :data:`SMALL_SWEEP`."""
     if sweep_set == "all":
         return SWEEP
-    return (tk.tile_config(SHAPES[size][0]), *SYMMETRIC_SWEEP)
+    return (tk.tile_config(SHAPES[size][0]), *(SYMMETRIC_SWEEP if sweep_set == "symmetric" else SMALL_SWEEP))
 
 
 def partner_check(x: torch.Tensor, start: torch.Tensor, n: torch.Tensor, slots: int, best: torch.Tensor) -> float:
@@ -142,7 +166,7 @@ def sweep(size: str, batch: int, tilings=SWEEP) -> list[dict]:
     for tiles in tilings:
         try:
             best = tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles)[0]
-            ms = graph_ms(lambda: tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles))
+            ms = graph_ms(lambda: tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles, combine=False))
         except Exception as err:  # a tiling that does not compile or fit (shared memory) is reported, not fatal
             rows.append({"model": f"Seg-{size}/16", "batch_size": batch, "tiles": tiles.label(),
                          "error": f"{type(err).__name__}: {str(err)[:200]}"})
@@ -192,6 +216,10 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                 x, start, n, 1, slots, splits=1)
             steps["best partner, row kernel (TILES)"] = lambda: tk.best_partners_rows(
                 x, start, n, 1, slots, tiles=tk.tile_config(dim))
+            steps["plan as the runner, small-batch tiles off"] = lambda: _without_small_tiles(
+                lambda: plan_rows(x, start, n, 1, slots))
+            steps[f"inverse norms {tk.norm_tiling(int(x.shape[0]), dim, x.device)}"] = lambda: tk.inv_norms(x)
+            steps["inverse norms (64, 64)"] = lambda: tk.inv_norms(x, (64, 64))
         else:
             steps["best partner alone (padded view + bmm + max)"] = lambda: best_partners(
                 rows_to_padded(x, start + 1, slots), n)
@@ -202,6 +230,15 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                          "graph_ms": graph_ms(fn) if use_triton and device == "cuda" else None})
     tk.enabled = True
     return rows
+
+
+def _without_small_tiles(fn):
+    """``fn()`` with the best-partner search on :data:`tk.TILES` at every batch size (``tk.small_batch_tiles`` off)."""
+    before, tk.small_batch_tiles = tk.small_batch_tiles, False
+    try:
+        return fn()
+    finally:
+        tk.small_batch_tiles = before
 
 
 def _fused(fn):
@@ -219,11 +256,12 @@ def main() -> int:
     ap.add_argument("--models", default="T,S,B,L")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--sweep", action="store_true", help="time the best-partner kernel's tilings (SWEEP)")
-    ap.add_argument("--sweep-set", choices=("all", "symmetric"), default="all",
+    ap.add_argument("--sweep-set", choices=("all", "symmetric", "small"), default="all",
                     help="--sweep: the row kernel's tilings (SWEEP), or each width's row kernel against the "
-                         "symmetric kernel's (SYMMETRIC_SWEEP)")
-    ap.add_argument("--best-out", default=None, help="--sweep: write the fastest checked tiling per width "
-                                                      "at the largest batch here (JSON for MPM_TRITON_TILES)")
+                         "symmetric kernel's (SYMMETRIC_SWEEP) or the small batches' (SMALL_SWEEP)")
+    ap.add_argument("--best-out", default=None, help="--sweep: write the checked tiling of least total time over "
+                                                      "the batches per width here (JSON for MPM_TRITON_TILES, "
+                                                      "..._SYMMETRIC_TILES or ..._SMALL_TILES)")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tk.available(torch.empty(1, device="cuda")):
         print("merge_kernels.py: needs CUDA and Triton", file=sys.stderr)
@@ -272,8 +310,17 @@ def main_sweep(args) -> int:
             fast = min(ok, key=lambda r: r["ms"])
             print(f"fastest {key[0]} batch {key[1]}: {fast['tiles']} {fast['ms']:.4f} ms "
                   f"({first[key] / fast['ms']:.2f}x the first tiling)")
-            if key[1] == max(r["batch_size"] for r in rows):  # the table follows the largest batch
-                best[str(fast["dim"])] = fast["config"]
+    batches = sorted({r["batch_size"] for r in rows})
+    for model in dict.fromkeys(r["model"] for r in rows):  # the table: least total time over the batches
+        total: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["model"] == model and "error" not in r and r["attains_row_max"] == 1.0:
+                total.setdefault(r["tiles"], []).append(r)
+        whole = {t: rs for t, rs in total.items() if len(rs) == len(batches)}
+        if whole:
+            tiles, rs = min(whole.items(), key=lambda item: sum(r["ms"] for r in item[1]))
+            best[str(rs[0]["dim"])] = rs[0]["config"]
+            print(f"table {model}: {tiles} ({sum(r['ms'] for r in rs):.4f} ms over batches {batches})")
     if args.best_out:  # {"<width>": TileConfig fields}: tk.load_tiles / MPM_TRITON_TILES
         Path(args.best_out).write_text(json.dumps(best, indent=1))
         print(f"wrote {args.best_out}: {best}")

@@ -224,16 +224,17 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         view: (B, S, C) the same image tokens as a padded view, when the layout has one
             (saves the gather of the PyTorch path).
     Returns:
-        :class:`RowPlan` (B, S). On CUDA two Triton kernels: the fused similarity-argmax
-        (cosine in float32 accumulation; the twin's partners instead when
-        ``tk.fused_best_partner`` is off), then the mutual test, representatives and slots;
-        elsewhere the reference functions.
+        :class:`RowPlan` (B, S). On CUDA two Triton kernels (three with the inverse norms' pre-pass):
+        the fused similarity-argmax (cosine in float32 accumulation; the twin's partners instead
+        when ``tk.fused_best_partner`` is off), then the mutual test, representatives and slots,
+        which also folds the similarity's column ranges (small batches); elsewhere the reference
+        functions.
     """
     on_triton = tk.available(x)
     if on_triton:
         counts = n_img if n_img is not None else torch.full_like(start, slots)
     if on_triton and tk.fused_best_partner:
-        best, score = tk.best_partners_rows(x, start, counts, num_prefix, slots)
+        best, score = tk.best_partners_rows(x, start, counts, num_prefix, slots, combine=False)
     else:
         feats = view if view is not None else rows_to_padded(x, start + num_prefix, slots)
         best, score = best_partners(feats, n_img)

@@ -227,8 +227,9 @@ if triton is not None:
         tl.store(BEST + i, best_idx, mask=mask)
         tl.store(SCORE + i, best_val, mask=mask)
 
-    @triton.jit(do_not_specialize=["stride"])
-    def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, BLOCK: tl.constexpr):
+    @triton.jit(do_not_specialize=["stride", "stride_part"])
+    def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, stride_part, BLOCK: tl.constexpr,
+                       PARTS: tl.constexpr):
         b = tl.program_id(0)
         n = tl.load(NIMG + b)
         j = tl.arange(0, BLOCK)
@@ -236,7 +237,21 @@ if triton is not None:
         base = b.to(tl.int64) * stride
         best = tl.load(BEST + base + j, mask=valid, other=0)
         score = tl.load(SCORE + base + j, mask=valid, other=float("-inf"))
-        back = tl.load(BEST + base + best, mask=valid, other=-1)
+        # PARTS > 1: partial maxima per column range (PARTS, B, S), folded here, the earlier keeping ties
+        # (the combine kernel's work, without its launch)
+        for k in tl.static_range(1, PARTS):
+            val = tl.load(SCORE + k * stride_part + base + j, mask=valid, other=float("-inf"))
+            idx = tl.load(BEST + k * stride_part + base + j, mask=valid, other=0)
+            better = val > score
+            best = tl.where(better, idx, best)
+            score = tl.where(better, val, score)
+        if PARTS > 1:  # the folded partners, through PARTNER (written again below), for the mutual test
+            tl.store(PARTNER + base + j, best, mask=valid)
+            tl.debug_barrier()
+            back = tl.load(PARTNER + base + best, mask=valid, other=-1)
+            tl.debug_barrier()
+        else:
+            back = tl.load(BEST + base + best, mask=valid, other=-1)
         mutual = valid & (back == j) & (best != j) & (score > float("-inf"))
         rep = tl.where(mutual, tl.minimum(j.to(tl.int64), best), j.to(tl.int64))
         surv = (rep == j) & valid
@@ -372,7 +387,9 @@ class TileConfig:
     step, warps and pipeline stages per program; ``norms``: inverse norms from one pre-pass
     (:func:`inv_norms`) instead of recomputing each column tile's norms in every program;
     ``symmetric``: one program per pair of token blocks (square ``block_m`` tiles of the upper
-    triangle only, each read along its rows and along its columns; norms always from the pre-pass)."""
+    triangle only, each read along its rows and along its columns; norms always from the pre-pass);
+    ``split_tiles``: the fewest column tiles a program searches when the columns are split
+    (:func:`column_splits`: small batches)."""
 
     block_m: int = 64
     block_n: int = 64
@@ -381,12 +398,13 @@ class TileConfig:
     num_stages: int = 3
     norms: bool = False
     symmetric: bool = False
+    split_tiles: int = 2
 
     def label(self) -> str:
         if self.symmetric:
             return f"sym {self.block_m}x{self.block_m}x{self.block_k} w{self.num_warps} s{self.num_stages}"
         return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}"
-                f"{' norms' if self.norms else ''}")
+                f"{' norms' if self.norms else ''}{'' if self.split_tiles == 2 else f' split{self.split_tiles}'}")
 
 
 #: the kernel's tiling until the sweep of ``benchmarks/merge_kernels.py --sweep`` chose another
@@ -418,6 +436,17 @@ SYMMETRIC_TILES: dict[int, TileConfig] = {192: SYMMETRIC_BASE_TILES, 384: SYMMET
 symmetric_best_partner = os.environ.get("MPM_TRITON_SYMMETRIC", "1") != "0"
 
 
+#: feature width -> tiling of the best-partner search when the row kernel's own tiling (:data:`TILES`)
+#: leaves most multiprocessors idle (:func:`partner_tiles`: batch 1, a few images): smaller tiles, so
+#: that rows and column ranges give every multiprocessor programs. Until ``merge_kernels.py --sweep
+#: --sweep-set small`` chose per width, 64 x 64 tiles with one column tile per range at least
+SMALL_BASE_TILES = TileConfig(64, 64, 64, num_warps=4, num_stages=3, norms=True, split_tiles=1)
+SMALL_TILES: dict[int, TileConfig] = {192: SMALL_BASE_TILES, 384: SMALL_BASE_TILES, 768: SMALL_BASE_TILES,
+                                      1024: SMALL_BASE_TILES}
+#: set False (or MPM_TRITON_SMALL=0) to keep :data:`TILES` at small batches too (A/B timings)
+small_batch_tiles = os.environ.get("MPM_TRITON_SMALL", "1") != "0"
+
+
 def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
     """A tiling table from JSON ``{"<width>": {"block_m": ..., ...}}`` (``merge_kernels.py --sweep``'s
     ``best``); ``MPM_TRITON_TILES=<file>`` makes it :data:`TILES` at import (A/B timings)."""
@@ -432,6 +461,8 @@ if os.environ.get("MPM_TRITON_TILES"):
     TILES = load_tiles(os.environ["MPM_TRITON_TILES"])
 if os.environ.get("MPM_TRITON_SYMMETRIC_TILES"):  # ``--sweep-set symmetric``'s winners; a row-kernel winner drops its width
     SYMMETRIC_TILES = {w: t for w, t in load_tiles(os.environ["MPM_TRITON_SYMMETRIC_TILES"]).items() if t.symmetric}
+if os.environ.get("MPM_TRITON_SMALL_TILES"):  # ``--sweep-set small``'s winners
+    SMALL_TILES = load_tiles(os.environ["MPM_TRITON_SMALL_TILES"])
 
 
 def tile_config(c: int) -> TileConfig:
@@ -445,29 +476,51 @@ def tile_config(c: int) -> TileConfig:
 def partner_tiles(c: int, batch: int, slots: int, device: torch.device) -> TileConfig:
     """The best-partner kernel's tiling for ``batch`` images of up to ``slots`` tokens of ``c`` features:
     the symmetric kernel's (:data:`SYMMETRIC_TILES`) when its tiles alone fill the GPU (it halves the
-    products but has fewer programs), else the row kernel's (:func:`tile_config`, columns split at
-    small batches)."""
+    products but has fewer programs), else the row kernel's (:func:`tile_config`), or, when its row
+    blocks are too few for the GPU, the small batches' (:data:`SMALL_TILES`); columns are split
+    over programs at small batches either way."""
+    if device.type != "cuda":
+        return tile_config(c)
     sym = SYMMETRIC_TILES.get(c)
-    if sym is not None and symmetric_best_partner and device.type == "cuda":
+    if sym is not None and symmetric_best_partner:
         blocks = -(-slots // sym.block_m)
         if batch * blocks * (blocks + 1) // 2 >= _programs_wanted(device):
             return sym
-    return tile_config(c)
+    cfg = tile_config(c)
+    small = SMALL_TILES.get(c)
+    if small is not None and small_batch_tiles and batch * -(-slots // cfg.block_m) < _programs_wanted(device):
+        return small
+    return cfg
 
 
-def inv_norms(x: Tensor) -> Tensor:
-    """(R,) float32 ``1 / max(||x_r||, 1e-12)`` of every row of (R, C) ``x``."""
+def norm_tiling(r: int, c: int, device: torch.device) -> tuple[int, int]:
+    """(rows, features) per program and step of :func:`inv_norms` for (R, C) rows: 64 rows where that
+    gives the GPU enough programs (:func:`_programs_wanted`), else fewer, down to 4 (batch 1: 1,024 rows
+    were 16 programs), with up to 4,096 elements a step."""
+    block_r = 64
+    if device.type == "cuda":
+        want = _programs_wanted(device)
+        while block_r > 4 and -(-r // block_r) < want:
+            block_r //= 2
+    return block_r, min(max(_pow2(c), 16), max(64, 4096 // block_r))
+
+
+def inv_norms(x: Tensor, tiling: tuple[int, int] | None = None) -> Tensor:
+    """(R,) float32 ``1 / max(||x_r||, 1e-12)`` of every row of (R, C) ``x``; ``tiling``: (rows, features)
+    per program and step (default :func:`norm_tiling`)."""
     r, c = x.shape
     out = torch.empty(r, dtype=torch.float32, device=x.device)
     if r == 0:
         return out
-    block_k = 64 if c >= 64 else 16
-    _inv_norm_kernel[(triton.cdiv(r, 64),)](x, x.stride(0), out, r, c, BLOCK_R=64, BLOCK_K=block_k, num_warps=4)
+    block_r, block_k = tiling or norm_tiling(r, c, x.device)
+    _inv_norm_kernel[(triton.cdiv(r, block_r),)](x, x.stride(0), out, r, c, BLOCK_R=block_r, BLOCK_K=block_k,
+                                                 num_warps=4)
     return out
 
 
 def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
-                       splits: int | None = None, tiles: TileConfig | None = None) -> tuple[Tensor, Tensor]:
+                       splits: int | None = None, tiles: TileConfig | None = None,
+                       combine: bool = True) -> tuple[Tensor, Tensor]:
     """Each image token's most cosine-similar other token of its image.
 
     Args:
@@ -478,6 +531,8 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         splits: column ranges searched by separate programs, then combined (default: enough
             programs to fill the GPU, :func:`column_splits`; 1 on the CPU).
         tiles: the kernel's tiling (default :func:`partner_tiles`; a ``symmetric`` one takes that kernel).
+        combine: fold the column ranges' partial maxima here (one more kernel); False: return them
+            as (K, B, S) for :func:`mutual_plan` to fold (K = 1 without a split).
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
         float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
@@ -488,20 +543,27 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     best = torch.empty(b, slots, dtype=torch.long, device=x.device)
     score = torch.empty(b, slots, dtype=torch.float32, device=x.device)
     if b == 0 or slots == 0:
-        return best, score
+        return (best, score) if combine else (best.unsqueeze(0), score.unsqueeze(0))
     cfg = tiles or partner_tiles(c, b, slots, x.device)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     if cfg.symmetric:
-        return _best_partners_symmetric(x, start, n_img, num_prefix, slots, cfg, precision, best, score)
+        return _best_partners_symmetric(x, start, n_img, num_prefix, slots, cfg, precision, best, score, combine)
     row_blocks = triton.cdiv(slots, cfg.block_m)
     if splits is None:
-        splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device)
+        splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device, cfg.split_tiles)
     part_best, part_score = _partials(splits, best, score)
     inv = inv_norms(x) if cfg.norms else score  # (not read without norms)
     _best_partner_kernel[(row_blocks, b, splits)](
         x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLITS=splits, PRECISION=precision,
         NORMS=cfg.norms, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return _fold(part_best, part_score, best, score, combine)
+
+
+def _fold(part_best: Tensor, part_score: Tensor, best: Tensor, score: Tensor, combine: bool) -> tuple[Tensor, Tensor]:
+    """The partial maxima folded into (B, S) ``best`` / ``score`` (``combine``), or as (K, B, S)."""
+    if not combine:
+        return (part_best, part_score) if part_best.dim() == 3 else (part_best.unsqueeze(0), part_score.unsqueeze(0))
     _combine_partials(part_best, part_score, best, score)
     return best, score
 
@@ -526,7 +588,8 @@ def _combine_partials(part_best: Tensor, part_score: Tensor, best: Tensor, score
 
 
 def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
-                             cfg: TileConfig, precision: str, best: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+                             cfg: TileConfig, precision: str, best: Tensor, score: Tensor,
+                             combine: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`best_partners_rows` by the symmetric kernel: a (blocks, B, S) partial per column block,
     then the column blocks combined in order (the earlier keeps ties: the first index)."""
     b = start.shape[0]
@@ -536,8 +599,7 @@ def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix
         x, x.stride(0), inv_norms(x), start, n_img, part_best, part_score, slots, b * slots, num_prefix,
         x.shape[1], BLOCK=cfg.block_m, BLOCK_K=cfg.block_k, PRECISION=precision, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
-    _combine_partials(part_best, part_score, best, score)
-    return best, score
+    return _fold(part_best, part_score, best, score, combine)
 
 
 #: programs per streaming multiprocessor that :func:`column_splits` aims at
@@ -553,36 +615,42 @@ def _programs_wanted(device: torch.device) -> int:
     return PROGRAMS_PER_SM * _SM_COUNT[index]
 
 
-def column_splits(programs: int, column_tiles: int, device: torch.device) -> int:
+def column_splits(programs: int, column_tiles: int, device: torch.device, split_tiles: int = 2) -> int:
     """How many column ranges the best-partner search is split into: 1 when ``programs`` (row
-    blocks x images) already fill the GPU, else up to one range per two column tiles (batch 1:
-    one program per 64 rows would leave most multiprocessors idle)."""
+    blocks x images) already fill the GPU, else up to one range per ``split_tiles`` column tiles
+    and 16 ranges (batch 1: one program per row block would leave most multiprocessors idle)."""
     if device.type != "cuda":
         return 1
     want = _programs_wanted(device)
     if programs >= want:
         return 1
-    return max(1, min(-(-want // programs), column_tiles // 2, 16))
+    return max(1, min(-(-want // programs), column_tiles // max(split_tiles, 1), 16))
 
 
 def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mutual pairs and output slots from :func:`best_partners_rows` (one program per image).
 
+    Args:
+        best, score: (B, S) partners and cosines, or (K, B, S) partial maxima of K column ranges
+            (``best_partners_rows(..., combine=False)``), folded first (the earlier keeping ties).
+        n_img: (B,) image tokens per image.
     Returns:
         dest (B, S) long output slot of each token, partner (B, S) long the token it is
         averaged with (itself if unpaired), survivor (B, S) int8 (1: the token represents
         its slot), kept (B,) long image tokens kept per image. Entries past ``n_img[b]``
         unspecified.
     """
-    b, s = best.shape
-    dest = torch.empty_like(best)
-    partner = torch.empty_like(best)
+    if best.dim() == 2:
+        best, score = best.unsqueeze(0), score.unsqueeze(0)
+    parts, b, s = best.shape
+    dest = torch.empty(b, s, dtype=best.dtype, device=best.device)
+    partner = torch.empty_like(dest)
     surv = torch.empty(b, s, dtype=torch.int8, device=best.device)
     kept = torch.empty(b, dtype=torch.long, device=best.device)
     if b == 0:
         return dest, partner, surv, kept
     block = max(_pow2(s), 16)
-    _mutual_kernel[(b,)](best, score, n_img, dest, partner, surv, kept, s, BLOCK=block,
+    _mutual_kernel[(b,)](best, score, n_img, dest, partner, surv, kept, s, b * s, BLOCK=block, PARTS=parts,
                          num_warps=4 if block <= 1024 else 8)
     return dest, partner, surv, kept
 

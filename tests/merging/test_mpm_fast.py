@@ -155,7 +155,27 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         got = tk.best_partners_rows(x2, start2, n2, P, 200, tiles=tiles)
         assert torch.equal(got[0], one[0]), f"best partners, tiling {tiles.label()}"
         assert torch.allclose(got[1], one[1], rtol=1e-6, atol=1e-6), f"scores, tiling {tiles.label()}"
-    assert torch.allclose(tk.inv_norms(x2) * x2.norm(dim=-1), torch.ones(len(x2)), atol=1e-6), "inverse norms"
+    for tiling in (None, (4, 1024), (8, 16), (64, 64)):  # rows and features per program (small batches: few rows)
+        got = tk.inv_norms(x2, tiling)
+        assert torch.allclose(got * x2.norm(dim=-1), torch.ones(len(x2)), atol=1e-6), f"inverse norms {tiling}"
+    # the mutual plan folding the column ranges' partial maxima itself: the plan of the folded partners
+    plan2 = tk.mutual_plan(*one, n2)
+    for splits in (1, 3):
+        parts = tk.best_partners_rows(x2, start2, n2, P, 200, splits=splits, combine=False)
+        assert parts[0].shape == (splits, 3, 200), "partials (K, B, S)"
+        folded = tk.mutual_plan(*parts, n2)
+        for b, nb in enumerate(n2.tolist()):
+            assert all(torch.equal(u[b, :nb], v[b, :nb]) for u, v in zip(folded[:3], plan2[:3])), f"folded {splits}"
+        assert torch.equal(folded[3], plan2[3]), f"kept, folded {splits}"
+    sym_parts = tk.best_partners_rows(x2, start2, n2, P, 200, tiles=tk.TileConfig(64, 64, 16, 4, 2, True, True),
+                                      combine=False)
+    assert sym_parts[0].shape[0] == 4 and torch.equal(tk.mutual_plan(*sym_parts, n2)[3], plan2[3]), "symmetric partials"
+    # a tie across column ranges: token 0's two best partners (1 and 3) in different ranges, the
+    # earlier range keeps it (first index), then 0 and 1 choose each other
+    tb = torch.tensor([[[1, 0, 3, 2]], [[3, 3, 1, 0]]])
+    ts = torch.tensor([[[0.5, 0.9, 0.2, 0.7]], [[0.5, 0.1, 0.2, 0.7]]])
+    tie = tk.mutual_plan(tb, ts, torch.tensor([4]))
+    assert tie[1][0].tolist() == [1, 0, 3, 2] and int(tie[3][0]) == 2, "ties across ranges: the earlier range"
     for packed in (True, False):  # counts over the capacity
         slots = int((ref.kept + P).max()) + 2
         for r_cut, s_cut in ((int((ref.kept + P).sum()) - 5, slots - 3),):
