@@ -20,7 +20,7 @@
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh small   # checks; the small batches' best-partner tilings (sweep, batch 1 and 4); with the
 #                                      # winners (MPM_TRITON_SMALL_TILES): checks, merge steps, MPM rows at batch 1, triton
-#                                      # and FA2, both modes, synthetic and photos (about 6 min; logs in logs.tar.gz)
+#                                      # and FA2, both modes, synthetic and photos, cut at SMALL_BUDGET_S (570) s into the call
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -155,7 +155,7 @@ small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_T
     [ -s "$OUT/small_best.json" ] && export MPM_TRITON_SMALL_TILES="$OUT/small_best.json"
     checks_gate "kernels runner" "^FAIL" || return 1  # again, with the sweep's tilings
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
-    timeout "${SMALL_ROWS_S:-300}" python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
+    timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
         --methods mpm --repeats 3 --batches 1 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
         | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     pack_logs
