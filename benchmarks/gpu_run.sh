@@ -156,7 +156,7 @@ small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_T
     checks_gate "kernels runner" "^FAIL" || return 1  # again, with the sweep's tilings
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
     timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
-        --methods mpm --repeats 3 --batches 1 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
+        --methods mpm --repeats 3 --batches 1 --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
         | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     pack_logs
 }

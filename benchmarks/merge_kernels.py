@@ -20,8 +20,8 @@ current tiling's. It prints the fastest tiling per feature width and batch size.
 symmetric kernel's tilings (:data:`SYMMETRIC_SWEEP`: each pair of token blocks multiplied once).
 ``--sweep-set small`` times it against the small batches' candidates (:data:`SMALL_SWEEP`: smaller
 tiles, more column ranges; ``--batches 1,4``), for :data:`tk.SMALL_TILES`. Every tiling is timed as
-MPM's plan runs it: its inverse-norm pre-pass included, its column ranges' partials left to the mutual
-plan (``combine=False``). ``--best-out`` takes per width the tiling of least total time over the
+MPM's plan runs it: the inverse-norm pre-pass, the search, the combine where more partials than the
+mutual plan folds (:data:`tk.FOLD_PARTS`), and the mutual plan. ``--best-out`` takes per width the tiling of least total time over the
 swept batches among those whose every check holds.
 """
 
@@ -166,7 +166,8 @@ def sweep(size: str, batch: int, tilings=SWEEP) -> list[dict]:
     for tiles in tilings:
         try:
             best = tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles)[0]
-            ms = graph_ms(lambda: tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles, combine=False))
+            ms = graph_ms(lambda: tk.mutual_plan(*tk.best_partners_rows(x, start, n, 1, slots, tiles=tiles,
+                                                                          combine=False), n))
         except Exception as err:  # a tiling that does not compile or fit (shared memory) is reported, not fatal
             rows.append({"model": f"Seg-{size}/16", "batch_size": batch, "tiles": tiles.label(),
                          "error": f"{type(err).__name__}: {str(err)[:200]}"})

@@ -531,8 +531,9 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         splits: column ranges searched by separate programs, then combined (default: enough
             programs to fill the GPU, :func:`column_splits`; 1 on the CPU).
         tiles: the kernel's tiling (default :func:`partner_tiles`; a ``symmetric`` one takes that kernel).
-        combine: fold the column ranges' partial maxima here (one more kernel); False: return them
-            as (K, B, S) for :func:`mutual_plan` to fold (K = 1 without a split).
+        combine: fold the column ranges' partial maxima here (one more kernel); False: return
+            them as (K, B, S) for :func:`mutual_plan` to fold (K = 1 without a split), folded here
+            first when more than :data:`FOLD_PARTS` (then K = 1).
     Returns:
         best (B, S) long local index (first on ties; 0 for a token alone), score (B, S)
         float32 cosine (``-inf`` for a token alone); past ``n_img[b]``, the slot's own index
@@ -560,12 +561,20 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
     return _fold(part_best, part_score, best, score, combine)
 
 
+#: the most partial maxima that :func:`mutual_plan` folds itself (``best_partners_rows(combine=False)``):
+#: its one program per image reads them in turn, so beyond a few the combine kernel's many programs
+#: are faster (H200, batch 1: 4 partials 2.3 us in the plan against 2.7 for the combine's launch; 16
+#: partials 16 us against about 3; NOTES 48)
+FOLD_PARTS = 4
+
+
 def _fold(part_best: Tensor, part_score: Tensor, best: Tensor, score: Tensor, combine: bool) -> tuple[Tensor, Tensor]:
-    """The partial maxima folded into (B, S) ``best`` / ``score`` (``combine``), or as (K, B, S)."""
-    if not combine:
+    """The partial maxima folded into (B, S) ``best`` / ``score`` (``combine``, or more than
+    :data:`FOLD_PARTS` of them), else left as (K, B, S) for :func:`mutual_plan`."""
+    if not combine and (part_best.dim() == 2 or part_best.shape[0] <= FOLD_PARTS):
         return (part_best, part_score) if part_best.dim() == 3 else (part_best.unsqueeze(0), part_score.unsqueeze(0))
     _combine_partials(part_best, part_score, best, score)
-    return best, score
+    return (best, score) if combine else (best.unsqueeze(0), score.unsqueeze(0))
 
 
 def _partials(parts: int, best: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
@@ -583,8 +592,8 @@ def _combine_partials(part_best: Tensor, part_score: Tensor, best: Tensor, score
     if part_best is best:
         return
     total = best.numel()
-    _combine_splits_kernel[(triton.cdiv(total, 1024),)](part_best, part_score, best, score, total,
-                                                         SPLITS=part_best.shape[0], BLOCK=1024, num_warps=4)
+    _combine_splits_kernel[(triton.cdiv(total, 256),)](part_best, part_score, best, score, total,
+                                                        SPLITS=part_best.shape[0], BLOCK=256, num_warps=4)
 
 
 def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,

@@ -170,6 +170,8 @@ _INTERPRETER_CHECK = textwrap.dedent('''
     sym_parts = tk.best_partners_rows(x2, start2, n2, P, 200, tiles=tk.TileConfig(64, 64, 16, 4, 2, True, True),
                                       combine=False)
     assert sym_parts[0].shape[0] == 4 and torch.equal(tk.mutual_plan(*sym_parts, n2)[3], plan2[3]), "symmetric partials"
+    many = tk.best_partners_rows(x2, start2, n2, P, 200, splits=tk.FOLD_PARTS + 1, combine=False)
+    assert many[0].shape[0] == 1 and torch.equal(many[0][0], one[0]), "more partials than the plan folds: combined first"
     # a tie across column ranges: token 0's two best partners (1 and 3) in different ranges, the
     # earlier range keeps it (first index), then 0 and 1 choose each other
     tb = torch.tensor([[[1, 0, 3, 2]], [[3, 3, 1, 0]]])
