@@ -93,12 +93,14 @@ def kernel_checks(dev: torch.device) -> None:
                   and torch.equal(torch.isfinite(ss) & valid, torch.isfinite(score) & valid)
                   and torch.equal(sb[~valid], best[~valid]),
                   f"triton best score, symmetric {tiles.label()} {dtype}: close to cosine; past n as the row kernel")
-        # the row kernel's own tiling (TILES; small batches take SMALL_TILES): the same checks
-        rb, _ = tk.best_partners_rows(x, start, n, p, s, tiles=tk.tile_config(c))
-        _, rgot, _ = partner_cosines(feats, rb, n)
-        ok_row = ((top - rgot).abs() <= tol) | ~valid
-        check(bool(ok_row.all()), f"triton best partner, row tiling {tk.tile_config(c).label()} {dtype} C={c}: attains "
-                                  f"the row max on {float(ok_row[valid].float().mean()):.5f} of rows")
+        # the row kernel's own tiling (TILES) and the small batches' (SMALL_TILES): the same checks
+        for label, tiles in [("row tiling", tk.tile_config(c)),
+                             *((f"batch {k} tiling", t) for k, t in tk.SMALL_TILES.get(c, {}).items())]:
+            rb, _ = tk.best_partners_rows(x, start, n, p, s, tiles=tiles)
+            _, rgot, _ = partner_cosines(feats, rb, n)
+            ok_row = ((top - rgot).abs() <= tol) | ~valid
+            check(bool(ok_row.all()), f"triton best partner, {label} {tiles.label()} {dtype} C={c}: attains "
+                                      f"the row max on {float(ok_row[valid].float().mean()):.5f} of rows")
         inv = tk.inv_norms(x)
         for tiling in ((4, 1024), (64, 64)):
             check(rel(tk.inv_norms(x, tiling), inv) < 1e-6, f"triton inverse norms {tiling} == {tk.norm_tiling(rows, c, dev)} "

@@ -21,6 +21,8 @@
 #   bash benchmarks/gpu_run.sh small   # checks; the small batches' best-partner tilings (sweep, batch 1 and 4); with the
 #                                      # winners (MPM_TRITON_SMALL_TILES): checks, merge steps, MPM rows at batch 1, triton
 #                                      # and FA2, both modes, synthetic and photos, cut at SMALL_BUDGET_S (570) s into the call
+#   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
+#                                      # 3 repeats (about 6 min; cut at SMALL_BUDGET_S into the call)
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -160,6 +162,12 @@ small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_T
         | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     pack_logs
 }
+mpm_rows() {  # the MPM rows of the reference run (ToMe and ALGM left out: their code is not what changed)
+    checks_gate "kernels runner" "^FAIL" || return 1
+    timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda --images photos,synthetic \
+        --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
+        --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+}
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds "${EDGE_ROUNDS:-6}" $EDGE_EXTRA 2>&1 \
@@ -189,9 +197,10 @@ case "$what" in
     kernels) kernel_rows ;;
     tuned) tuned_rows ;;
     small) small_rows ;;
+    mpm) mpm_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, mpm, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -11,7 +11,7 @@ replayed in one CUDA graph (``graph ms``: GPU time, what a graphed forward pays)
     python benchmarks/merge_kernels.py --out /tmp/merge_kernels.json
     python benchmarks/merge_kernels.py --sweep --out /tmp/tiles.json   # the best-partner kernel's tilings
 
-``--sweep`` times the best-partner kernel alone under each tiling of :data:`SWEEP`
+``--sweep`` times the best-partner search under each tiling of :data:`SWEEP`
 (``tk.TileConfig``), as ``LOOP`` calls captured in one CUDA graph (GPU time, no launch
 cost), on the same rows, and checks every tiling's partners: each attains its row's
 maximum cosine (float64 reference, fp16 tolerance 2e-3) and the share equal to the
@@ -21,8 +21,8 @@ symmetric kernel's tilings (:data:`SYMMETRIC_SWEEP`: each pair of token blocks m
 ``--sweep-set small`` times it against the small batches' candidates (:data:`SMALL_SWEEP`: smaller
 tiles, more column ranges; ``--batches 1,4``), for :data:`tk.SMALL_TILES`. Every tiling is timed as
 MPM's plan runs it: the inverse-norm pre-pass, the search, the combine where more partials than the
-mutual plan folds (:data:`tk.FOLD_PARTS`), and the mutual plan. ``--best-out`` takes per width the tiling of least total time over the
-swept batches among those whose every check holds.
+mutual plan folds (:data:`tk.FOLD_PARTS`), and the mutual plan. ``--best-out`` writes per width
+the fastest tiling whose checks hold: at the largest batch, or (``small``) at every swept batch.
 """
 
 from __future__ import annotations
@@ -260,9 +260,9 @@ def main() -> int:
     ap.add_argument("--sweep-set", choices=("all", "symmetric", "small"), default="all",
                     help="--sweep: the row kernel's tilings (SWEEP), or each width's row kernel against the "
                          "symmetric kernel's (SYMMETRIC_SWEEP) or the small batches' (SMALL_SWEEP)")
-    ap.add_argument("--best-out", default=None, help="--sweep: write the checked tiling of least total time over "
-                                                      "the batches per width here (JSON for MPM_TRITON_TILES, "
-                                                      "..._SYMMETRIC_TILES or ..._SMALL_TILES)")
+    ap.add_argument("--best-out", default=None, help="--sweep: write the fastest checked tiling per width (at the "
+                                                      "largest batch; small: per batch) here (JSON for "
+                                                      "MPM_TRITON_TILES, ..._SYMMETRIC_TILES or ..._SMALL_TILES)")
     args = ap.parse_args()
     if not torch.cuda.is_available() or not tk.available(torch.empty(1, device="cuda")):
         print("merge_kernels.py: needs CUDA and Triton", file=sys.stderr)
@@ -304,6 +304,7 @@ def main_sweep(args) -> int:
         print(f"{r['model']:9s} {r['batch_size']:3d} {r['tiles']:28s} {r['ms']:7.4f} {first[key] / r['ms']:8.2f} "
               f"{r['attains_row_max']:8.5f} {r['equal_to_first']:6.3f}")
     best: dict[str, dict] = {}
+    largest = max(r["batch_size"] for r in rows)
     for key in first:
         ok = [r for r in rows if (r["model"], r["batch_size"]) == key and "error" not in r
               and r["attains_row_max"] == 1.0]
@@ -311,18 +312,11 @@ def main_sweep(args) -> int:
             fast = min(ok, key=lambda r: r["ms"])
             print(f"fastest {key[0]} batch {key[1]}: {fast['tiles']} {fast['ms']:.4f} ms "
                   f"({first[key] / fast['ms']:.2f}x the first tiling)")
-    batches = sorted({r["batch_size"] for r in rows})
-    for model in dict.fromkeys(r["model"] for r in rows):  # the table: least total time over the batches
-        total: dict[str, list[dict]] = {}
-        for r in rows:
-            if r["model"] == model and "error" not in r and r["attains_row_max"] == 1.0:
-                total.setdefault(r["tiles"], []).append(r)
-        whole = {t: rs for t, rs in total.items() if len(rs) == len(batches)}
-        if whole:
-            tiles, rs = min(whole.items(), key=lambda item: sum(r["ms"] for r in item[1]))
-            best[str(rs[0]["dim"])] = rs[0]["config"]
-            print(f"table {model}: {tiles} ({sum(r['ms'] for r in rs):.4f} ms over batches {batches})")
-    if args.best_out:  # {"<width>": TileConfig fields}: tk.load_tiles / MPM_TRITON_TILES
+            if args.sweep_set == "small":  # {width: {batch: tiling}}: a tiling per swept batch
+                best.setdefault(str(fast["dim"]), {})[str(key[1])] = fast["config"]
+            elif key[1] == largest:  # the table follows the largest batch
+                best[str(fast["dim"])] = fast["config"]
+    if args.best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES) or tk.load_small_tiles
         Path(args.best_out).write_text(json.dumps(best, indent=1))
         print(f"wrote {args.best_out}: {best}")
     return 0

@@ -436,13 +436,25 @@ SYMMETRIC_TILES: dict[int, TileConfig] = {192: SYMMETRIC_BASE_TILES, 384: SYMMET
 symmetric_best_partner = os.environ.get("MPM_TRITON_SYMMETRIC", "1") != "0"
 
 
-#: feature width -> tiling of the best-partner search when the row kernel's own tiling (:data:`TILES`)
-#: leaves most multiprocessors idle (:func:`partner_tiles`: batch 1, a few images): smaller tiles, so
-#: that rows and column ranges give every multiprocessor programs. Until ``merge_kernels.py --sweep
-#: --sweep-set small`` chose per width, 64 x 64 tiles with one column tile per range at least
+#: the small batches' first guess (``merge_kernels.py --sweep --sweep-set small`` times it first)
 SMALL_BASE_TILES = TileConfig(64, 64, 64, num_warps=4, num_stages=3, norms=True, split_tiles=1)
-SMALL_TILES: dict[int, TileConfig] = {192: SMALL_BASE_TILES, 384: SMALL_BASE_TILES, 768: SMALL_BASE_TILES,
-                                      1024: SMALL_BASE_TILES}
+_ROW_64x128 = TileConfig(64, 128, 64, num_warps=4, num_stages=3, norms=True, split_tiles=1)
+_SYM_64 = TileConfig(64, 64, 64, num_warps=4, num_stages=3, norms=True, symmetric=True)
+#: feature width -> {batch: tiling} of the best-partner search when the row kernel's own tiling
+#: (:data:`TILES`) leaves most multiprocessors idle (:func:`partner_tiles`: batch 1, a few images):
+#: smaller tiles, so that rows and column ranges give every multiprocessor programs. A batch takes
+#: the entry of the largest batch listed that is not above it. The sweep's winners per batch
+#: (``--sweep --sweep-set small --batches 1,4``, H200, results/reference/h200/small/tiles.log; the
+#: whole plan, CUDA-graph replay), in ms against the batch-32 tiling: batch 1, Seg-T 0.0161 ->
+#: 0.0118, Seg-S 0.0194 -> 0.0129, Seg-B 0.0314 -> 0.0153, Seg-L 0.0283 -> 0.0204; batch 4, 0.0186
+#: -> 0.0176, 0.0223 -> 0.0203, 0.0345 -> 0.0252, 0.0520 -> 0.0414; every partner attaining its row
+#: maximum
+SMALL_TILES: dict[int, dict[int, TileConfig]] = {
+    192: {1: _ROW_64x128, 4: _ROW_64x128},
+    384: {1: _ROW_64x128, 4: _SYM_64},
+    768: {1: _ROW_64x128, 4: _SYM_64},
+    1024: {1: TileConfig(128, 128, 64, num_warps=8, num_stages=3, norms=True, split_tiles=1), 4: _SYM_64},
+}
 #: set False (or MPM_TRITON_SMALL=0) to keep :data:`TILES` at small batches too (A/B timings)
 small_batch_tiles = os.environ.get("MPM_TRITON_SMALL", "1") != "0"
 
@@ -457,12 +469,23 @@ def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
     return {int(width): TileConfig(**fields) for width, fields in table.items()}
 
 
+def load_small_tiles(path: str | os.PathLike) -> dict[int, dict[int, TileConfig]]:
+    """A small-batch table from JSON ``{"<width>": {"<batch>": {"block_m": ..., ...}}}`` (``--sweep-set
+    small``'s ``best``); ``MPM_TRITON_SMALL_TILES=<file>`` makes it :data:`SMALL_TILES` at import."""
+    import json
+
+    with open(path) as f:
+        table = json.load(f)
+    return {int(width): {int(batch): TileConfig(**fields) for batch, fields in per_batch.items()}
+            for width, per_batch in table.items()}
+
+
 if os.environ.get("MPM_TRITON_TILES"):
     TILES = load_tiles(os.environ["MPM_TRITON_TILES"])
 if os.environ.get("MPM_TRITON_SYMMETRIC_TILES"):  # ``--sweep-set symmetric``'s winners; a row-kernel winner drops its width
     SYMMETRIC_TILES = {w: t for w, t in load_tiles(os.environ["MPM_TRITON_SYMMETRIC_TILES"]).items() if t.symmetric}
 if os.environ.get("MPM_TRITON_SMALL_TILES"):  # ``--sweep-set small``'s winners
-    SMALL_TILES = load_tiles(os.environ["MPM_TRITON_SMALL_TILES"])
+    SMALL_TILES = load_small_tiles(os.environ["MPM_TRITON_SMALL_TILES"])
 
 
 def tile_config(c: int) -> TileConfig:
@@ -487,10 +510,16 @@ def partner_tiles(c: int, batch: int, slots: int, device: torch.device) -> TileC
         if batch * blocks * (blocks + 1) // 2 >= _programs_wanted(device):
             return sym
     cfg = tile_config(c)
-    small = SMALL_TILES.get(c)
-    if small is not None and small_batch_tiles and batch * -(-slots // cfg.block_m) < _programs_wanted(device):
-        return small
+    if small_batch_tiles and c in SMALL_TILES and batch * -(-slots // cfg.block_m) < _programs_wanted(device):
+        return small_tiles(c, batch) or cfg
     return cfg
+
+
+def small_tiles(c: int, batch: int) -> TileConfig | None:
+    """:data:`SMALL_TILES`' tiling for ``batch`` images of ``c`` features: the entry of the largest
+    batch listed that is not above ``batch`` (None: no entry)."""
+    listed = [b for b in SMALL_TILES.get(c, {}) if b <= batch]
+    return SMALL_TILES[c][max(listed)] if listed else None
 
 
 def norm_tiling(r: int, c: int, device: torch.device) -> tuple[int, int]:

@@ -67,7 +67,8 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     best, score = tk.best_partners_rows(x, start, n, 1, 37)
     tk.best_partners_rows(x, start, n, 1, 37, splits=3)  # the column-split kernel and its combine
     for tiles in {tk.TileConfig(128, 64, 64, 8, 4, norms=True), *tk.TILES.values(),  # pre-pass norms, tilings in use
-                  *tk.SYMMETRIC_TILES.values(), *tk.SMALL_TILES.values()}:  # the symmetric kernel's, small batches'
+                  *tk.SYMMETRIC_TILES.values(),
+                  *(t for per_batch in tk.SMALL_TILES.values() for t in per_batch.values())}:  # the symmetric kernel's, small batches'
         tk.best_partners_rows(x, start, n, 1, 37, tiles=tiles)
     tk.best_partners_rows(x, start, n, 1, 200, tiles=tk.SYMMETRIC_BASE_TILES)  # two blocks: partials combined
     dest, partner, surv, kept = tk.mutual_plan(best, score, n)
