@@ -24,7 +24,7 @@
 #   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
 #                                      # 3 repeats (about 6 min; cut at SMALL_BUDGET_S into the call)
 #   bash benchmarks/gpu_run.sh bound   # checks; merge steps; eager MPM rows (batch 1, and Seg-T/S at batch 32; triton and FA2;
-#                                      # photos and synthetic) with bound launches (mpm.launch) and without (MPM_TRITON_BOUND=0)
+#                                      # synthetic) with bound launches (mpm.launch) and without (MPM_TRITON_BOUND=0)
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -174,15 +174,15 @@ bound_rows() {  # Triton launches bound once per specialisation (mpm.launch) aga
     checks_gate "kernels runner" "^FAIL" || return 1
     grep -q "^ok bound launches" "$OUT/checks.log" || { echo "bound-launch checks did not run: no timings" | tee -a "$OUT/checks.log"; return 1; }
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
-    for bound in 1 0; do
-        MPM_TRITON_BOUND=$bound timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda \
-            --images photos,synthetic --synthetic-batches 1 --methods mpm --repeats 3 --batches 1 --modes eager \
-            --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed_bs1_bound$bound.json" 2>&1 \
-            | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_bs1_bound$bound.log"
-        MPM_TRITON_BOUND=$bound timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda \
-            --images photos,synthetic --synthetic-batches 32 --methods mpm --repeats 3 --batches 32 --modes eager \
-            --models T,S --backends triton,fa2 --out "$OUT/speed_bs32_bound$bound.json" 2>&1 \
-            | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_bs32_bound$bound.log"
+    for rows in "1 synthetic 1 T,S,B,L" "32 synthetic 32 T,S"; do  # each setting bound, then Triton's path
+        set -- $rows
+        for bound in 1 0; do
+            MPM_TRITON_BOUND=$bound timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py \
+                --device cuda --images "$2" --synthetic-batches "$3" --methods mpm --repeats 3 --batches "$1" \
+                --modes eager --models "$4" --backends triton,fa2 --batch1-backends triton,fa2 \
+                --out "$OUT/speed_bs$1_bound$bound.json" 2>&1 | grep -v "_warn_once\|profiler.py" \
+                | tee "$OUT/speed_bs$1_bound$bound.log"
+        done
     done
     pack_logs
 }

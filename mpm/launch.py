@@ -50,6 +50,11 @@ def _params(fn) -> tuple[tuple[str, bool, bool, bool], ...] | None:
     return spec
 
 
+def _no_hooks(hook) -> bool:
+    """Whether a Triton launch hook slot is empty (None, or since Triton 3.5 a ``HookChain`` with no calls)."""
+    return hook is None or not getattr(hook, "calls", True)
+
+
 def _int_width(v: int) -> str:
     if -2**31 <= v < 2**31:
         return "i32"
@@ -91,9 +96,8 @@ def launch(fn, grid: tuple[int, ...], *args, **meta) -> None:
     from triton import knobs
     from triton.runtime import driver
 
-    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     spec = specialisation(fn, args, meta)
-    if spec is None or hooks != (None, None):
+    if spec is None or not (_no_hooks(knobs.runtime.launch_enter_hook) and _no_hooks(knobs.runtime.launch_exit_hook)):
         fn[grid](*args, **meta)
         return
     device = driver.active.get_current_device()

@@ -108,3 +108,11 @@ def test_keyword_arguments_and_stand_ins_take_tritons_path() -> None:
     ml.launch(stand_in, (3, 1), *args, **meta)
     assert stand_in.calls == [((3, 1), args, meta)]
     assert ml.bound_kernels() == 0, "nothing bound on the CPU"
+    from triton import knobs
+
+    chain = type(knobs.runtime.launch_enter_hook)()  # Triton >= 3.5: a HookChain, empty unless a profiler adds to it
+    assert ml._no_hooks(None) and ml._no_hooks(chain) == (not getattr(chain, "calls", True))
+    if hasattr(chain, "add"):
+        chain.add(print)
+        assert not ml._no_hooks(chain), "a hook set: Triton's path, which calls it"
+    assert not ml._no_hooks(print)
