@@ -200,7 +200,9 @@ def launch_checks(dev: torch.device) -> None:
                               int((plan.kept + p).sum()) + 3)
             merged = gather_mean(x, src.src1, src.src2)
             att = flash_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, s + p, 0.125)[: int(lens.sum())]
-            return (*plan, *(t for t in src if t is not None), merged, att)
+            # the plan's (B, S) entries past an image's tokens are unspecified: compared within them
+            real = [t[i, : int(n[i])] for t in plan[:3] for i in range(b)]
+            return (*real, plan.kept, *(t for t in src if t is not None), merged, att)
 
         ml.enabled = False
         want = run()
