@@ -23,8 +23,6 @@
 #                                      # and FA2, both modes, synthetic and photos, cut at SMALL_BUDGET_S (570) s into the call
 #   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
 #                                      # 3 repeats (about 6 min; cut at SMALL_BUDGET_S into the call)
-#   bash benchmarks/gpu_run.sh bound   # checks; merge steps; eager MPM rows (batch 1, and Seg-T/S at batch 32; triton and FA2;
-#                                      # synthetic) with bound launches (mpm.launch) and without (MPM_TRITON_BOUND=0)
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -170,23 +168,6 @@ mpm_rows() {  # the MPM rows of the reference run (ToMe and ALGM left out: their
         --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
         --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
 }
-bound_rows() {  # Triton launches bound once per specialisation (mpm.launch) against Triton's own path, eager rows
-    checks_gate "kernels runner" "^FAIL" || return 1
-    grep -q "^ok *bound launches" "$OUT/checks.log" || { echo "bound-launch checks did not run: no timings" | tee -a "$OUT/checks.log"; return 1; }
-    timeout 100 python3 benchmarks/merge_kernels.py --models T,L --batches 1 --out "$OUT/merge_kernels.json" 2>&1 \
-        | tee "$OUT/merge_kernels.log"
-    for rows in "1 synthetic 1 T,S,B,L" "32 synthetic 32 T,S"; do  # each setting bound, then Triton's path
-        set -- $rows
-        for bound in 1 0; do
-            MPM_TRITON_BOUND=$bound timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py \
-                --device cuda --images "$2" --synthetic-batches "$3" --methods mpm --repeats 3 --batches "$1" \
-                --modes eager --models "$4" --backends triton,fa2 --batch1-backends triton,fa2 \
-                --out "$OUT/speed_bs$1_bound$bound.json" 2>&1 | grep -v "_warn_once\|profiler.py" \
-                | tee "$OUT/speed_bs$1_bound$bound.log"
-        done
-    done
-    pack_logs
-}
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds "${EDGE_ROUNDS:-6}" $EDGE_EXTRA 2>&1 \
@@ -217,10 +198,9 @@ case "$what" in
     tuned) tuned_rows ;;
     small) small_rows ;;
     mpm) mpm_rows ;;
-    bound) bound_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, mpm, bound, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, mpm, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

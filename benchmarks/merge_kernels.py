@@ -39,7 +39,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpm import launch as ml  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
 from mpm.merging.mpm import best_partners, partner_cosines, plan_from_partners, plan_rows  # noqa: E402
@@ -222,9 +221,6 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                 lambda: plan_rows(x, start, n, 1, slots))
             steps[f"inverse norms {tk.norm_tiling(int(x.shape[0]), dim, x.device)}"] = lambda: tk.inv_norms(x)
             steps["inverse norms (64, 64)"] = lambda: tk.inv_norms(x, (64, 64))
-            for name in ("plan (similarity, argmax, mutual test) as the runner", "sources (output layout)",
-                         "gather mean"):  # the same calls through Triton's own launch path (mpm.launch off)
-                steps[f"{name}, Triton's launch path"] = (lambda fn: lambda: _unbound(fn))(steps[name])
         else:
             steps["best partner alone (padded view + bmm + max)"] = lambda: best_partners(
                 rows_to_padded(x, start + 1, slots), n)
@@ -235,15 +231,6 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                          "graph_ms": graph_ms(fn) if use_triton and device == "cuda" else None})
     tk.enabled = True
     return rows
-
-
-def _unbound(fn):
-    """``fn()`` with every Triton kernel launched through Triton's JIT path (``mpm.launch`` off)."""
-    before, ml.enabled = ml.enabled, False
-    try:
-        return fn()
-    finally:
-        ml.enabled = before
 
 
 def _without_small_tiles(fn):

@@ -45,8 +45,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from mpm.launch import launch
-
 try:  # triton ships with CUDA builds of torch; the plain PyTorch path needs none of this
     import triton
     import triton.language as tl
@@ -544,8 +542,8 @@ def inv_norms(x: Tensor, tiling: tuple[int, int] | None = None) -> Tensor:
     if r == 0:
         return out
     block_r, block_k = tiling or norm_tiling(r, c, x.device)
-    launch(_inv_norm_kernel, (triton.cdiv(r, block_r),), x, x.stride(0), out, r, c, BLOCK_R=block_r,
-           BLOCK_K=block_k, num_warps=4)
+    _inv_norm_kernel[(triton.cdiv(r, block_r),)](x, x.stride(0), out, r, c, BLOCK_R=block_r, BLOCK_K=block_k,
+                                                 num_warps=4)
     return out
 
 
@@ -585,8 +583,8 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
         splits = column_splits(row_blocks * b, triton.cdiv(slots, cfg.block_n), x.device, cfg.split_tiles)
     part_best, part_score = _partials(splits, best, score)
     inv = inv_norms(x) if cfg.norms else score  # (not read without norms)
-    launch(
-        _best_partner_kernel, (row_blocks, b, splits), x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
+    _best_partner_kernel[(row_blocks, b, splits)](
+        x, x.stride(0), inv, start, n_img, part_best, part_score, slots, b * slots, num_prefix, c,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLITS=splits, PRECISION=precision,
         NORMS=cfg.norms, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return _fold(part_best, part_score, best, score, combine)
@@ -623,8 +621,8 @@ def _combine_partials(part_best: Tensor, part_score: Tensor, best: Tensor, score
     if part_best is best:
         return
     total = best.numel()
-    launch(_combine_splits_kernel, (triton.cdiv(total, 256),), part_best, part_score, best, score, total,
-           SPLITS=part_best.shape[0], BLOCK=256, num_warps=4)
+    _combine_splits_kernel[(triton.cdiv(total, 256),)](part_best, part_score, best, score, total,
+                                                        SPLITS=part_best.shape[0], BLOCK=256, num_warps=4)
 
 
 def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int, slots: int,
@@ -635,8 +633,8 @@ def _best_partners_symmetric(x: Tensor, start: Tensor, n_img: Tensor, num_prefix
     b = start.shape[0]
     blocks = triton.cdiv(slots, cfg.block_m)
     part_best, part_score = _partials(blocks, best, score)
-    launch(
-        _best_partner_sym_kernel, (blocks, blocks, b), x, x.stride(0), inv_norms(x), start, n_img, part_best, part_score, slots, b * slots, num_prefix,
+    _best_partner_sym_kernel[(blocks, blocks, b)](
+        x, x.stride(0), inv_norms(x), start, n_img, part_best, part_score, slots, b * slots, num_prefix,
         x.shape[1], BLOCK=cfg.block_m, BLOCK_K=cfg.block_k, PRECISION=precision, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
     return _fold(part_best, part_score, best, score, combine)
@@ -690,8 +688,8 @@ def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Ten
     if b == 0:
         return dest, partner, surv, kept
     block = max(_pow2(s), 16)
-    launch(_mutual_kernel, (b,), best, score, n_img, dest, partner, surv, kept, s, b * s, BLOCK=block, PARTS=parts,
-           num_warps=4 if block <= 1024 else 8)
+    _mutual_kernel[(b,)](best, score, n_img, dest, partner, surv, kept, s, b * s, BLOCK=block, PARTS=parts,
+                         num_warps=4 if block <= 1024 else 8)
     return dest, partner, surv, kept
 
 
@@ -720,11 +718,11 @@ def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Te
     if b == 0:
         return src1, src2, out_start, out_length, cu
     block = max(_pow2(s), 16)
-    launch(_sources_kernel, (b,), dest, partner if partner is not None else dest, surv, n_img, in_start, kept, s,
-           src1, src2 if src2 is not None else src1, out_start, out_length,
-           cu if cu is not None else out_start, b, num_prefix, slots_out, rows_out,
-           PACKED=packed, HAS_PARTNER=partner is not None, BLOCK=block, BLOCK_B=max(_pow2(b), 16),
-           BLOCK_P=max(_pow2(num_prefix), 16), PAD_BLOCK=256, num_warps=4 if block <= 1024 else 8)
+    _sources_kernel[(b,)](dest, partner if partner is not None else dest, surv, n_img, in_start, kept, s,
+                          src1, src2 if src2 is not None else src1, out_start, out_length,
+                          cu if cu is not None else out_start, b, num_prefix, slots_out, rows_out,
+                          PACKED=packed, HAS_PARTNER=partner is not None, BLOCK=block, BLOCK_B=max(_pow2(b), 16),
+                          BLOCK_P=max(_pow2(num_prefix), 16), PAD_BLOCK=256, num_warps=4 if block <= 1024 else 8)
     return src1, src2, out_start, out_length, cu
 
 
@@ -736,8 +734,8 @@ def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
         return out
     block_c = min(max(_pow2(c), 16), 256)
     grid = (triton.cdiv(r, 16), triton.cdiv(c, block_c))
-    launch(_gather_mean_kernel, grid, x, x.stride(0), src1, src2 if src2 is not None else src1, out, out.stride(0),
-           r, c, HAS2=src2 is not None, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
+    _gather_mean_kernel[grid](x, x.stride(0), src1, src2 if src2 is not None else src1, out, out.stride(0), r, c,
+                              HAS2=src2 is not None, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
     return out
 
 
@@ -749,9 +747,9 @@ def compose_index(dest: Tensor, index: Tensor, length: Tensor | None, num_prefix
     if b == 0 or n == 0:
         return out
     dest, index = dest.contiguous(), index.contiguous()
-    launch(_compose_index_kernel, (triton.cdiv(n, 1024), b), dest, dest.stride(0), index,
-           length if length is not None else index, out, n, num_prefix, CLAMP=length is not None, BLOCK=1024,
-           num_warps=4)
+    _compose_index_kernel[(triton.cdiv(n, 1024), b)](dest, dest.stride(0), index, length if length is not None else index,
+                                                     out, n, num_prefix, CLAMP=length is not None, BLOCK=1024,
+                                                     num_warps=4)
     return out
 
 
@@ -767,6 +765,6 @@ def unmerge_rows(x: Tensor, start: Tensor, index: Tensor, num_prefix: int, clamp
         return tokens, prefix
     block_c = min(max(_pow2(c), 16), 256)
     grid = (triton.cdiv(rows, 16), triton.cdiv(c, block_c))
-    launch(_unmerge_kernel, grid, x, x.stride(0), start, index.contiguous(), tokens, prefix, b, n, c, r - 1,
-           P=num_prefix, CLAMP=clamp, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
+    _unmerge_kernel[grid](x, x.stride(0), start, index.contiguous(), tokens, prefix, b, n, c, r - 1, P=num_prefix,
+                          CLAMP=clamp, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
     return tokens, prefix

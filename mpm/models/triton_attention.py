@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from mpm.errors import BackendError
-from mpm.launch import launch
 
 try:  # triton ships with CUDA builds of torch
     import triton
@@ -151,11 +150,11 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, lengths:
     # and the capacity's pad sequence after them (interleaved, they doubled up on SMs: NOTES 46)
     grid = (triton.cdiv(max_len, tiles.block_m), h, seqs)
     uniform = cu_seqlens is None
-    launch(_flash_varlen_kernel, grid, q, k, v, out, q if uniform else cu_seqlens, q if lengths is None else lengths,
-           q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-           out.stride(0), out.stride(1), scale / math.log(2.0), max_len, seq_rows, D=d,
-           BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, UNIFORM=uniform,
-           HAS_LENS=lengths is not None, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    _flash_varlen_kernel[grid](q, k, v, out, q if uniform else cu_seqlens, q if lengths is None else lengths,
+                               q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                               out.stride(0), out.stride(1), scale / math.log(2.0), max_len, seq_rows, D=d,
+                               BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, UNIFORM=uniform,
+                               HAS_LENS=lengths is not None, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return out
 
 
