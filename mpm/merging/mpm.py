@@ -227,8 +227,8 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         :class:`RowPlan` (B, S). On CUDA two Triton kernels (three with the inverse norms' pre-pass):
         the fused similarity-argmax (cosine in float32 accumulation; the twin's partners instead
         when ``tk.fused_best_partner`` is off), then the mutual test, representatives and slots,
-        which also folds the similarity's column ranges (small batches); elsewhere the reference
-        functions.
+        which also folds the similarity's column ranges at small batches (up to ``tk.FOLD_PARTS``;
+        more take the combine kernel between them); elsewhere the reference functions.
     """
     on_triton = tk.available(x)
     if on_triton:

@@ -592,8 +592,8 @@ def best_partners_rows(x: Tensor, start: Tensor, n_img: Tensor, num_prefix: int,
 
 #: the most partial maxima that :func:`mutual_plan` folds itself (``best_partners_rows(combine=False)``):
 #: its one program per image reads them in turn, so beyond a few the combine kernel's many programs
-#: are faster (H200, batch 1: 4 partials 2.3 us in the plan against 2.7 for the combine's launch; 16
-#: partials 16 us against about 3; NOTES 48)
+#: are faster (H200, batch 1, per call: 4 partials cost the plan 2.3 us against the combine kernel's
+#: 2.7; 8-16 partials 5-18 us against its 2-6; NOTES 48)
 FOLD_PARTS = 4
 
 
