@@ -20,9 +20,9 @@
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh small   # checks; the small batches' best-partner tilings (sweep, batch 1 and 4); with the
 #                                      # winners (MPM_TRITON_SMALL_TILES): checks, merge steps, MPM rows at batch 1, triton
-#                                      # and FA2, both modes, synthetic and photos, cut at SMALL_BUDGET_S (570) s into the call
+#                                      # and FA2, both modes, synthetic and photos, cut at CALL_BUDGET_S (570) s into the call
 #   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
-#                                      # 3 repeats (about 6 min; cut at SMALL_BUDGET_S into the call)
+#                                      # 3 repeats (about 6 min; cut at CALL_BUDGET_S into the call)
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -53,6 +53,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
     | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)" \
     | tee -a "$OUT/gpu.txt"
+budget_left() {  # seconds left of the call's CALL_BUDGET_S (default 570, inside the device call's 600) for a last, long step
+    echo $(( ${CALL_BUDGET_S:-570} - SECONDS ))
+}
 checks_gate() {  # the GPU checks ($1: which parts); the calling part stops (status 1) if a line matches $2
     timeout 200 python3 benchmarks/cuda_checks.py $1 --quick 2>&1 | tee -a "$OUT/checks.log"
     if grep -q "$2" "$OUT/checks.log"; then echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; fi
@@ -157,14 +160,14 @@ small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_T
     [ -s "$OUT/small_best.json" ] && export MPM_TRITON_SMALL_TILES="$OUT/small_best.json"
     checks_gate "kernels runner" "^FAIL" || return 1  # again, with the sweep's tilings
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
-    timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
+    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
         --methods mpm --repeats 3 --batches 1 --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
         | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
     pack_logs
 }
 mpm_rows() {  # the MPM rows of the reference run (ToMe and ALGM left out: their code is not what changed)
     checks_gate "kernels runner" "^FAIL" || return 1
-    timeout $(( ${SMALL_BUDGET_S:-570} - SECONDS )) python3 benchmarks/speed.py --device cuda --images photos,synthetic \
+    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images photos,synthetic \
         --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
         --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
 }

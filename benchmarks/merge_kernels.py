@@ -211,14 +211,15 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
             "gather mean": lambda: gather_mean(x, src.src1, src.src2),
         }
         if use_triton:
-            steps["plan, fused best-partner kernel"] = lambda: _fused(lambda: plan_rows(x, start, n, 1, slots))
+            steps["plan, fused best-partner kernel"] = lambda: _with_switch(
+                "fused_best_partner", True, lambda: plan_rows(x, start, n, 1, slots))
             steps["best partner kernel alone"] = lambda: tk.best_partners_rows(x, start, n, 1, slots)
             steps["best partner kernel alone, one column range"] = lambda: tk.best_partners_rows(
                 x, start, n, 1, slots, splits=1)
             steps["best partner, row kernel (TILES)"] = lambda: tk.best_partners_rows(
                 x, start, n, 1, slots, tiles=tk.tile_config(dim))
-            steps["plan as the runner, small-batch tiles off"] = lambda: _without_small_tiles(
-                lambda: plan_rows(x, start, n, 1, slots))
+            steps["plan as the runner, small-batch tiles off"] = lambda: _with_switch(
+                "small_batch_tiles", False, lambda: plan_rows(x, start, n, 1, slots))
             steps[f"inverse norms {tk.norm_tiling(int(x.shape[0]), dim, x.device)}"] = lambda: tk.inv_norms(x)
             steps["inverse norms (64, 64)"] = lambda: tk.inv_norms(x, (64, 64))
         else:
@@ -233,22 +234,15 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
     return rows
 
 
-def _without_small_tiles(fn):
-    """``fn()`` with the best-partner search on :data:`tk.TILES` at every batch size (``tk.small_batch_tiles`` off)."""
-    before, tk.small_batch_tiles = tk.small_batch_tiles, False
+def _with_switch(name: str, value: bool, fn):
+    """``fn()`` with the kernel switch ``tk.<name>`` set to ``value`` (``fused_best_partner``: MPM's plan
+    takes the fused best-partner kernel; ``small_batch_tiles`` off: :data:`tk.TILES` at every batch size)."""
+    before = getattr(tk, name)
+    setattr(tk, name, value)
     try:
         return fn()
     finally:
-        tk.small_batch_tiles = before
-
-
-def _fused(fn):
-    """``fn()`` with MPM's plan taking the fused best-partner kernel (``tk.fused_best_partner``)."""
-    before, tk.fused_best_partner = tk.fused_best_partner, True
-    try:
-        return fn()
-    finally:
-        tk.fused_best_partner = before
+        setattr(tk, name, before)
 
 
 def main() -> int:
@@ -316,7 +310,7 @@ def main_sweep(args) -> int:
                 best.setdefault(str(fast["dim"]), {})[str(key[1])] = fast["config"]
             elif key[1] == largest:  # the table follows the largest batch
                 best[str(fast["dim"])] = fast["config"]
-    if args.best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES) or tk.load_small_tiles
+    if args.best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES; small: ..._SMALL_TILES, per_batch)
         Path(args.best_out).write_text(json.dumps(best, indent=1))
         print(f"wrote {args.best_out}: {best}")
     return 0

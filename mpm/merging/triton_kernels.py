@@ -444,8 +444,8 @@ _SYM_64 = TileConfig(64, 64, 64, num_warps=4, num_stages=3, norms=True, symmetri
 #: (:data:`TILES`) leaves most multiprocessors idle (:func:`partner_tiles`: batch 1, a few images):
 #: smaller tiles, so that rows and column ranges give every multiprocessor programs. A batch takes
 #: the entry of the largest batch listed that is not above it. The sweep's winners per batch
-#: (``--sweep --sweep-set small --batches 1,4``, H200, results/reference/h200/small/tiles.log; the
-#: whole plan, CUDA-graph replay), in ms against the batch-32 tiling: batch 1, Seg-T 0.0161 ->
+#: (``--sweep --sweep-set small --batches 1,4``, H200, results/reference/h200/small/tiles.json, its
+#: log in logs.tar.gz there; the whole plan, CUDA-graph replay), in ms against the batch-32 tiling: batch 1, Seg-T 0.0161 ->
 #: 0.0118, Seg-S 0.0194 -> 0.0129, Seg-B 0.0314 -> 0.0153, Seg-L 0.0283 -> 0.0204; batch 4, 0.0186
 #: -> 0.0176, 0.0223 -> 0.0203, 0.0345 -> 0.0252, 0.0520 -> 0.0414; every partner attaining its row
 #: maximum
@@ -459,25 +459,19 @@ SMALL_TILES: dict[int, dict[int, TileConfig]] = {
 small_batch_tiles = os.environ.get("MPM_TRITON_SMALL", "1") != "0"
 
 
-def load_tiles(path: str | os.PathLike) -> dict[int, TileConfig]:
+def load_tiles(path: str | os.PathLike, per_batch: bool = False) -> dict:
     """A tiling table from JSON ``{"<width>": {"block_m": ..., ...}}`` (``merge_kernels.py --sweep``'s
-    ``best``); ``MPM_TRITON_TILES=<file>`` makes it :data:`TILES` at import (A/B timings)."""
+    ``best``), or with ``per_batch`` ``{"<width>": {"<batch>": {...}}}`` (``--sweep-set small``'s);
+    ``MPM_TRITON_TILES`` / ``..._SYMMETRIC_TILES`` / ``..._SMALL_TILES=<file>`` make it :data:`TILES` /
+    :data:`SYMMETRIC_TILES` / :data:`SMALL_TILES` at import (A/B timings)."""
     import json
 
     with open(path) as f:
         table = json.load(f)
+    if per_batch:
+        return {int(width): {int(batch): TileConfig(**fields) for batch, fields in row.items()}
+                for width, row in table.items()}
     return {int(width): TileConfig(**fields) for width, fields in table.items()}
-
-
-def load_small_tiles(path: str | os.PathLike) -> dict[int, dict[int, TileConfig]]:
-    """A small-batch table from JSON ``{"<width>": {"<batch>": {"block_m": ..., ...}}}`` (``--sweep-set
-    small``'s ``best``); ``MPM_TRITON_SMALL_TILES=<file>`` makes it :data:`SMALL_TILES` at import."""
-    import json
-
-    with open(path) as f:
-        table = json.load(f)
-    return {int(width): {int(batch): TileConfig(**fields) for batch, fields in per_batch.items()}
-            for width, per_batch in table.items()}
 
 
 if os.environ.get("MPM_TRITON_TILES"):
@@ -485,7 +479,7 @@ if os.environ.get("MPM_TRITON_TILES"):
 if os.environ.get("MPM_TRITON_SYMMETRIC_TILES"):  # ``--sweep-set symmetric``'s winners; a row-kernel winner drops its width
     SYMMETRIC_TILES = {w: t for w, t in load_tiles(os.environ["MPM_TRITON_SYMMETRIC_TILES"]).items() if t.symmetric}
 if os.environ.get("MPM_TRITON_SMALL_TILES"):  # ``--sweep-set small``'s winners
-    SMALL_TILES = load_small_tiles(os.environ["MPM_TRITON_SMALL_TILES"])
+    SMALL_TILES = load_tiles(os.environ["MPM_TRITON_SMALL_TILES"], per_batch=True)
 
 
 def tile_config(c: int) -> TileConfig:
@@ -510,7 +504,7 @@ def partner_tiles(c: int, batch: int, slots: int, device: torch.device) -> TileC
         if batch * blocks * (blocks + 1) // 2 >= _programs_wanted(device):
             return sym
     cfg = tile_config(c)
-    if small_batch_tiles and c in SMALL_TILES and batch * -(-slots // cfg.block_m) < _programs_wanted(device):
+    if small_batch_tiles and batch * -(-slots // cfg.block_m) < _programs_wanted(device):
         return small_tiles(c, batch) or cfg
     return cfg
 
