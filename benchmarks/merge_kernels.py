@@ -10,6 +10,8 @@ replayed in one CUDA graph (``graph ms``: GPU time, what a graphed forward pays)
 
     python benchmarks/merge_kernels.py --out /tmp/merge_kernels.json
     python benchmarks/merge_kernels.py --sweep --out /tmp/tiles.json   # the best-partner kernel's tilings
+    python benchmarks/merge_kernels.py --sweep --sweep-set small --rows results/reference/h200/small/tiles.json \
+        --out - --best-out results/reference/h200/small/small_tiles.json   # a committed sweep's table, no GPU
 
 ``--sweep`` times the best-partner search under each tiling of :data:`SWEEP`
 (``tk.TileConfig``), as ``LOOP`` calls captured in one CUDA graph (GPU time, no launch
@@ -257,7 +259,11 @@ def main() -> int:
     ap.add_argument("--best-out", default=None, help="--sweep: write the fastest checked tiling per width (at the "
                                                       "largest batch; small: per batch) here (JSON for "
                                                       "MPM_TRITON_TILES, ..._SYMMETRIC_TILES or ..._SMALL_TILES)")
+    ap.add_argument("--rows", default=None, help="--sweep: no timing; report (and --best-out) a committed sweep's "
+                                                  "rows from this tiles.json (no GPU needed)")
     args = ap.parse_args()
+    if args.sweep and args.rows:
+        return report_sweep(json.loads(Path(args.rows).read_text())["rows"], args.sweep_set, args.best_out)
     if not torch.cuda.is_available() or not tk.available(torch.empty(1, device="cuda")):
         print("merge_kernels.py: needs CUDA and Triton", file=sys.stderr)
         return 2
@@ -287,6 +293,11 @@ def main_sweep(args) -> int:
                 print(f"[sweep] Seg-{size}/16 batch {batch} done", file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                           "loop": LOOP, "timing": "CUDA graph replay", "rows": rows}, indent=1))
+    return report_sweep(rows, args.sweep_set, args.best_out)
+
+
+def report_sweep(rows: list[dict], sweep_set: str, best_out: str | None) -> int:
+    """Print a sweep's rows and its fastest checked tilings; ``best_out``: write them as a table."""
     print(f"{'model':9s} {'bs':>3s} {'tiles':28s} {'ms':>7s} {'vs first':>8s} {'row max':>8s} {'equal':>6s}")
     first: dict[tuple, float] = {}
     for r in rows:
@@ -306,13 +317,13 @@ def main_sweep(args) -> int:
             fast = min(ok, key=lambda r: r["ms"])
             print(f"fastest {key[0]} batch {key[1]}: {fast['tiles']} {fast['ms']:.4f} ms "
                   f"({first[key] / fast['ms']:.2f}x the first tiling)")
-            if args.sweep_set == "small":  # {width: {batch: tiling}}: a tiling per swept batch
+            if sweep_set == "small":  # {width: {batch: tiling}}: a tiling per swept batch
                 best.setdefault(str(fast["dim"]), {})[str(key[1])] = fast["config"]
             elif key[1] == largest:  # the table follows the largest batch
                 best[str(fast["dim"])] = fast["config"]
-    if args.best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES; small: ..._SMALL_TILES, per_batch)
-        Path(args.best_out).write_text(json.dumps(best, indent=1))
-        print(f"wrote {args.best_out}: {best}")
+    if best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES; small: ..._SMALL_TILES, per_batch)
+        Path(best_out).write_text(json.dumps(best, indent=1))
+        print(f"wrote {best_out}: {best}")
     return 0
 
 

@@ -445,7 +445,7 @@ _SYM_64 = TileConfig(64, 64, 64, num_warps=4, num_stages=3, norms=True, symmetri
 #: smaller tiles, so that rows and column ranges give every multiprocessor programs. A batch takes
 #: the entry of the largest batch listed that is not above it. The sweep's winners per batch
 #: (``--sweep --sweep-set small --batches 1,4``, H200, results/reference/h200/small/tiles.json, its
-#: log in logs.tar.gz there; the whole plan, CUDA-graph replay), in ms against the batch-32 tiling: batch 1, Seg-T 0.0161 ->
+#: log in logs.tar.gz there, the table in small_tiles.json (``--rows``); the whole plan, CUDA-graph replay), in ms against the batch-32 tiling: batch 1, Seg-T 0.0161 ->
 #: 0.0118, Seg-S 0.0194 -> 0.0129, Seg-B 0.0314 -> 0.0153, Seg-L 0.0283 -> 0.0204; batch 4, 0.0186
 #: -> 0.0176, 0.0223 -> 0.0203, 0.0345 -> 0.0252, 0.0520 -> 0.0414; every partner attaining its row
 #: maximum

@@ -69,3 +69,12 @@ def test_fold_limit(tk) -> None:
     assert kept[0].shape == (parts, 2, 5), "up to FOLD_PARTS partials go to the mutual plan"
     one = tk._fold(best[:1].squeeze(0), score[:1].squeeze(0), best[0], score[0], combine=False)
     assert one[0].shape == (1, 2, 5), "one range: (1, B, S)"
+
+
+def test_small_tiles_are_the_committed_sweeps_winners(tk) -> None:
+    """:data:`tk.SMALL_TILES` is the table ``merge_kernels.py --sweep --sweep-set small --rows`` derives from
+    the committed H200 sweep (``results/reference/h200/small/tiles.json`` -> ``small_tiles.json``)."""
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[2] / "results" / "reference" / "h200" / "small" / "small_tiles.json"
+    assert tk.load_tiles(table, per_batch=True) == tk.SMALL_TILES
