@@ -117,6 +117,7 @@ def kernel_checks(dev: torch.device) -> None:
         parts = tk.best_partners_rows(x, start, n, p, s, combine=False)
         check(same_plan(tk.mutual_plan(*parts, n)), f"triton mutual plan folding {parts[0].shape[0]} column ranges == "
                                                     f"PyTorch plan of the combined partners {dtype}")
+        one_launch_checks(x, start, n, p, s, feats, top, tol, dtype, c)
         for packed in (True, False):
             for with_partner in (True, False):
                 slots = int((kept + p).max()) + 5
@@ -148,6 +149,54 @@ def kernel_checks(dev: torch.device) -> None:
     big, small = tk.partner_tiles(192, 32, 1024, dev), tk.partner_tiles(192, 1, 1024, dev)
     check(big.symmetric == (tk.symmetric_best_partner and 192 in tk.SYMMETRIC_TILES) and not small.symmetric,
           f"best-partner kernel by batch: Seg-T batch 32 {big.label()}, batch 1 {small.label()}")
+
+
+def _fold(part_best: torch.Tensor, part_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, B, S) partial partners and cosines folded in order, the earlier range keeping ties."""
+    best, score = part_best[0].clone(), part_score[0].clone()
+    for k in range(1, part_best.shape[0]):
+        better = part_score[k] > score
+        best, score = torch.where(better, part_best[k], best), torch.where(better, part_score[k], score)
+    return best, score
+
+
+def one_launch_checks(x, start, n, p: int, s: int, feats, top, tol: float, dtype, c: int) -> None:
+    """``tk.plan_one_launch`` (the search's programs, then each image's last program plans) on the GPU, where its
+    programs run concurrently: the partners attain the row maximum, the plan is the PyTorch plan of its own
+    partners, 20 launches agree, the tickets are left zero; at batch 5 and 1 (column ranges), on uniform input
+    and replayed in a CUDA graph."""
+    b = start.shape[0]
+    for label, sel in (("batch 5", slice(None)), ("batch 1", slice(0, 1))):
+        st, nn = start[sel], n[sel]
+        first = tk.plan_one_launch(x, st, nn, p, s, return_partials=True)
+        best, score = _fold(first[4], first[5])
+        _, got, valid = partner_cosines(feats[sel], best, nn)
+        ok = ((top[sel] - got).abs() <= tol) | ~valid
+        rp = plan_from_partners(best, score, nn)
+        same = torch.equal(first[3], rp.kept) and all(
+            torch.equal(first[0][i, :nn[i]], rp.dest[i, :nn[i]]) and torch.equal(first[1][i, :nn[i]], rp.partner[i, :nn[i]])
+            and torch.equal(first[2][i, :nn[i]].bool(), rp.survivor[i, :nn[i]]) for i in range(len(nn)))
+        again = all(all(torch.equal(u, v) for u, v in zip(tk.plan_one_launch(x, st, nn, p, s), first[:4]))
+                    for _ in range(20))
+        check(bool(ok.all()) and same and again and not bool(tk._tickets(x.device).any()),
+              f"triton plan in one launch, {label} ({first[4].shape[0]} ranges) {dtype} C={c}: partners attain the row "
+              f"max on {float(ok[valid].float().mean()):.5f}, plan == PyTorch plan of its partners: {same}, "
+              f"20 launches equal: {again}")
+    slots = 300
+    xu = x[: b * (slots + p)]
+    su = torch.arange(b, device=x.device) * (slots + p)
+    full = torch.full((b,), slots, device=x.device)
+    uniform = tk.plan_one_launch(xu, su, None, p, slots, return_partials=True)
+    counted = tk.plan_one_launch(xu, su, full, p, slots, return_partials=True)
+    check(all(torch.equal(u, v) for u, v in zip(uniform, counted)), f"triton plan in one launch, uniform input {dtype}")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = tk.plan_one_launch(x, start, n, p, s)
+    replays = []
+    for _ in range(10):
+        graph.replay()
+        replays.append(all(torch.equal(u, v) for u, v in zip(captured, tk.plan_one_launch(x, start, n, p, s))))
+    check(all(replays), f"triton plan in one launch, replayed in a CUDA graph 10 times == launched {dtype}")
 
 
 def attention_kernel_checks(dev: torch.device) -> None:

@@ -23,6 +23,9 @@
 #                                      # and FA2, both modes, synthetic and photos, cut at CALL_BUDGET_S (570) s into the call
 #   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
 #                                      # 3 repeats (about 6 min; cut at CALL_BUDGET_S into the call)
+#   bash benchmarks/gpu_run.sh eager   # checks, merge steps; MPM rows in eager mode, batch 32 and 1, triton and FA2, photos
+#                                      # and synthetic, with the plan in one launch (default), then Seg-T/S with it off
+#                                      # (MPM_TRITON_ONE_LAUNCH=never), cut at CALL_BUDGET_S into the call
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -171,6 +174,19 @@ mpm_rows() {  # the MPM rows of the reference run (ToMe and ALGM left out: their
         --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
         --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
 }
+eager_rows() {  # the plan in one launch (tk.plan_one_launch, outside graph capture) against the plan in kernels
+    checks_gate "kernels runner" "^FAIL" || return 1
+    timeout 100 python3 benchmarks/merge_kernels.py --batches 1,32 --out "$OUT/merge_kernels.json" 2>&1 \
+        | tee "$OUT/merge_kernels.log"
+    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images photos,synthetic --modes eager \
+        --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
+        --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+    # the same rows with the plan in kernels (MPM_TRITON_ONE_LAUNCH=never), Seg-T and Seg-S, as time allows
+    MPM_TRITON_ONE_LAUNCH=never timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --models T,S \
+        --images photos,synthetic --modes eager --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 \
+        --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed_kernels.json" 2>&1 \
+        | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_kernels.log"
+}
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
     python3 benchmarks/edge.py --out "$OUT" --models T,S --threads 1,4 --images photos --rounds "${EDGE_ROUNDS:-6}" $EDGE_EXTRA 2>&1 \
@@ -201,9 +217,10 @@ case "$what" in
     tuned) tuned_rows ;;
     small) small_rows ;;
     mpm) mpm_rows ;;
+    eager) eager_rows ;;
     edge) edge_rows ;;
     edgeprof) edge_profile_rows ;;
     cpu) cpu_rows ;;
     full) gpu_rows full; edge_rows; cpu_rows ;;
-    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, mpm, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
+    *) echo "gpu_run.sh: unknown part '$what' (quick, gpu, spec, sym, fused, share, census, attn, bs1, kernels, tuned, small, mpm, eager, edge, edgeprof, cpu or full)" >&2; exit 2 ;;
 esac

@@ -220,6 +220,10 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
                 x, start, n, 1, slots, splits=1)
             steps["best partner, row kernel (TILES)"] = lambda: tk.best_partners_rows(
                 x, start, n, 1, slots, tiles=tk.tile_config(dim))
+            steps["plan in one launch"] = lambda: _with_switch(
+                "one_launch_plan", "always", lambda: plan_rows(x, start, n, 1, slots))
+            steps["plan in kernels (one launch off)"] = lambda: _with_switch(
+                "one_launch_plan", "never", lambda: plan_rows(x, start, n, 1, slots))
             steps["plan as the runner, small-batch tiles off"] = lambda: _with_switch(
                 "small_batch_tiles", False, lambda: plan_rows(x, start, n, 1, slots))
             steps[f"inverse norms {tk.norm_tiling(int(x.shape[0]), dim, x.device)}"] = lambda: tk.inv_norms(x)
@@ -236,9 +240,10 @@ def study(size: str, batch: int, device: str = "cuda", paths: tuple[bool, ...] =
     return rows
 
 
-def _with_switch(name: str, value: bool, fn):
+def _with_switch(name: str, value, fn):
     """``fn()`` with the kernel switch ``tk.<name>`` set to ``value`` (``fused_best_partner``: MPM's plan
-    takes the fused best-partner kernel; ``small_batch_tiles`` off: :data:`tk.TILES` at every batch size)."""
+    takes the fused best-partner kernel; ``small_batch_tiles`` off: :data:`tk.TILES` at every batch size;
+    ``one_launch_plan``: ``"always"`` / ``"never"`` the plan in one launch)."""
     before = getattr(tk, name)
     setattr(tk, name, value)
     try:

@@ -356,7 +356,8 @@ def main() -> int:
         from mpm.merging import triton_kernels as tk
 
         env["merge_kernels"] = {"triton": tk.enabled, "fused_best_partner": tk.fused_best_partner,
-                                "symmetric_best_partner": tk.symmetric_best_partner}
+                                "symmetric_best_partner": tk.symmetric_best_partner,
+                                "one_launch_plan": tk.one_launch_plan}
         from mpm.models import segmenter
 
         env["fuse_speculative"] = segmenter.FUSE_SPECULATIVE

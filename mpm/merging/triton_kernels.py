@@ -26,6 +26,10 @@ combine splits         the column ranges' (or blocks') partial maxima, the
                        earlier range keeping ties
 mutual plan            mutual test, representatives, output slots (one scan),
                        kept tokens per image: one program per image
+plan (one launch)      best partners with norms in place, then each image's last
+                       program (a ticket per image) folds the column ranges and
+                       runs the mutual plan: the plan outside CUDA graphs, where
+                       every launch costs the host time
 gather sources         the output layout (packed back to back or padded), its
                        cumulative lengths, and for every output row the one or
                        two input rows it averages
@@ -116,15 +120,12 @@ if triton is not None:
                 sq_n += tl.sum(btf * btf, axis=0)
         return acc, sq_n
 
-    @triton.jit(do_not_specialize=["P"])
-    def _best_partner_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             SPLITS: tl.constexpr, PRECISION: tl.constexpr, NORMS: tl.constexpr):
-        pid_m = tl.program_id(0)
-        b = tl.program_id(1)
-        split = tl.program_id(2)  # this program's share of the columns (SPLITS > 1: small batches)
-        n = tl.load(NIMG + b)
-        row0 = tl.load(START + b) + P
+    @triton.jit
+    def _partner_rows(X, stride_x, INV, row0, n, pid_m, b, split, BEST, SCORE, stride_o, stride_split, C,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
+                      PRECISION: tl.constexpr, NORMS: tl.constexpr):
+        """Row block ``pid_m`` of image ``b`` (its ``n`` tokens from row ``row0``) against column range ``split``:
+        each row's best partner and cosine there, stored at BEST / SCORE[split, b, row]."""
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < n
         offs_k = tl.arange(0, BLOCK_K)
@@ -168,6 +169,15 @@ if triton is not None:
         out = split.to(tl.int64) * stride_split + b.to(tl.int64) * stride_o + offs_m
         tl.store(BEST + out, best_idx.to(tl.int64), mask=offs_m < stride_o)
         tl.store(SCORE + out, score, mask=offs_m < stride_o)
+
+    @triton.jit(do_not_specialize=["P"])
+    def _best_partner_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_split, P, C,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             SPLITS: tl.constexpr, PRECISION: tl.constexpr, NORMS: tl.constexpr):
+        b = tl.program_id(1)
+        _partner_rows(X, stride_x, INV, tl.load(START + b) + P, tl.load(NIMG + b), tl.program_id(0), b,
+                      tl.program_id(2), BEST, SCORE, stride_o, stride_split, C, BLOCK_M, BLOCK_N, BLOCK_K, SPLITS,
+                      PRECISION, NORMS)
 
     @triton.jit(do_not_specialize=["P"])
     def _best_partner_sym_kernel(X, stride_x, INV, START, NIMG, BEST, SCORE, stride_o, stride_part, P, C,
@@ -227,43 +237,68 @@ if triton is not None:
         tl.store(BEST + i, best_idx, mask=mask)
         tl.store(SCORE + i, best_val, mask=mask)
 
-    @triton.jit(do_not_specialize=["stride", "stride_part"])
-    def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, stride_part, BLOCK: tl.constexpr,
-                       PARTS: tl.constexpr):
-        b = tl.program_id(0)
-        n = tl.load(NIMG + b)
+    @triton.jit
+    def _mutual_image(BEST, SCORE, DEST, PARTNER, SURV, OUTLEN, b, n, stride, stride_part, BLOCK: tl.constexpr,
+                      PARTS: tl.constexpr, CACHE: tl.constexpr):
+        """Image ``b``'s mutual test, representatives and output slots from its ``n`` tokens' partners
+        (PARTS > 1: partial maxima per column range (PARTS, B, S), folded first, the earlier keeping ties);
+        ``CACHE``: the loads' cache modifier (".cg": partners written by other programs of this launch)."""
         j = tl.arange(0, BLOCK)
         valid = j < n
         base = b.to(tl.int64) * stride
-        best = tl.load(BEST + base + j, mask=valid, other=0)
-        score = tl.load(SCORE + base + j, mask=valid, other=float("-inf"))
-        # PARTS > 1: partial maxima per column range (PARTS, B, S), folded here, the earlier keeping ties
-        # (the combine kernel's work, without its launch)
+        best = tl.load(BEST + base + j, mask=valid, other=0, cache_modifier=CACHE)
+        score = tl.load(SCORE + base + j, mask=valid, other=float("-inf"), cache_modifier=CACHE)
         for k in tl.static_range(1, PARTS):
-            val = tl.load(SCORE + k * stride_part + base + j, mask=valid, other=float("-inf"))
-            idx = tl.load(BEST + k * stride_part + base + j, mask=valid, other=0)
+            val = tl.load(SCORE + k * stride_part + base + j, mask=valid, other=float("-inf"), cache_modifier=CACHE)
+            idx = tl.load(BEST + k * stride_part + base + j, mask=valid, other=0, cache_modifier=CACHE)
             better = val > score
             best = tl.where(better, idx, best)
             score = tl.where(better, val, score)
         if PARTS > 1:  # the folded partners, through PARTNER (written again below), for the mutual test
             tl.store(PARTNER + base + j, best, mask=valid)
             tl.debug_barrier()
-            back = tl.load(PARTNER + base + best, mask=valid, other=-1)
+            back = tl.load(PARTNER + base + best, mask=valid, other=-1, cache_modifier=CACHE)
             tl.debug_barrier()
         else:
-            back = tl.load(BEST + base + best, mask=valid, other=-1)
+            back = tl.load(BEST + base + best, mask=valid, other=-1, cache_modifier=CACHE)
         mutual = valid & (back == j) & (best != j) & (score > float("-inf"))
         rep = tl.where(mutual, tl.minimum(j.to(tl.int64), best), j.to(tl.int64))
         surv = (rep == j) & valid
         slot = tl.cumsum(surv.to(tl.int32), axis=0) - 1
         tl.store(DEST + base + j, slot.to(tl.int64), mask=valid)
         tl.debug_barrier()
-        dest = tl.load(DEST + base + rep, mask=valid, other=0)
+        dest = tl.load(DEST + base + rep, mask=valid, other=0, cache_modifier=CACHE)
         tl.debug_barrier()
         tl.store(DEST + base + j, dest, mask=valid)
         tl.store(PARTNER + base + j, tl.where(mutual, best, j.to(tl.int64)), mask=valid)
         tl.store(SURV + base + j, surv.to(tl.int8), mask=valid)
         tl.store(OUTLEN + b, tl.sum(surv.to(tl.int64), axis=0))
+
+    @triton.jit(do_not_specialize=["stride", "stride_part"])
+    def _mutual_kernel(BEST, SCORE, NIMG, DEST, PARTNER, SURV, OUTLEN, stride, stride_part, BLOCK: tl.constexpr,
+                       PARTS: tl.constexpr):
+        b = tl.program_id(0)
+        _mutual_image(BEST, SCORE, DEST, PARTNER, SURV, OUTLEN, b, tl.load(NIMG + b), stride, stride_part, BLOCK,
+                      PARTS, "")
+
+    @triton.jit(do_not_specialize=["P", "S"])
+    def _plan_kernel(X, stride_x, START, NIMG, BEST, SCORE, DEST, PARTNER, SURV, OUTLEN, TICKETS, S, P, C,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK_S: tl.constexpr, UNIFORM: tl.constexpr):
+        # the whole plan in one launch: each program searches its rows' partners over its column range
+        # (norms computed here, no pre-pass), then takes a ticket of its image; the image's last program
+        # (every partial written and released before its ticket) folds the ranges and runs the mutual test
+        b = tl.program_id(1)
+        n = S if UNIFORM else tl.load(NIMG + b)
+        stride_part = tl.num_programs(1).to(tl.int64) * S
+        _partner_rows(X, stride_x, X, tl.load(START + b) + P, n, tl.program_id(0), b, tl.program_id(2), BEST,
+                      SCORE, S, stride_part, C, BLOCK_M, BLOCK_N, BLOCK_K, SPLITS, PRECISION, False)
+        tl.debug_barrier()  # this program's partials stored before its ticket (released at GPU scope)
+        ticket = tl.atomic_add(TICKETS + b, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(0) * SPLITS - 1:
+            tl.store(TICKETS + b, 0)  # ready for the next launch
+            tl.debug_barrier()
+            _mutual_image(BEST, SCORE, DEST, PARTNER, SURV, OUTLEN, b, n, S, stride_part, BLOCK_S, SPLITS, ".cg")
 
     @triton.jit(do_not_specialize=["stride", "B", "P", "L_OUT", "R_OUT"])
     def _sources_kernel(DEST, PARTNER, SURV, NIMG, IN_START, OUTLEN, stride, SRC1, SRC2, OUT_START, OUT_LENGTH, CU,
@@ -685,6 +720,85 @@ def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Ten
     _mutual_kernel[(b,)](best, score, n_img, dest, partner, surv, kept, s, b * s, BLOCK=block, PARTS=parts,
                          num_warps=4 if block <= 1024 else 8)
     return dest, partner, surv, kept
+
+
+#: when MPM's plan runs as one launch (:func:`plan_one_launch`) instead of three or four (pre-pass,
+#: search, combine, mutual plan): ``"eager"`` (default; MPM_TRITON_ONE_LAUNCH) while the stream is not
+#: being captured into a CUDA graph (there each launch costs the host about as much as the GPU work of
+#: a whole merge at small sizes; replayed graphs pay no host cost per launch and keep the faster
+#: multi-kernel plan), ``"always"``, ``"never"`` (A/B timings)
+ONE_LAUNCH_MODES = ("eager", "always", "never")
+one_launch_plan = os.environ.get("MPM_TRITON_ONE_LAUNCH", "eager")
+#: images a one-launch plan takes at most (its tickets, one counter per image, are allocated once)
+MAX_TICKETS = 4096
+_TICKETS: dict[int, Tensor] = {}
+
+
+def plans_in_one_launch(x: Tensor, batch: int) -> bool:
+    """Whether :func:`mpm.merging.mpm.plan_rows` takes :func:`plan_one_launch` for ``batch`` images of ``x``'s rows
+    (:data:`one_launch_plan`)."""
+    if one_launch_plan not in ONE_LAUNCH_MODES:
+        raise ValueError(f"MPM_TRITON_ONE_LAUNCH={one_launch_plan!r}; expected one of {', '.join(ONE_LAUNCH_MODES)}")
+    if one_launch_plan == "never" or batch > MAX_TICKETS:
+        return False
+    return one_launch_plan == "always" or not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def _tickets(device: torch.device) -> Tensor:
+    """(MAX_TICKETS,) int32 zeros of ``device``, one per image; each launch of :func:`plan_one_launch` leaves them zero."""
+    key = -1 if device.type != "cuda" else (device.index if device.index is not None else torch.cuda.current_device())
+    t = _TICKETS.get(key)
+    if t is None:
+        t = _TICKETS[key] = torch.zeros(MAX_TICKETS, dtype=torch.int32, device=device)
+    return t
+
+
+def one_launch_tiles(c: int, batch: int, slots: int, device: torch.device) -> tuple[TileConfig, int]:
+    """The tiling and column ranges of :func:`plan_one_launch`: the row kernel's (:func:`partner_tiles`; the
+    symmetric kernel's partials come from several programs per row) with norms computed in place and at most
+    :data:`FOLD_PARTS` ranges (the image's last program folds them)."""
+    cfg = partner_tiles(c, batch, slots, device)
+    if cfg.symmetric:
+        cfg = tile_config(c)
+    cfg = replace(cfg, norms=False, symmetric=False)
+    splits = column_splits(batch * triton.cdiv(slots, cfg.block_m), triton.cdiv(slots, cfg.block_n), device,
+                           cfg.split_tiles)
+    return cfg, min(splits, FOLD_PARTS)
+
+
+def plan_one_launch(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, slots: int,
+                    tiles: tuple[TileConfig, int] | None = None, return_partials: bool = False):
+    """:func:`mutual_plan` of :func:`best_partners_rows` in one launch: the same decision (cosines in float32, first
+    index on ties, the earlier column range keeping ties), rounding aside (norms are summed in the search's steps).
+
+    Args:
+        x: (R, C) rows; start: (B,) first row of each image; n_img: (B,) image tokens per image, or None
+            (every image has ``slots``); num_prefix: P; slots: S >= max(n_img).
+        tiles: (tiling, column ranges), default :func:`one_launch_tiles`.
+        return_partials: also return the (K, B, S) partial partners and cosines (checks).
+    Returns:
+        dest, partner, survivor, kept as :func:`mutual_plan` (+ the partials).
+    """
+    b, c = start.shape[0], x.shape[1]
+    dev = x.device
+    dest = torch.empty(b, slots, dtype=torch.long, device=dev)
+    partner = torch.empty_like(dest)
+    surv = torch.empty(b, slots, dtype=torch.int8, device=dev)
+    kept = torch.empty(b, dtype=torch.long, device=dev)
+    cfg, splits = tiles or one_launch_tiles(c, b, slots, dev)
+    part_best = torch.empty(splits, b, slots, dtype=torch.long, device=dev)
+    part_score = torch.empty(splits, b, slots, dtype=torch.float32, device=dev)
+    if b and slots:
+        if b > MAX_TICKETS:
+            raise ValueError(f"plan_one_launch takes at most {MAX_TICKETS} images, got {b}")
+        block = max(_pow2(slots), 16)
+        _plan_kernel[(triton.cdiv(slots, cfg.block_m), b, splits)](
+            x, x.stride(0), start, n_img if n_img is not None else start, part_best, part_score, dest, partner, surv,
+            kept, _tickets(dev), slots, num_prefix, c, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            SPLITS=splits, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_S=block,
+            UNIFORM=n_img is None, num_warps=max(cfg.num_warps, 4 if block <= 1024 else 8), num_stages=cfg.num_stages)
+    out = (dest, partner, surv, kept)
+    return out + (part_best, part_score) if return_partials else out
 
 
 def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Tensor, in_start: Tensor, kept: Tensor,

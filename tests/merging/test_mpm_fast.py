@@ -228,14 +228,37 @@ _INTERPRETER_CHECK = textwrap.dedent('''
             tk.enabled = True
             got = tk.unmerge_rows(x, start, idx, prefix, clamp)
             assert all(torch.equal(u, v) for u, v in zip(got, want)), f"unmerge rows (P={prefix}, clamp={clamp})"
+    # the plan in one launch (norms in place, each image's last program folds the ranges and plans):
+    # the multi-kernel plan's decision, for 1 to FOLD_PARTS column ranges; the tickets are left zero
+    for splits in (1, 2, tk.FOLD_PARTS):
+        for tiles in (tk.TileConfig(32, 64, 16, 4, 2), tk.TileConfig(64, 32, 32, 4, 2)):
+            got = tk.plan_one_launch(x2, start2, n2, P, 200, tiles=(tiles, splits), return_partials=True)
+            assert got[4].shape == (splits, 3, 200), "one launch: partials (K, B, S)"
+            for b, nb in enumerate(n2.tolist()):
+                assert all(torch.equal(u[b, :nb], v[b, :nb]) for u, v in zip(got[:3], plan2[:3])), f"one launch {splits}"
+            assert torch.equal(got[3], plan2[3]), f"one launch kept, {splits} ranges"
+            assert not bool(tk._tickets(x2.device).any()), "tickets reset"
+    xu = torch.randn(3 * (60 + P), 32)  # a uniform padded batch: no counts tensor
+    su = torch.arange(3) * (60 + P)
+    full = torch.full((3,), 60)
+    want = tk.mutual_plan(*tk.best_partners_rows(xu, su, full, P, 60), full)
+    got = tk.plan_one_launch(xu, su, None, P, 60, tiles=(tk.TileConfig(32, 32, 16, 4, 2), 2))
+    assert all(torch.equal(u, v) for u, v in zip(got, want)), "one launch, uniform input"
+    assert tk.plans_in_one_launch(x, 3) and tk.one_launch_plan == "eager", "outside capture: one launch"
     from mpm.merging.mpm import plan_rows
-    for fused in (False, True):  # the plan of the fast path, either source of best partners
-        tk.fused_best_partner = fused
+    for fused, launch in ((False, "eager"), (True, "never"), (True, "eager")):  # the fast path's plan, every source
+        tk.fused_best_partner, tk.one_launch_plan = fused, launch
         pr = plan_rows(x, start, n, P, s)
         for b, nb in enumerate(n.tolist()):
-            assert torch.equal(pr.dest[b, :nb], ref.dest[b, :nb]), f"plan_rows dest (fused={fused})"
-            assert torch.equal(pr.partner[b, :nb], ref.partner[b, :nb]), f"plan_rows partner (fused={fused})"
-        assert torch.equal(pr.kept, ref.kept), f"plan_rows kept (fused={fused})"
+            assert torch.equal(pr.dest[b, :nb], ref.dest[b, :nb]), f"plan_rows dest (fused={fused}, {launch})"
+            assert torch.equal(pr.partner[b, :nb], ref.partner[b, :nb]), f"plan_rows partner (fused={fused}, {launch})"
+        assert torch.equal(pr.kept, ref.kept), f"plan_rows kept (fused={fused}, {launch})"
+    tk.one_launch_plan = "sometimes"
+    try:
+        tk.plans_in_one_launch(x, 3)
+        raise AssertionError("an unknown one-launch mode passed")
+    except ValueError as err:
+        assert "MPM_TRITON_ONE_LAUNCH" in str(err)
     print("triton kernels ok")
 ''')
 

@@ -10,6 +10,7 @@ nothing is launched.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,6 +74,11 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     tk.best_partners_rows(x, start, n, 1, 200, tiles=tk.SYMMETRIC_BASE_TILES)  # two blocks: partials combined
     dest, partner, surv, kept = tk.mutual_plan(best, score, n)
     tk.mutual_plan(*tk.best_partners_rows(x, start, n, 1, 37, splits=3, combine=False), n)  # partials folded
+    for tiles in {tk.one_launch_tiles(192, 1, 37, x.device)[0], *(replace(t, norms=False) for t in tk.TILES.values()),
+                  *(replace(t, norms=False) for per_batch in tk.SMALL_TILES.values() for t in per_batch.values())}:
+        tk.plan_one_launch(x, start, n, 1, 37, tiles=(tiles, tk.FOLD_PARTS))  # the one-launch plan's tilings in use
+    tk.plan_one_launch(x, start, None, 1, 1600, tiles=(tk.one_launch_tiles(192, 1, 1600, x.device)[0], 1))  # uniform;
+    # Seg-L at 640 px: a 2,048-entry scan
     for tiling in ((4, 256), (64, 64)):
         tk.inv_norms(x, tiling)
     for packed in (True, False):
