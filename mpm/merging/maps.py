@@ -115,6 +115,7 @@ class RowSources(NamedTuple):
         src1, src2: (R_out,) long input row(s) of each output row (``src2`` None: one source).
         start: (B,) long first output row of each image; length: (B,) long rows per image.
         cu_seqlens: (B + 2,) int32 (packed output: images, then the pad rows), or None.
+        index: (B, N) long the map after the merge (:func:`compose_rows_index`) when asked, else None.
     """
 
     src1: Tensor
@@ -122,10 +123,12 @@ class RowSources(NamedTuple):
     start: Tensor
     length: Tensor
     cu_seqlens: Tensor | None
+    index: Tensor | None = None
 
 
 def row_sources(dest: Tensor, partner: Tensor | None, survivor: Tensor, n_img: Tensor | None, in_start: Tensor,
-                kept: Tensor, num_prefix: int, packed: bool, slots_out: int, rows_out: int) -> RowSources:
+                kept: Tensor, num_prefix: int, packed: bool, slots_out: int, rows_out: int,
+                index: Tensor | None = None, clamp_index: bool = False) -> RowSources:
     """The output rows of a merge planned per image (PyTorch; Triton twin on CUDA).
 
     Args:
@@ -136,16 +139,19 @@ def row_sources(dest: Tensor, partner: Tensor | None, survivor: Tensor, n_img: T
         packed: output images back to back, pad rows after the last (their own
             sequence in ``cu_seqlens``); else ``slots_out`` rows per image.
         rows_out: R_out >= the rows the images need.
+        index: (B, N) the map before the merge, to compose with ``dest`` (:func:`compose_rows_index`, clamped to
+            the output lengths with ``clamp_index``), or None.
     Returns:
-        :class:`RowSources`. Prefix rows copy their input rows; output token
+        :class:`RowSources` (with the composed map when ``index`` is given: on CUDA in the same launch).
+        Prefix rows copy their input rows; output token
         ``dest[b, j]`` of a survivor ``j`` averages input tokens ``j`` and ``partner[b, j]``;
         pad rows copy a real row (finite values). Counts over the capacity are cut
         (lengths clamped, nothing written out of bounds): the runner's speculative
         capacities rely on it, and run such a forward again.
     """
     if tk.available(dest):
-        return RowSources(*tk.gather_sources(dest, partner, survivor.to(torch.int8), _n(n_img, dest), in_start, kept,
-                                             num_prefix, packed, slots_out, rows_out))
+        return RowSources(*tk.gather_sources(dest, partner, survivor.to(torch.int8), n_img, in_start, kept,
+                                             num_prefix, packed, slots_out, rows_out, index, clamp_index))
     b, s = dest.shape
     dev = dest.device
     full = kept + num_prefix
@@ -178,7 +184,8 @@ def row_sources(dest: Tensor, partner: Tensor | None, survivor: Tensor, n_img: T
 
     src1 = sources(j.expand(b, s))
     src2 = sources(partner) if partner is not None else None
-    return RowSources(src1, src2, start, length, cu)
+    composed = None if index is None else compose_rows_index(dest, index, length if clamp_index else None, num_prefix)
+    return RowSources(src1, src2, start, length, cu, composed)
 
 
 def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
@@ -193,9 +200,7 @@ def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
 def compose_rows_index(dest: Tensor, index: Tensor, length: Tensor | None = None, num_prefix: int = 0) -> Tensor:
     """The map after a merge planned per image: (B, N) ``dest[b, index[b, i]]`` (:func:`compose`), and with
     ``length`` (B,) (output rows per image, prefix included) kept below each image's kept tokens, as a
-    speculative capacity that cut some needs; one Triton kernel on CUDA."""
-    if tk.available(dest):
-        return tk.compose_index(dest, index, length, num_prefix)
+    speculative capacity that cut some needs (on CUDA :func:`row_sources` composes in its own launch)."""
     out = compose(index, dest)
     if length is not None:
         out = torch.minimum(out, (length - num_prefix - 1).clamp(min=0)[:, None])
@@ -222,7 +227,3 @@ def unmerge_rows(x: Tensor, start: Tensor, index: Tensor, num_prefix: int, clamp
     prefix_rows = start[:, None] + torch.arange(num_prefix, device=x.device)
     return tokens, x.index_select(0, prefix_rows.flatten()).view(b, num_prefix, c)
 
-
-def _n(n_img: Tensor | None, like: Tensor) -> Tensor:
-    return n_img if n_img is not None else torch.full((like.shape[0],), like.shape[1], dtype=torch.long,
-                                                      device=like.device)

@@ -32,10 +32,10 @@ plan (one launch)      best partners with norms in place, then each image's last
                        every launch costs the host time
 gather sources         the output layout (packed back to back or padded), its
                        cumulative lengths, and for every output row the one or
-                       two input rows it averages
+                       two input rows it averages; and the map after the merge,
+                       ``dest[b, index[b, i]]``, kept inside the capacity
+                       (speculative buffers)
 gather mean            ``out[r] = (x[s1[r]] + x[s2[r]]) * 0.5`` (or ``x[s1[r]]``)
-compose index          the map after a merge, ``dest[b, index[b, i]]``, kept inside
-                       the capacity (speculative buffers)
 unmerge rows           the full token grid and the prefix tokens of every image,
                        rows looked up in place (one launch for both)
 =====================  ==========================================================
@@ -300,12 +300,13 @@ if triton is not None:
             tl.debug_barrier()
             _mutual_image(BEST, SCORE, DEST, PARTNER, SURV, OUTLEN, b, n, S, stride_part, BLOCK_S, SPLITS, ".cg")
 
-    @triton.jit(do_not_specialize=["stride", "B", "P", "L_OUT", "R_OUT"])
+    @triton.jit(do_not_specialize=["stride", "B", "P", "L_OUT", "R_OUT", "N"])
     def _sources_kernel(DEST, PARTNER, SURV, NIMG, IN_START, OUTLEN, stride, SRC1, SRC2, OUT_START, OUT_LENGTH, CU,
-                        B, P, L_OUT, R_OUT, PACKED: tl.constexpr, HAS_PARTNER: tl.constexpr, BLOCK: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, PAD_BLOCK: tl.constexpr):
+                        B, P, L_OUT, R_OUT, INDEX, OUT_INDEX, N, PACKED: tl.constexpr, HAS_PARTNER: tl.constexpr,
+                        BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, PAD_BLOCK: tl.constexpr,
+                        UNIFORM: tl.constexpr, COMPOSE: tl.constexpr, CLAMP: tl.constexpr):
         b = tl.program_id(0)
-        n = tl.load(NIMG + b)
+        n = stride if UNIFORM else tl.load(NIMG + b)
         m = tl.load(OUTLEN + b)
         in_start = tl.load(IN_START + b)
         if PACKED:  # back to back; rows past R_OUT - 1 are cut (a count over a speculative capacity)
@@ -358,6 +359,16 @@ if triton is not None:
                     tl.store(SRC2 + r, fill, mask=r < end)
         tl.store(OUT_START + b, out_start)
         tl.store(OUT_LENGTH + b, length)
+        if COMPOSE:  # the map after the merge, dest[b, index[b, i]] (no launch of its own)
+            cut = tl.maximum(length - P - 1, 0)
+            for i0 in range(0, N, BLOCK):
+                i = i0 + tl.arange(0, BLOCK)
+                mi = i < N
+                k = tl.load(INDEX + b.to(tl.int64) * N + i, mask=mi, other=0)
+                d = tl.load(DEST + base + k, mask=mi, other=0)
+                if CLAMP:  # inside the image's kept tokens (a speculative capacity may have cut them)
+                    d = tl.minimum(d, cut)
+                tl.store(OUT_INDEX + b.to(tl.int64) * N + i, d, mask=mi)
 
     @triton.jit(do_not_specialize=["R"])
     def _gather_mean_kernel(X, stride_x, SRC1, SRC2, OUT, stride_o, R, C, HAS2: tl.constexpr,
@@ -374,19 +385,6 @@ if triton is not None:
             v = (v + w) * 0.5
         tl.store(OUT + r[:, None].to(tl.int64) * stride_o + c[None, :], v, mask=mask)
 
-
-    @triton.jit
-    def _compose_index_kernel(DEST, stride_d, INDEX, LENGTH, OUT, N, num_prefix, CLAMP: tl.constexpr,
-                              BLOCK: tl.constexpr):
-        b = tl.program_id(1)
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = i < N
-        row = b.to(tl.int64) * N
-        j = tl.load(INDEX + row + i, mask=m, other=0)
-        d = tl.load(DEST + b.to(tl.int64) * stride_d + j, mask=m, other=0)
-        if CLAMP:  # inside the image's kept tokens (a speculative capacity may have cut them)
-            d = tl.minimum(d, tl.maximum(tl.load(LENGTH + b) - num_prefix - 1, 0))
-        tl.store(OUT + row + i, d, mask=m)
 
     @triton.jit
     def _unmerge_kernel(X, stride_x, START, INDEX, TOKENS, PREFIX, B, N, C, last_row, P: tl.constexpr,
@@ -801,20 +799,25 @@ def plan_one_launch(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: 
     return out + (part_best, part_score) if return_partials else out
 
 
-def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Tensor, in_start: Tensor, kept: Tensor,
-                   num_prefix: int, packed: bool, slots_out: int, rows_out: int):
+def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Tensor | None, in_start: Tensor,
+                   kept: Tensor, num_prefix: int, packed: bool, slots_out: int, rows_out: int,
+                   index: Tensor | None = None, clamp_index: bool = False):
     """The output layout of a merge and the input rows of every output row.
 
     Args:
         dest, partner, surv: (B, S) from :func:`mutual_plan` (partner None: one source per row).
-        n_img, in_start: (B,) image tokens and first row of each image in the input.
+        n_img, in_start: (B,) image tokens (None: S each) and first row of each image in the input.
         kept: (B,) image tokens kept per image.
         packed: output images back to back (then ``rows_out - total`` pad rows, a
             sequence of their own in ``cu_seqlens``), else padded to ``slots_out`` rows each.
         rows_out: R_out, rows of the output buffer.
+        index: (B, N) long map before the merge, composed here with ``dest``
+            (:func:`mpm.merging.maps.compose_rows_index`; with ``clamp_index`` kept below each output length),
+            or None.
     Returns:
         src1 (R_out,) long, src2 (R_out,) long or None, out_start (B,) long,
-        out_length (B,) long (prefix included), cu_seqlens (B + 2,) int32 or None.
+        out_length (B,) long (prefix included), cu_seqlens (B + 2,) int32 or None, the composed
+        (B, N) map or None.
     """
     b, s = dest.shape
     dev = dest.device
@@ -823,15 +826,23 @@ def gather_sources(dest: Tensor, partner: Tensor | None, surv: Tensor, n_img: Te
     out_start = torch.empty(b, dtype=torch.long, device=dev)
     out_length = torch.empty(b, dtype=torch.long, device=dev)
     cu = torch.empty(b + 2, dtype=torch.int32, device=dev) if packed else None
+    composed = None
+    if index is not None:
+        index = index.contiguous()
+        composed = torch.empty(index.shape, dtype=dest.dtype, device=dev)
     if b == 0:
-        return src1, src2, out_start, out_length, cu
+        return src1, src2, out_start, out_length, cu, composed
     block = max(_pow2(s), 16)
-    _sources_kernel[(b,)](dest, partner if partner is not None else dest, surv, n_img, in_start, kept, s,
-                          src1, src2 if src2 is not None else src1, out_start, out_length,
+    dest = dest.contiguous()
+    _sources_kernel[(b,)](dest, partner if partner is not None else dest, surv, n_img if n_img is not None else kept,
+                          in_start, kept, s, src1, src2 if src2 is not None else src1, out_start, out_length,
                           cu if cu is not None else out_start, b, num_prefix, slots_out, rows_out,
-                          PACKED=packed, HAS_PARTNER=partner is not None, BLOCK=block, BLOCK_B=max(_pow2(b), 16),
-                          BLOCK_P=max(_pow2(num_prefix), 16), PAD_BLOCK=256, num_warps=4 if block <= 1024 else 8)
-    return src1, src2, out_start, out_length, cu
+                          index if index is not None else dest, composed if composed is not None else dest,
+                          index.shape[1] if index is not None else 0, PACKED=packed, HAS_PARTNER=partner is not None,
+                          BLOCK=block, BLOCK_B=max(_pow2(b), 16), BLOCK_P=max(_pow2(num_prefix), 16), PAD_BLOCK=256,
+                          UNIFORM=n_img is None, COMPOSE=index is not None, CLAMP=clamp_index,
+                          num_warps=4 if block <= 1024 else 8)
+    return src1, src2, out_start, out_length, cu, composed
 
 
 def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
@@ -844,20 +855,6 @@ def gather_mean(x: Tensor, src1: Tensor, src2: Tensor | None) -> Tensor:
     grid = (triton.cdiv(r, 16), triton.cdiv(c, block_c))
     _gather_mean_kernel[grid](x, x.stride(0), src1, src2 if src2 is not None else src1, out, out.stride(0), r, c,
                               HAS2=src2 is not None, BLOCK_R=16, BLOCK_C=block_c, num_warps=4)
-    return out
-
-
-def compose_index(dest: Tensor, index: Tensor, length: Tensor | None, num_prefix: int) -> Tensor:
-    """(B, N) ``dest[b, index[b, i]]``, at most ``max(length[b] - num_prefix - 1, 0)`` when ``length`` (B,) is
-    given (one kernel; :func:`mpm.merging.maps.compose_rows_index`)."""
-    b, n = index.shape
-    out = torch.empty(b, n, dtype=dest.dtype, device=dest.device)
-    if b == 0 or n == 0:
-        return out
-    dest, index = dest.contiguous(), index.contiguous()
-    _compose_index_kernel[(triton.cdiv(n, 1024), b)](dest, dest.stride(0), index, length if length is not None else index,
-                                                     out, n, num_prefix, CLAMP=length is not None, BLOCK=1024,
-                                                     num_warps=4)
     return out
 
 

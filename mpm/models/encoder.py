@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mpm.backends import varlen_backends
 from mpm.errors import BackendError, ConfigError
 from mpm.merging.base import MergeContext, MergeMethod, NoMerge
-from mpm.merging.maps import (compose, compose_rows_index, gather_mean, identity_map, merge_sizes, row_sources,
+from mpm.merging.maps import (compose, gather_mean, identity_map, merge_sizes, row_sources,
                              rows_to_padded, unmerge, unmerge_rows)
 from mpm.models.attention import Packing, Varlen, attention, attention_packed
 
@@ -388,10 +388,9 @@ def rows_apply(st: RowState, plan, num_prefix: int, layout: Layout, clamp: bool 
     (the caller checks the counts and discards such a forward)."""
     n_img = None if st.layout.uniform else st.length - num_prefix
     src = row_sources(plan.dest, plan.partner, plan.survivor, n_img, st.start, plan.kept, num_prefix,
-                      layout.packed, layout.slots, layout.rows)
+                      layout.packed, layout.slots, layout.rows, index=st.index, clamp_index=clamp)
     x = gather_mean(st.x, src.src1, src.src2)
-    index = compose_rows_index(plan.dest, st.index, src.length if clamp else None, num_prefix)
-    return RowState(x, layout, src.start, src.length, index, src.cu_seqlens, None, st.tokens_left + [plan.kept])
+    return RowState(x, layout, src.start, src.length, src.index, src.cu_seqlens, None, st.tokens_left + [plan.kept])
 
 
 def rows_fallback_merge(st: RowState, method: MergeMethod, block: int, num_prefix: int, grid: tuple[int, int],

@@ -205,19 +205,26 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         got = tk.best_partners_rows(x3, start3, n3, P, 150, tiles=tiles)[0]
         for b, nb in enumerate(n3.tolist()):
             assert torch.equal(got[b, :nb], ref3[b, :nb]), f"ties: first index, {tiles and tiles.label()}"
-    # the map after a merge (clamped to the kept tokens or not) and the unmerge, against their twins
+    # the map after the merge composed in the sources' launch (clamped to the output lengths or not), and the
+    # image tokens given as None (S each: a uniform input), against their twins
+    index = torch.randint(0, s, (3, 150))  # more grid tokens than the kernel's block: several steps
+    for packed in (True, False):
+        slots = int((ref.kept + P).max()) - 2  # some counts over the capacity: the clamp matters
+        rows = int((ref.kept + P).sum()) - 4 if packed else 3 * slots
+        for counts in (n, None):
+            for clamp in (False, True):
+                tk.enabled = False
+                want = row_sources(ref.dest, ref.partner, ref.survivor, counts, start, ref.kept, P, packed, slots,
+                                   rows, index=index, clamp_index=clamp)
+                tk.enabled = True
+                got = row_sources(ref.dest, ref.partner, ref.survivor, counts, start, ref.kept, P, packed, slots,
+                                  rows, index=index, clamp_index=clamp)
+                assert all(torch.equal(u, v) for u, v in zip(got, want) if u is not None), \
+                    f"sources + composed map (packed {packed}, counts {counts is not None}, clamp {clamp})"
+                cut = (got.length - P - 1).clamp(min=0)[:, None]
+                assert got.index is not None and (not clamp or bool((got.index <= cut).all())), "map inside the lengths"
     from mpm.merging.maps import compose_rows_index, unmerge_rows
-    dest = torch.randint(0, 30, (3, 37))
-    index = torch.randint(0, 37, (3, 50))
-    length = torch.tensor([31, 0, 12])
-    for cut in (None, length):
-        tk.enabled = False
-        want = compose_rows_index(dest, index, cut, P)
-        tk.enabled = True
-        got = tk.compose_index(dest, index, cut, P)
-        assert torch.equal(got, want), f"compose index (clamp: {cut is not None})"
-    assert int(tk.compose_index(dest, index, length, P)[1].max()) == 0 and torch.equal(
-        tk.compose_index(dest, index, None, P), dest.gather(1, index)), "compose index: the cut and the plain map"
+    assert torch.equal(compose_rows_index(ref.dest, index), ref.dest.gather(1, index)), "compose: the plain map"
     rows = x.shape[0]
     grid = torch.randint(0, 45, (3, 50))  # some rows past the buffer: the clamp keeps them inside
     for prefix in (0, P, 2):

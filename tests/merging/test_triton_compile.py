@@ -81,14 +81,14 @@ def test_every_kernel_compiles_for_sm90(dtype: torch.dtype, monkeypatch: pytest.
     # Seg-L at 640 px: a 2,048-entry scan
     for tiling in ((4, 256), (64, 64)):
         tk.inv_norms(x, tiling)
+    index = torch.zeros(3, 50, dtype=torch.long)
     for packed in (True, False):
         src1, src2, *_ = tk.gather_sources(dest, partner, surv, n, start, kept, 1, packed, 40, 120)
         tk.gather_sources(dest, None, surv, n, start, kept, 1, packed, 40, 120)
+        for clamp in (False, True):  # with the map composed (uniform input: no counts)
+            tk.gather_sources(dest, partner, surv, None, start, kept, 1, packed, 40, 120, index, clamp)
         tk.gather_mean(x, src1, src2)
         tk.gather_mean(x, src1, None)
-    index = torch.zeros(3, 50, dtype=torch.long)
-    for cut in (kept, None):
-        tk.compose_index(dest, index, cut, 1)
     for prefix, clamp in ((1, True), (0, False)):
         tk.unmerge_rows(x, start, index, prefix, clamp)
     assert sorted(set(compiled)) == sorted(getattr(tk, k).kernel.fn.__name__ for k in kernels)
