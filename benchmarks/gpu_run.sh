@@ -24,8 +24,9 @@
 #   bash benchmarks/gpu_run.sh mpm     # checks; MPM rows only: batch 32 and 1, triton and FA2, both modes, photos and synthetic,
 #                                      # 3 repeats (about 6 min; cut at CALL_BUDGET_S into the call)
 #   bash benchmarks/gpu_run.sh eager   # checks, merge steps; MPM rows in eager mode, batch 32 and 1, triton and FA2, photos
-#                                      # and synthetic, with the plan in one launch (default), then Seg-T/S with it off
-#                                      # (MPM_TRITON_ONE_LAUNCH=never), cut at CALL_BUDGET_S into the call
+#                                      # and synthetic, with the plan in one launch (default); on the synthetic set
+#                                      # Seg-T/S with it off (MPM_TRITON_ONE_LAUNCH=never), then batch 1 with
+#                                      # speculative capacities; cut at CALL_BUDGET_S into the call
 #   bash benchmarks/gpu_run.sh edge    # the GPU host CPU's edge.py rows, photos, 6 rounds (about 5 min)
 #   bash benchmarks/gpu_run.sh edgeprof # edge_profile.py, Seg-T at 1 and 4 threads (about 2 min)
 #   bash benchmarks/gpu_run.sh cpu     # the GPU host CPU's speed.py --device cpu rows (15 repeats: about 4 min)
@@ -57,7 +58,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)" \
     | tee -a "$OUT/gpu.txt"
 budget_left() {  # seconds left of the call's CALL_BUDGET_S (default 570, inside the device call's 600) for a last, long step
-    echo $(( ${CALL_BUDGET_S:-570} - SECONDS ))
+    local left=$(( ${CALL_BUDGET_S:-570} - SECONDS ))
+    echo $(( left > 1 ? left : 1 ))  # never 0: timeout 0 would mean no limit
 }
 checks_gate() {  # the GPU checks ($1: which parts); the calling part stops (status 1) if a line matches $2
     timeout 200 python3 benchmarks/cuda_checks.py $1 --quick 2>&1 | tee -a "$OUT/checks.log"
@@ -181,11 +183,16 @@ eager_rows() {  # the plan in one launch (tk.plan_one_launch, outside graph capt
     timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images photos,synthetic --modes eager \
         --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
         --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
-    # the same rows with the plan in kernels (MPM_TRITON_ONE_LAUNCH=never), Seg-T and Seg-S, as time allows
+    # as time allows, on the synthetic set: Seg-T and Seg-S with the plan in kernels (MPM_TRITON_ONE_LAUNCH=never),
+    # then batch 1 with speculative capacities (no host read of the counts at each merge)
     MPM_TRITON_ONE_LAUNCH=never timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --models T,S \
-        --images photos,synthetic --modes eager --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 \
+        --images synthetic --modes eager --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 \
         --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed_kernels.json" 2>&1 \
         | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_kernels.log"
+    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images synthetic --modes eager \
+        --synthetic-batches 1 --methods mpm --repeats 3 --batches 1 --batch1-backends triton,fa2 --speculate on \
+        --out "$OUT/speed_spec.json" 2>&1 | grep -v "_warn_once\|profiler.py" > "$OUT/speed_spec.log"
+    pack_logs
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)
     lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core)" | tee -a "$OUT/gpu.txt"
