@@ -224,15 +224,15 @@ def plan_rows(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: int, s
         view: (B, S, C) the same image tokens as a padded view, when the layout has one
             (saves the gather of the PyTorch path).
     Returns:
-        :class:`RowPlan` (B, S). On CUDA outside graph capture one Triton launch
-        (``tk.plan_one_launch``: each launch costs the host time there); under capture two kernels (three
+        :class:`RowPlan` (B, S). On CUDA outside graph capture and for small searches one Triton launch
+        (``tk.plan_one_launch``: each launch costs the host time there); else two kernels (three
         with the inverse norms' pre-pass): the fused similarity-argmax (cosine in float32 accumulation;
         the twin's partners instead when ``tk.fused_best_partner`` is off), then the mutual test,
         representatives and slots, which also folds the similarity's column ranges at small batches (up
         to ``tk.FOLD_PARTS``; more take the combine kernel between them); elsewhere the reference functions.
     """
     on_triton = tk.available(x)
-    if on_triton and tk.fused_best_partner and tk.plans_in_one_launch(x, start.shape[0]):
+    if on_triton and tk.fused_best_partner and tk.plans_in_one_launch(x, start.shape[0], slots):
         return RowPlan(*tk.plan_one_launch(x, start, n_img, num_prefix, slots))
     if on_triton:
         counts = n_img if n_img is not None else torch.full_like(start, slots)

@@ -722,24 +722,34 @@ def mutual_plan(best: Tensor, score: Tensor, n_img: Tensor) -> tuple[Tensor, Ten
 
 #: when MPM's plan runs as one launch (:func:`plan_one_launch`) instead of three or four (pre-pass,
 #: search, combine, mutual plan): ``"eager"`` (default; MPM_TRITON_ONE_LAUNCH) while the stream is not
-#: being captured into a CUDA graph (there each launch costs the host about as much as the GPU work of
-#: a whole merge at small sizes; replayed graphs pay no host cost per launch and keep the faster
-#: multi-kernel plan), ``"always"``, ``"never"`` (A/B timings)
+#: being captured into a CUDA graph and the search is small (there each launch costs the host about as
+#: much as the GPU work of a whole merge; replayed graphs pay no host cost per launch and keep the
+#: multi-kernel plan, faster on the GPU: at batch 1 0.011-0.020 ms per call against one launch's
+#: 0.018-0.060), ``"always"``, ``"never"`` (A/B timings)
 ONE_LAUNCH_MODES = ("eager", "always", "never")
 one_launch_plan = os.environ.get("MPM_TRITON_ONE_LAUNCH", "eager")
+#: the most products of the search (images x slots^2 x features) a one-launch plan takes: beyond it the GPU
+#: work outweighs the launches saved. H200, eager loops per call (launch cost included), one launch /
+#: kernels (``merge_kernels.py``, results/reference/h200/eager/): batch 1, 0.090-0.105 / 0.16-0.23 ms at every
+#: size; batch 32, Seg-T 0.154 / 0.394, Seg-S 0.123 / 0.145 (13e9 products), Seg-B 0.208 / 0.174 (26e9),
+#: Seg-L 0.519 / 0.209 ms (84e9)
+ONE_LAUNCH_MAX_PRODUCTS = 16e9
 #: images a one-launch plan takes at most (its tickets, one counter per image, are allocated once)
 MAX_TICKETS = 4096
 _TICKETS: dict[int, Tensor] = {}
 
 
-def plans_in_one_launch(x: Tensor, batch: int) -> bool:
-    """Whether :func:`mpm.merging.mpm.plan_rows` takes :func:`plan_one_launch` for ``batch`` images of ``x``'s rows
-    (:data:`one_launch_plan`)."""
+def plans_in_one_launch(x: Tensor, batch: int, slots: int) -> bool:
+    """Whether :func:`mpm.merging.mpm.plan_rows` takes :func:`plan_one_launch` for ``batch`` images of up to ``slots``
+    of ``x``'s rows (:data:`one_launch_plan`; ``"eager"``: outside capture, up to :data:`ONE_LAUNCH_MAX_PRODUCTS`)."""
     if one_launch_plan not in ONE_LAUNCH_MODES:
         raise ValueError(f"MPM_TRITON_ONE_LAUNCH={one_launch_plan!r}; expected one of {', '.join(ONE_LAUNCH_MODES)}")
     if one_launch_plan == "never" or batch > MAX_TICKETS:
         return False
-    return one_launch_plan == "always" or not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    if one_launch_plan == "always":
+        return True
+    small = batch * slots * slots * x.shape[1] <= ONE_LAUNCH_MAX_PRODUCTS
+    return small and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _tickets(device: torch.device) -> Tensor:

@@ -251,7 +251,8 @@ _INTERPRETER_CHECK = textwrap.dedent('''
     want = tk.mutual_plan(*tk.best_partners_rows(xu, su, full, P, 60), full)
     got = tk.plan_one_launch(xu, su, None, P, 60, tiles=(tk.TileConfig(32, 32, 16, 4, 2), 2))
     assert all(torch.equal(u, v) for u, v in zip(got, want)), "one launch, uniform input"
-    assert tk.plans_in_one_launch(x, 3) and tk.one_launch_plan == "eager", "outside capture: one launch"
+    assert tk.plans_in_one_launch(x, 3, 37) and tk.one_launch_plan == "eager", "outside capture: one launch"
+    assert not tk.plans_in_one_launch(x, 3, int((tk.ONE_LAUNCH_MAX_PRODUCTS / 3 / 32) ** 0.5) + 1), "large: kernels"
     from mpm.merging.mpm import plan_rows
     for fused, launch in ((False, "eager"), (True, "never"), (True, "eager")):  # the fast path's plan, every source
         tk.fused_best_partner, tk.one_launch_plan = fused, launch
@@ -262,7 +263,7 @@ _INTERPRETER_CHECK = textwrap.dedent('''
         assert torch.equal(pr.kept, ref.kept), f"plan_rows kept (fused={fused}, {launch})"
     tk.one_launch_plan = "sometimes"
     try:
-        tk.plans_in_one_launch(x, 3)
+        tk.plans_in_one_launch(x, 3, 37)
         raise AssertionError("an unknown one-launch mode passed")
     except ValueError as err:
         assert "MPM_TRITON_ONE_LAUNCH" in str(err)
