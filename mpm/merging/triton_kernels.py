@@ -49,6 +49,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from mpm.errors import ConfigError
+
 try:  # triton ships with CUDA builds of torch; the plain PyTorch path needs none of this
     import triton
     import triton.language as tl
@@ -743,7 +745,8 @@ def plans_in_one_launch(x: Tensor, batch: int, slots: int) -> bool:
     """Whether :func:`mpm.merging.mpm.plan_rows` takes :func:`plan_one_launch` for ``batch`` images of up to ``slots``
     of ``x``'s rows (:data:`one_launch_plan`; ``"eager"``: outside capture, up to :data:`ONE_LAUNCH_MAX_PRODUCTS`)."""
     if one_launch_plan not in ONE_LAUNCH_MODES:
-        raise ValueError(f"MPM_TRITON_ONE_LAUNCH={one_launch_plan!r}; expected one of {', '.join(ONE_LAUNCH_MODES)}")
+        raise ConfigError(f"environment variable MPM_TRITON_ONE_LAUNCH={one_launch_plan!r}; expected one of "
+                          f"{', '.join(ONE_LAUNCH_MODES)}")
     if one_launch_plan == "never" or batch > MAX_TICKETS:
         return False
     if one_launch_plan == "always":
@@ -757,6 +760,9 @@ def _tickets(device: torch.device) -> Tensor:
     key = -1 if device.type != "cuda" else (device.index if device.index is not None else torch.cuda.current_device())
     t = _TICKETS.get(key)
     if t is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # would live in the graph's pool
+            raise ConfigError("plan_one_launch: its first call on a device must be outside CUDA graph capture "
+                              "(MPM_TRITON_ONE_LAUNCH=always under graphs)")
         t = _TICKETS[key] = torch.zeros(MAX_TICKETS, dtype=torch.int32, device=device)
     return t
 
@@ -786,6 +792,8 @@ def plan_one_launch(x: Tensor, start: Tensor, n_img: Tensor | None, num_prefix: 
         return_partials: also return the (K, B, S) partial partners and cosines (checks).
     Returns:
         dest, partner, survivor, kept as :func:`mutual_plan` (+ the partials).
+
+    The tickets are one buffer per device: one plan at a time per device (the runner's one stream).
     """
     b, c = start.shape[0], x.shape[1]
     dev = x.device
