@@ -16,7 +16,8 @@
 #   bash benchmarks/gpu_run.sh bs1     # MPM rows at batch 1, FA2, graphs, speculative capacities on and off, photos and
 #                                      # synthetic images (about 2 min)
 #   bash benchmarks/gpu_run.sh attn    # attention_kernels.py (the Triton attention kernel against FA2), checks (about 2 min)
-#   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min)
+#   bash benchmarks/gpu_run.sh census  # kernel_census.py: kernels per forward of dense, oracle and MPM, batch 1 and 32, graphs (about 2 min;
+#                                      # CENSUS_MODELS, CENSUS_BATCHES, CENSUS_EXTRA="--backend triton --images synthetic")
 #   bash benchmarks/gpu_run.sh tuned   # kernels, then checks, merge steps and quick MPM rows with the sweep's tilings
 #   bash benchmarks/gpu_run.sh small   # checks; the small batches' best-partner tilings (sweep, batch 1 and 4); with the
 #                                      # winners (MPM_TRITON_SMALL_TILES): checks, merge steps, MPM rows at batch 1, triton
@@ -139,7 +140,7 @@ attn_rows() {  # the Triton attention backend: its kernel against FA2 per shape 
 }
 census_rows() {  # which kernels dense, the oracle and MPM run (where the merged models lose time)
     timeout 500 python3 benchmarks/kernel_census.py --models "${CENSUS_MODELS:-T,S,B,L}" --batches "${CENSUS_BATCHES:-1,32}" \
-        --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
+        $CENSUS_EXTRA --out "$OUT/census.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/census.log"
 }
 pack_logs() {  # at most 8 files come back from a device call: the logs travel as one archive
     (cd "$OUT" && tar czf logs.tar.gz ./*.log gpu.txt && rm -f ./*.log gpu.txt)

@@ -41,6 +41,18 @@ def short(name: str, width: int = 72) -> str:
     return _NOISE.sub("", name)[:width]
 
 
+#: kernel name -> category of the encoder's kernels (the first pattern that matches; else "other")
+CATEGORIES = (("matrix products", re.compile(r"nvjet|gemm|cutlass|xmma|cublas", re.I)),
+              ("attention", re.compile(r"flash|_flash_varlen", re.I)),
+              ("norms", re.compile(r"layer_norm", re.I)),
+              ("elementwise", re.compile(r"elementwise|gelu|CUDAFunctor|copy", re.I)))
+
+
+def category(name: str) -> str:
+    """The :data:`CATEGORIES` entry of kernel ``name``."""
+    return next((label for label, pattern in CATEGORIES if pattern.search(name)), "other")
+
+
 def census(runner, call, n: int, device: torch.device, timed_calls: int) -> dict:
     """Kernels per forward of ``call(i)`` (i < n) by section and by name, and the wall ms per forward."""
     sections = profile_kernels(call, n, device)
@@ -49,6 +61,11 @@ def census(runner, call, n: int, device: torch.device, timed_calls: int) -> dict
     wall = time_block(lambda i: call(i % n, None), device, timed_calls)
     kernels: dict[str, list[float]] = {}
     per_section = {}
+    encoder: dict[str, list[float]] = {}  # the encoder section's kernels by category: [ms, launches] per forward
+    for name, (k_ms, k_n) in sections.by_kernel.get("encoder", {}).items():
+        entry = encoder.setdefault(category(name), [0.0, 0.0])
+        entry[0] += k_ms / n
+        entry[1] += k_n / n
     for section, names in sections.by_kernel.items():
         ms = sum(v[0] for v in names.values()) / n
         launches = sum(v[1] for v in names.values()) / n
@@ -59,7 +76,23 @@ def census(runner, call, n: int, device: torch.device, timed_calls: int) -> dict
             entry[1] += k_n / n
     return {"wall_ms": wall, "kernel_ms": sections.kernel_ms / n,
             "launches": sum(v["launches"] for v in per_section.values()), "sections": per_section,
+            "encoder_by_category": encoder,
             "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1][0]))}
+
+
+def token_ideal(counts: list[list[list[int]]], schedule, depth: int, full: int) -> float:
+    """The encoder blocks' mean image-token count over the dense model's, over the pool: the share of a
+    per-token cost (the linear layers') that the merged counts leave (1 = no saving)."""
+    ratios = []
+    for per_site in counts:  # one forward: per site, per image
+        for b in range(len(per_site[0])):
+            tokens, k = [], 0
+            for block in range(depth):
+                while k < len(schedule) and schedule[k] <= block:
+                    k += 1
+                tokens.append(full if k == 0 else per_site[k - 1][b])
+            ratios.append(sum(tokens) / (depth * full))
+    return sum(ratios) / len(ratios)
 
 
 def main() -> int:
@@ -98,7 +131,10 @@ def main() -> int:
                 variants = {"dense": model.runner(NoMerge(), args.backend, args.mode),
                             "oracle": model.runner(oracle, args.backend, args.mode), "mpm": mpm}
                 row = {"model": f"Seg-{size}/16", "batch_size": batch, "backend": args.backend, "mode": args.mode,
-                       "images": label, "image_source": source, "counts_per_site": counts, "variants": {}}
+                       "images": label, "image_source": source, "counts_per_site": counts,
+                       "token_ideal": token_ideal(counts, method.schedule, config.depth,
+                                                  model.encoder.patch_embed.num_patches),
+                       "variants": {}}
                 for name, runner in variants.items():
                     def call(i: int, timer, runner=runner, name=name):
                         if name == "oracle":
@@ -123,6 +159,15 @@ def main() -> int:
             print(f"  {n:6s} sections: " + ", ".join(f"{s} {x['ms']:.3f} ms / {x['launches']:.0f}"
                                                    for s, x in d["sections"].items()))
         if "dense" in v and "oracle" in v:
+            cats = sorted(set(v["dense"]["encoder_by_category"]) | set(v["oracle"]["encoder_by_category"]))
+            cat = lambda var, c: v.get(var, {}).get("encoder_by_category", {}).get(c, [0.0, 0.0])  # noqa: E731
+            print(f"  encoder kernels by category, ms / launches per forward (oracle over dense; token-ideal "
+                  f"{row['token_ideal']:.3f}):")
+            for c in cats:
+                d, o = cat("dense", c), cat("oracle", c)
+                print(f"    {c:16s} " + " ".join(f"{var} {cat(var, c)[0]:7.4f}/{cat(var, c)[1]:<4.0f}"
+                                                for var in ("dense", "oracle", "mpm"))
+                      + (f"  oracle/dense {o[0] / d[0]:.3f}" if d[0] > 0 else ""))
             names = set(v["dense"]["kernels"]) | set(v["oracle"]["kernels"]) | set(v.get("mpm", {}).get("kernels", {}))
             get = lambda var, k: v.get(var, {}).get("kernels", {}).get(k, [0.0, 0.0])  # noqa: E731
             diff = sorted(names, key=lambda k: -abs(get("oracle", k)[0] - get("dense", k)[0]))[: args.top]
