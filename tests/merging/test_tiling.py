@@ -78,3 +78,19 @@ def test_small_tiles_are_the_committed_sweeps_winners(tk) -> None:
 
     table = Path(__file__).resolve().parents[2] / "results" / "reference" / "h200" / "small" / "small_tiles.json"
     assert tk.load_tiles(table, per_batch=True) == tk.SMALL_TILES
+
+
+def test_one_launch_plan_takes_the_small_searches(tk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside graph capture the plan is one launch at batch 1 (every size) and for Seg-T/S at batch 32; Seg-B/L at
+    batch 32 keep the kernels (NOTES 51); the one launch's column ranges stay within what its last program folds."""
+    monkeypatch.setattr(tk, "one_launch_plan", "eager")
+    for width, slots in ((192, 1024), (384, 1024), (768, 1024), (1024, 1600)):
+        x = torch.empty(0, width)  # the rule reads the feature width (CPU: no capture to ask about)
+        assert tk.plans_in_one_launch(x, 1, slots), f"batch 1, C={width}"
+        assert tk.plans_in_one_launch(x, 32, slots) == (width <= 384), f"batch 32, C={width}"
+        cfg, splits = tk.one_launch_tiles(width, 1, slots, CUDA)
+        assert not cfg.norms and not cfg.symmetric and 1 <= splits <= tk.FOLD_PARTS, f"one-launch tiling, C={width}"
+    monkeypatch.setattr(tk, "one_launch_plan", "never")
+    assert not tk.plans_in_one_launch(torch.empty(0, 192), 1, 1024)
+    monkeypatch.setattr(tk, "one_launch_plan", "always")
+    assert tk.plans_in_one_launch(torch.empty(0, 1024), 32, 1600)
