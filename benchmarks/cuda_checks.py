@@ -72,9 +72,9 @@ def kernel_checks(dev: torch.device) -> None:
         check(torch.equal(one[0], best) and torch.equal(one[1], score),
               f"triton best partners, default column ranges == one range {dtype} C={c} (bit for bit)")
         # the chosen partner attains the row maximum (float64 reference); ties may pick another index
-        top, got, valid = partner_cosines(feats, best, n)
+        top, _, _ = partner_cosines(feats, best, n)
         tol = 1e-6 if dtype == torch.float32 else 2e-3
-        ok_rows = ((top - got).abs() <= tol) | ~valid
+        ok_rows, valid = _attains_row_max(feats, best, n, top, tol)
         check(bool(ok_rows.all()), f"triton best partner {dtype} C={c}: attains the row max (tol {tol}) on "
                                    f"{float(ok_rows[valid].float().mean()):.5f} of rows")
         fin = valid & torch.isfinite(top)
@@ -84,8 +84,7 @@ def kernel_checks(dev: torch.device) -> None:
         sym_tiles = tk.SYMMETRIC_TILES.get(c, tk.SYMMETRIC_BASE_TILES)
         for tiles in (sym_tiles, tk.TileConfig(64, 64, 64, 4, 3, True, True)):
             sb, ss = tk.best_partners_rows(x, start, n, p, s, tiles=tiles)
-            _, sgot, _ = partner_cosines(feats, sb, n)
-            ok_sym = ((top - sgot).abs() <= tol) | ~valid
+            ok_sym, _ = _attains_row_max(feats, sb, n, top, tol)
             check(bool(ok_sym.all()), f"triton best partner, symmetric {tiles.label()} {dtype} C={c}: attains the row "
                                       f"max on {float(ok_sym[valid].float().mean()):.5f} of rows, equal to the row "
                                       f"kernel's on {float((sb == best)[valid].float().mean()):.5f}")
@@ -97,8 +96,7 @@ def kernel_checks(dev: torch.device) -> None:
         for label, tiles in [("row tiling", tk.tile_config(c)),
                              *((f"batch {k} tiling", t) for k, t in tk.SMALL_TILES.get(c, {}).items())]:
             rb, _ = tk.best_partners_rows(x, start, n, p, s, tiles=tiles)
-            _, rgot, _ = partner_cosines(feats, rb, n)
-            ok_row = ((top - rgot).abs() <= tol) | ~valid
+            ok_row, _ = _attains_row_max(feats, rb, n, top, tol)
             check(bool(ok_row.all()), f"triton best partner, {label} {tiles.label()} {dtype} C={c}: attains "
                                       f"the row max on {float(ok_row[valid].float().mean()):.5f} of rows")
         inv = tk.inv_norms(x)
@@ -108,14 +106,9 @@ def kernel_checks(dev: torch.device) -> None:
         # the plan from the same partners: exact
         rp = plan_from_partners(best, score, n)
         dest, partner, surv, kept = tk.mutual_plan(best, score, n)
-
-        def same_plan(q) -> bool:
-            return torch.equal(q[3], rp.kept) and all(
-                torch.equal(q[0][i, :n[i]], rp.dest[i, :n[i]]) and torch.equal(q[1][i, :n[i]], rp.partner[i, :n[i]])
-                and torch.equal(q[2][i, :n[i]].bool(), rp.survivor[i, :n[i]]) for i in range(b))
-        check(same_plan((dest, partner, surv, kept)), f"triton mutual plan == PyTorch plan {dtype}")
+        check(_same_plan((dest, partner, surv, kept), rp, n), f"triton mutual plan == PyTorch plan {dtype}")
         parts = tk.best_partners_rows(x, start, n, p, s, combine=False)
-        check(same_plan(tk.mutual_plan(*parts, n)), f"triton mutual plan folding {parts[0].shape[0]} column ranges == "
+        check(_same_plan(tk.mutual_plan(*parts, n), rp, n), f"triton mutual plan folding {parts[0].shape[0]} column ranges == "
                                                     f"PyTorch plan of the combined partners {dtype}")
         one_launch_checks(x, start, n, p, s, feats, top, tol, dtype, c)
         for packed in (True, False):
@@ -162,10 +155,19 @@ def _fold(part_best: torch.Tensor, part_score: torch.Tensor) -> tuple[torch.Tens
     return best, score
 
 
-def _same_within(a, b, n: torch.Tensor) -> bool:
-    """Two plans (dest, partner, survivor, kept) equal within each image's ``n`` tokens (past them: unspecified)."""
-    return torch.equal(a[3], b[3]) and all(torch.equal(u[i, :k], v[i, :k]) for u, v in zip(a[:3], b[:3])
-                                           for i, k in enumerate(n.tolist()))
+def _same_plan(a, b, n: torch.Tensor) -> bool:
+    """Two plans (dest, partner, survivor, kept: a kernel's tuple or a ``RowPlan``) equal within each image's ``n``
+    tokens (past them: unspecified)."""
+    return torch.equal(a[3], b[3]) and all(
+        torch.equal(a[0][i, :k], b[0][i, :k]) and torch.equal(a[1][i, :k], b[1][i, :k])
+        and torch.equal(a[2][i, :k].bool(), b[2][i, :k].bool()) for i, k in enumerate(n.tolist()))
+
+
+def _attains_row_max(feats, best, n, top, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) bool: each real token's chosen partner attains its row's maximum cosine ``top`` within ``tol``
+    (``partner_cosines``, float64; True past ``n``), and (B, S) bool the real tokens."""
+    _, got, valid = partner_cosines(feats, best, n)
+    return ((top - got).abs() <= tol) | ~valid, valid
 
 
 def one_launch_checks(x, start, n, p: int, s: int, feats, top, tol: float, dtype, c: int) -> None:
@@ -178,13 +180,9 @@ def one_launch_checks(x, start, n, p: int, s: int, feats, top, tol: float, dtype
         st, nn = start[sel], n[sel]
         first = tk.plan_one_launch(x, st, nn, p, s, return_partials=True)
         best, score = _fold(first[4], first[5])
-        _, got, valid = partner_cosines(feats[sel], best, nn)
-        ok = ((top[sel] - got).abs() <= tol) | ~valid
-        rp = plan_from_partners(best, score, nn)
-        same = torch.equal(first[3], rp.kept) and all(
-            torch.equal(first[0][i, :nn[i]], rp.dest[i, :nn[i]]) and torch.equal(first[1][i, :nn[i]], rp.partner[i, :nn[i]])
-            and torch.equal(first[2][i, :nn[i]].bool(), rp.survivor[i, :nn[i]]) for i in range(len(nn)))
-        again = all(_same_within(tk.plan_one_launch(x, st, nn, p, s), first, nn) for _ in range(20))
+        ok, valid = _attains_row_max(feats[sel], best, nn, top[sel], tol)
+        same = _same_plan(first, plan_from_partners(best, score, nn), nn)
+        again = all(_same_plan(tk.plan_one_launch(x, st, nn, p, s), first, nn) for _ in range(20))
         check(bool(ok.all()) and same and again and not bool(tk._tickets(x.device).any()),
               f"triton plan in one launch, {label} ({first[4].shape[0]} ranges) {dtype} C={c}: partners attain the row "
               f"max on {float(ok[valid].float().mean()):.5f}, plan == PyTorch plan of its partners: {same}, "
@@ -202,7 +200,7 @@ def one_launch_checks(x, start, n, p: int, s: int, feats, top, tol: float, dtype
     replays = []
     for _ in range(10):
         graph.replay()
-        replays.append(_same_within(captured, tk.plan_one_launch(x, start, n, p, s), n))
+        replays.append(_same_plan(captured, tk.plan_one_launch(x, start, n, p, s), n))
     check(all(replays), f"triton plan in one launch, replayed in a CUDA graph 10 times == launched {dtype}")
 
 

@@ -62,6 +62,12 @@ budget_left() {  # seconds left of the call's CALL_BUDGET_S (default 570, inside
     local left=$(( ${CALL_BUDGET_S:-570} - SECONDS ))
     echo $(( left > 1 ? left : 1 ))  # never 0: timeout 0 would mean no limit
 }
+mpm_speed() {  # speed.py's MPM rows, 3 repeats, cut at budget_left ($1: output name under $OUT; the rest: its options)
+    local name=$1
+    shift
+    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --methods mpm --repeats 3 "$@" \
+        --out "$OUT/$name.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/$name.log"
+}
 checks_gate() {  # the GPU checks ($1: which parts); the calling part stops (status 1) if a line matches $2
     timeout 200 python3 benchmarks/cuda_checks.py $1 --quick 2>&1 | tee -a "$OUT/checks.log"
     if grep -q "$2" "$OUT/checks.log"; then echo "checks failed: no timings" | tee -a "$OUT/checks.log"; return 1; fi
@@ -166,33 +172,27 @@ small_rows() {  # the best-partner search's tilings at small batches (tk.SMALL_T
     [ -s "$OUT/small_best.json" ] && export MPM_TRITON_SMALL_TILES="$OUT/small_best.json"
     checks_gate "kernels runner" "^FAIL" || return 1  # again, with the sweep's tilings
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1 --out "$OUT/merge_kernels.json" 2>&1 | tee "$OUT/merge_kernels.log"
-    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images synthetic,photos --synthetic-batches 1 \
-        --methods mpm --repeats 3 --batches 1 --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 \
-        | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+    mpm_speed speed --images synthetic,photos --synthetic-batches 1 --batches 1 --backends triton,fa2 \
+        --batch1-backends triton,fa2
     pack_logs
 }
 mpm_rows() {  # the MPM rows of the reference run (ToMe and ALGM left out: their code is not what changed)
     checks_gate "kernels runner" "^FAIL" || return 1
-    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images photos,synthetic \
-        --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
-        --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+    mpm_speed speed --images photos,synthetic --synthetic-batches 32,1 --batches 32,1 --backends triton,fa2 \
+        --batch1-backends triton,fa2
 }
 eager_rows() {  # the plan in one launch (tk.plan_one_launch, outside graph capture) against the plan in kernels
     checks_gate "kernels runner" "^FAIL" || return 1
     timeout 100 python3 benchmarks/merge_kernels.py --batches 1,32 --out "$OUT/merge_kernels.json" 2>&1 \
         | tee "$OUT/merge_kernels.log"
-    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images photos,synthetic --modes eager \
-        --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 --backends triton,fa2 \
-        --batch1-backends triton,fa2 --out "$OUT/speed.json" 2>&1 | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed.log"
+    mpm_speed speed --images photos,synthetic --modes eager --synthetic-batches 32,1 --batches 32,1 \
+        --backends triton,fa2 --batch1-backends triton,fa2
     # as time allows, on the synthetic set: Seg-T and Seg-S with the plan in kernels (MPM_TRITON_ONE_LAUNCH=never),
     # then batch 1 with speculative capacities (no host read of the counts at each merge)
-    MPM_TRITON_ONE_LAUNCH=never timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --models T,S \
-        --images synthetic --modes eager --synthetic-batches 32,1 --methods mpm --repeats 3 --batches 32,1 \
-        --backends triton,fa2 --batch1-backends triton,fa2 --out "$OUT/speed_kernels.json" 2>&1 \
-        | grep -v "_warn_once\|profiler.py" | tee "$OUT/speed_kernels.log"
-    timeout "$(budget_left)" python3 benchmarks/speed.py --device cuda --images synthetic --modes eager \
-        --synthetic-batches 1 --methods mpm --repeats 3 --batches 1 --batch1-backends triton,fa2 --speculate on \
-        --out "$OUT/speed_spec.json" 2>&1 | grep -v "_warn_once\|profiler.py" > "$OUT/speed_spec.log"
+    MPM_TRITON_ONE_LAUNCH=never mpm_speed speed_kernels --models T,S --images synthetic --modes eager \
+        --synthetic-batches 32,1 --batches 32,1 --backends triton,fa2 --batch1-backends triton,fa2
+    mpm_speed speed_spec --images synthetic --modes eager --synthetic-batches 1 --batches 1 \
+        --batch1-backends triton,fa2 --speculate on
     pack_logs
 }
 edge_rows() {  # issue 13's rows need this CPU; edge.json starts empty (the committed rows are merged here)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpm.benchmarking.bench import SliceOracle  # noqa: E402
 from mpm.benchmarking.timing import MarkerMismatch, profile_kernels, time_block  # noqa: E402
 from mpm.environment import describe_environment  # noqa: E402
+from mpm.io import write_text_atomic  # noqa: E402
 from mpm.merging.base import NoMerge  # noqa: E402
 from mpm.models import SegmenterConfig, build_segmenter  # noqa: E402
 from speed import CROP, POOL_BATCH1, image_pool, methods_for  # noqa: E402
@@ -149,7 +150,7 @@ def main() -> int:
             out_rows.append(row)
         del model
         torch.cuda.empty_cache()
-    Path(args.out).write_text(json.dumps({"environment": env, "rows": out_rows}, indent=1))
+    write_text_atomic(args.out, json.dumps({"environment": env, "rows": out_rows}, indent=1))
     for row in out_rows:
         v = row["variants"]
         print(f"\n{row['model']} batch {row['batch_size']} {row['backend']} {row['mode']} ({row['images']}): "

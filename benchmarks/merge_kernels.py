@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpm.io import write_text_atomic  # noqa: E402
 from mpm.merging import triton_kernels as tk  # noqa: E402
 from mpm.merging.maps import gather_mean, row_sources, rows_to_padded  # noqa: E402
 from mpm.merging.mpm import best_partners, partner_cosines, plan_from_partners, plan_rows  # noqa: E402
@@ -279,8 +280,8 @@ def main() -> int:
         for size in args.models.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 rows.extend(study(size, batch))
-    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                          "loop": LOOP, "rows": rows}, indent=1))
+    write_text_atomic(args.out, json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                            "loop": LOOP, "rows": rows}, indent=1))
     print(f"{'model':9s} {'bs':>3s} {'path':8s} {'step':52s} {'ms':>8s} {'graph ms':>8s}")
     for r in rows:
         g = "-" if r["graph_ms"] is None else f"{r['graph_ms']:.4f}"
@@ -296,8 +297,8 @@ def main_sweep(args) -> int:
             for batch in (int(b) for b in args.batches.split(",")):
                 rows.extend(sweep(size, batch, tilings_for(size, args.sweep_set)))
                 print(f"[sweep] Seg-{size}/16 batch {batch} done", file=sys.stderr, flush=True)
-    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                          "loop": LOOP, "timing": "CUDA graph replay", "rows": rows}, indent=1))
+    write_text_atomic(args.out, json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                            "loop": LOOP, "timing": "CUDA graph replay", "rows": rows}, indent=1))
     return report_sweep(rows, args.sweep_set, args.best_out)
 
 
@@ -327,7 +328,7 @@ def report_sweep(rows: list[dict], sweep_set: str, best_out: str | None) -> int:
             elif key[1] == largest:  # the table follows the largest batch
                 best[str(fast["dim"])] = fast["config"]
     if best_out:  # JSON for tk.load_tiles (MPM_TRITON_TILES, ..._SYMMETRIC_TILES; small: ..._SMALL_TILES, per_batch)
-        Path(best_out).write_text(json.dumps(best, indent=1))
+        write_text_atomic(best_out, json.dumps(best, indent=1))
         print(f"wrote {best_out}: {best}")
     return 0
 

@@ -674,9 +674,14 @@ PROGRAMS_PER_SM = 2
 _SM_COUNT: dict[int, int] = {}
 
 
+def _device_index(device: torch.device) -> int:
+    """CUDA ``device``'s index (the current device's for a bare ``cuda``)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _programs_wanted(device: torch.device) -> int:
     """:data:`PROGRAMS_PER_SM` x the multiprocessors of CUDA ``device``."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return PROGRAMS_PER_SM * _SM_COUNT[index]
@@ -757,7 +762,7 @@ def plans_in_one_launch(x: Tensor, batch: int, slots: int) -> bool:
 
 def _tickets(device: torch.device) -> Tensor:
     """(MAX_TICKETS,) int32 zeros of ``device``, one per image; each launch of :func:`plan_one_launch` leaves them zero."""
-    key = -1 if device.type != "cuda" else (device.index if device.index is not None else torch.cuda.current_device())
+    key = _device_index(device) if device.type == "cuda" else -1
     t = _TICKETS.get(key)
     if t is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # would live in the graph's pool
