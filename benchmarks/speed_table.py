@@ -1,6 +1,7 @@
 """Markdown tables of `benchmarks/speed.py` results, with the paper's reported speedups beside.
 
     python benchmarks/speed_table.py results/reference/h200/speed.json results/reference/cpu/speed.json
+    python benchmarks/speed_table.py --grid results/reference/h200/one_launch/speed.json   # the README's grid
 
 One table per device and image set; a speedup marked ``*`` has a spread over the
 repeats that crosses 1.0 (not significant); ``+s``: the method ran on speculative capacities. The paper's figures are from other
@@ -71,9 +72,63 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+#: the README grid's image sets, in order, and their labels
+GRID_IMAGES = (("skimage-photos", "photos"), ("synthetic", "synthetic"))
+GRID_BACKENDS = (("fa2", "FA2 on"), ("triton", "triton"), ("math", "FA2 off"))
+
+
+def _sig(value: float, significant: bool) -> str:
+    return f"{value:.2f}{'' if significant else '*'}"
+
+
+def grid_cell(r: dict) -> str:
+    """``speedup (oracle speedup, method / oracle, share / kernel share%)``, ``*``: not significant."""
+    kshare = r.get("merge_unmerge_kernel_share")
+    shares = f"{100 * r['merge_unmerge_share']:.1f}" + (f" / {100 * kshare:.1f}" if kshare is not None else "")
+    return (f"{_sig(r['speedup'], r['speedup_significant'])} ({_sig(r['oracle_speedup'], r['oracle_speedup_significant'])}"
+            f", {r['vs_oracle']:.2f}, {shares}%)")
+
+
+def grid(rows: list[dict]) -> str:
+    """One method's rows as the README's grid: a line per (images, batch, backend, mode), a column per model;
+    then, per image set at batch 1 under graphs, the faster method over the faster dense (same call)."""
+    models = sorted({r["model"] for r in rows}, key=lambda m: "TSBL".index(m[4]) if m[4] in "TSBL" else 9)
+    at = {(r["images"], r["batch_size"], r["backend"], r["mode"], r["model"]): r for r in rows}
+    out = ["| | " + " | ".join(m.split("/")[0] for m in models) + " |", "|---|" + "---|" * len(models)]
+    for images, label in GRID_IMAGES:
+        for batch in sorted({r["batch_size"] for r in rows}, reverse=True):
+            for backend, backend_label in GRID_BACKENDS:
+                for mode in ("eager", "graphs"):
+                    cells = [at.get((images, batch, backend, mode, m)) for m in models]
+                    if not any(cells):
+                        continue
+                    spec = " (+s)" if any(c and c.get("speculative") for c in cells) else ""
+                    out.append(f"| {label}, batch {batch}, {backend_label}, {mode}{spec} | "
+                               + " | ".join(grid_cell(c) if c else "-" for c in cells) + " |")
+    for images, label in GRID_IMAGES:
+        best = []
+        for m in models:
+            same = [r for r in rows if (r["images"], r["batch_size"], r["mode"], r["model"]) == (images, 1, "graphs", m)]
+            if not same:
+                break
+            dense = max(same, key=lambda r: r["dense_img_s"])
+            by_backend = {r["backend"]: r["dense_img_s"] for r in same}
+            gain = (f", {100 * (by_backend['triton'] / by_backend['fa2'] - 1):+.1f}% triton dense over FA2 dense"
+                    if {"triton", "fa2"} <= set(by_backend) else "")
+            best.append((m, max(r["method_img_s"] for r in same) / dense["dense_img_s"],
+                         dense["oracle_img_s"] / dense["dense_img_s"], dense["ideal_speedup"], dense["backend"], gain))
+        if best:
+            out.append(f"\n{label}, batch 1, graphs, the faster method over the faster dense (same call; oracle of that "
+                       "dense's backend; FLOP-ideal): " + "; ".join(f"{m.split('/')[0]} {v:.2f} (oracle {o:.2f}, "
+                                                                   f"ideal {i:.2f}, dense {b}{g})"
+                                                                   for m, v, o, i, b, g in best))
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
+    ap.add_argument("--grid", action="store_true", help="the README's grid: a cell per model (one method's rows)")
     args = ap.parse_args()
     rows = []
     for f in args.files:
@@ -82,6 +137,9 @@ def main() -> int:
             print(f"speed_table.py: {f}: no such file", file=sys.stderr)
             return 2
         rows.extend(json.loads(path.read_text()))
+    if args.grid:
+        print(grid(rows))
+        return 0
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         where = f"{r['cpu']} ({r['cpu_count']} cores)" if r["device"] == "cpu" else r["device"]

@@ -71,3 +71,22 @@ def test_speed_refuses_a_pool_larger_than_the_photos(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "photos images for batch 32 x 3" in done.stderr and "too few for 96 distinct images" in done.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+def test_readme_grid_is_what_speed_table_prints_from_the_committed_rows():
+    """The README's grid of the newest H200 MPM rows is `speed_table.py --grid`'s output on the committed JSON
+    (no figure typed by hand), and its batch-1 line takes the faster dense of the same call."""
+    rows_file = REPO / "results" / "reference" / "h200" / "one_launch" / "speed.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_table.py"), "--grid", str(rows_file)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == (rows_file.parent / "GRID.md").read_text()
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 16 and table[1].startswith("| photos, batch 32, FA2 on, eager (+s) | ")
+    readme = (REPO / "README.md").read_text()
+    assert all(line in readme for line in table[1:]), "a grid line of the README differs from the command's"
+    rows = json.loads(rows_file.read_text())
+    b1 = [r for r in rows if (r["images"], r["batch_size"], r["mode"], r["model"]) == ("synthetic", 1, "graphs", "Seg-B/16")]
+    dense = max(b1, key=lambda r: r["dense_img_s"])
+    want = f"Seg-B {max(r['method_img_s'] for r in b1) / dense['dense_img_s']:.2f} (oracle"
+    assert want in done.stdout.splitlines()[-1], "the synthetic batch-1 line: the faster MPM over the faster dense"
