@@ -105,6 +105,13 @@ def grid(rows: list[dict]) -> str:
                     spec = " (+s)" if any(c and c.get("speculative") for c in cells) else ""
                     out.append(f"| {label}, batch {batch}, {backend_label}, {mode}{spec} | "
                                + " | ".join(grid_cell(c) if c else "-" for c in cells) + " |")
+    for images, label in GRID_IMAGES:  # the FLOP-ideal per model (the same in every backend and mode)
+        batches = sorted({r["batch_size"] for r in rows if r["images"] == images}, reverse=True)
+        ideal = [[next((r["ideal_speedup"] for r in rows if (r["images"], r["batch_size"], r["model"]) == (images, b, m)),
+                       None) for b in batches] for m in models]
+        if batches:
+            out.append(f"| FLOP-ideal, {label}, batch {' / batch '.join(map(str, batches))} | "
+                       + " | ".join(" / ".join("-" if v is None else f"{v:.2f}" for v in per) for per in ideal) + " |")
     for images, label in GRID_IMAGES:
         best = []
         for m in models:

@@ -82,7 +82,8 @@ def test_readme_grid_is_what_speed_table_prints_from_the_committed_rows():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == (rows_file.parent / "GRID.md").read_text()
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 16 and table[1].startswith("| photos, batch 32, FA2 on, eager (+s) | ")
+    assert len(table) == 1 + 16 + 2 and table[1].startswith("| photos, batch 32, FA2 on, eager (+s) | ")
+    assert table[-1].startswith("| FLOP-ideal, synthetic, batch 32 / batch 1 | ")
     readme = (REPO / "README.md").read_text()
     assert all(line in readme for line in table[1:]), "a grid line of the README differs from the command's"
     rows = json.loads(rows_file.read_text())
